@@ -1,0 +1,30 @@
+// Every op schema of the torchcv_ext library, in one place.
+//
+// For each op you will find:
+//   kernels    csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL CPU), csrc/cuda/<op>.cu (TORCH_LIBRARY_IMPL CUDA)
+//   python     torchcv_ext/ops/<op>.py: public function, autograd, fake (meta) kernel, autocast,
+//              and the pure-PyTorch reference registered where no C++ kernel exists
+//   reference  torchcv_ext/ops/reference/<op>.py (CPU fallback and test oracle)
+//   module     torchcv_ext/nn/<op>.py, test python_tests/test_<op>.py, benchmark benchmarks/bench_<op>.py
+// Backward passes are ops of their own, named _<op>_backward.
+#include <torch/library.h>
+
+TORCH_LIBRARY(torchcv_ext, m) {
+  const std::vector<at::Tag> pt2 = {at::Tag::pt2_compliant_tag};
+
+  // ---- channel shuffle family (op: channel_shuffle) ----
+  // channel_shuffle(x, g): (N, g*cpg, *) -> channel i*g + j <- channel j*cpg + i
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor", pt2);
+  m.def("_channel_shuffle_backward(Tensor grad, int groups) -> Tensor", pt2);
+  // ShuffleNetV2 fused form: channel_shuffle(cat([a, b], 1), 2) in one pass, and the same
+  // returned as its two channel halves (the next block's split).
+  m.def("shuffle_cat(Tensor a, Tensor b) -> Tensor", pt2);
+  m.def("shuffle_cat_split(Tensor a, Tensor b) -> (Tensor, Tensor)", pt2);
+  m.def("_shuffle_cat_backward(Tensor grad_lo, Tensor grad_hi) -> (Tensor, Tensor)", pt2);
+
+  // ---- depthwise conv + BatchNorm + activation (op: dwconv_bn_act) ----
+
+  // ---- squeeze-and-excitation (op: squeeze_excite) ----
+
+  // ---- multi-head attention (op: attention) ----
+}

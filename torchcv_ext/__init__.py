@@ -1,0 +1,12 @@
+"""torchcv_ext: fused CUDA/C++ kernels and efficient CNNs for PyTorch.
+
+    torchcv_ext.ops      functional fused ops (torch.ops.torchcv_ext.* with autograd and fake kernels)
+    torchcv_ext.nn       drop-in modules (torchvision layer names, so torchvision weights load)
+    python -m torchcv_ext.info   versions, compiled kernels and the backend each op uses
+"""
+from torchcv_ext import _loader
+from torchcv_ext._loader import cuda_kernels_compiled, extension_loaded
+from torchcv_ext import ops, nn  # noqa: E402  (after the loader registered the ops)
+
+__version__ = "0.1.0"
+__all__ = ["ops", "nn", "extension_loaded", "cuda_kernels_compiled", "__version__"]

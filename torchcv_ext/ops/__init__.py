@@ -1,0 +1,9 @@
+"""Functional API of the fused ops. Each op lives in torchcv_ext/ops/<op>.py (public function,
+autograd, fake kernel, reference registration); its reference in torchcv_ext/ops/reference/<op>.py.
+
+Every function works with or without the compiled extension: without it, the pure-PyTorch
+reference runs (``python -m torchcv_ext.info`` says which backend each op uses)."""
+from torchcv_ext.ops._common import BACKENDS, ops_available
+from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
+
+__all__ = ["BACKENDS", "ops_available", "channel_shuffle", "shuffle_cat", "shuffle_cat_split"]

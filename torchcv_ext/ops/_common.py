@@ -1,0 +1,59 @@
+"""Plumbing shared by every op module in torchcv_ext/ops: where an op's kernels come from, the
+memory-format rule of the C++ kernels, and registration of the reference as a kernel."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable
+
+import torch
+
+from torchcv_ext import _loader
+
+NAMESPACE = "torchcv_ext"
+
+#: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
+BACKENDS: Dict[str, Dict[str, str]] = {}
+
+# Kept alive for the life of the process: Python kernels registered into the C++-defined library.
+_impl_lib = None
+
+
+def ops_available() -> bool:
+    """The op schemas exist in torch.ops.torchcv_ext (the compiled extension is loaded)."""
+    return _loader.extension_loaded()
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """Memory format the ops compute in and return (mirrors csrc/include/torchcv_ext/checks.h).
+
+    channels_last for a 4-D tensor laid out channels-last (channels_last-contiguous but not
+    NCHW-contiguous, or a channel slice of one: unit channel stride), NCHW-contiguous otherwise.
+    """
+    if x.dim() == 4 and not x.is_contiguous():
+        if x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.stride(3) != 1):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
+
+
+def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CPU", "CUDA")) -> None:
+    """Register ``fn`` (the pure-PyTorch reference) as the kernel of ``op`` for every dispatch key
+    in ``keys`` that has no C++/CUDA kernel, so all devices go through the same dispatcher path
+    (autograd, fake, opcheck, torch.compile) and the same tests. Records the backend per key."""
+    global _impl_lib
+    backends = BACKENDS.setdefault(op, {})
+    for key in keys:
+        if has_kernel(op, key):
+            backends[key] = "C++ kernel" if key == "CPU" else "CUDA kernel"
+            continue
+        if _impl_lib is None:
+            _impl_lib = torch.library.Library(NAMESPACE, "IMPL")  # noqa: TOR901
+        _impl_lib.impl(op, fn, key)
+        backends[key] = "reference (PyTorch, via dispatcher)"
+
+
+def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A new tensor (never a view of an input, as custom ops require) in the kernels' memory format."""
+    return out.clone(memory_format=memory_format_of(like))
