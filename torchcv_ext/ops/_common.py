@@ -57,3 +57,27 @@ def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CP
 def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A new tensor (never a view of an input, as custom ops require) in the kernels' memory format."""
     return out.clone(memory_format=memory_format_of(like))
+
+
+#: Activation names shared with csrc/include/torchcv_ext/activations.h (same order, same math).
+ACTIVATIONS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Reference activation by name (eager PyTorch functions, so autograd matches nn modules)."""
+    F = torch.nn.functional
+    return {
+        "identity": lambda t: t,
+        "relu": F.relu,
+        "relu6": F.relu6,
+        "hardswish": F.hardswish,
+        "silu": F.silu,
+        "hardsigmoid": F.hardsigmoid,
+        "sigmoid": torch.sigmoid,
+    }[check_activation(name)](x)
