@@ -6,7 +6,7 @@ bookkeeping in csrc/include/torchcv_ext/attention.h. Reference: ops/reference/at
 Module: torchcv_ext.nn.MultiheadSelfAttention. Tests: python_tests/test_attention.py.
 Benchmark: benchmarks/bench_attention.py.
 
-The op returns ``(out, lse)``: lse (float32, (B, H, Nq)) is the row log-sum-exp the backward
+The op returns ``(out, lse)``: lse (float32; float64 for float64 inputs; (B, H, Nq)) is the row log-sum-exp the backward
 recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
 (B, H, N, D) tensors laid out as (B, N, H, D) in memory, like SDPA's flash backend, so
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
@@ -72,7 +72,8 @@ def _register() -> None:
         torch._check(q.dtype == k.dtype == v.dtype, lambda: "attention: q, k, v dtypes differ")
         torch._check(k.shape[2] == v.shape[2], lambda: "attention: k and v seq_len differ")
         b, h, n, _ = q.shape
-        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype),
+                                                    device=q.device)
 
     @torch.library.register_fake(lib + "_attention_backward")
     def _(grad_out, q, k, v, out, lse, scale=None):
