@@ -204,23 +204,14 @@ def report(name: str, rows: List[Dict], args: argparse.Namespace) -> Dict:
     return doc
 
 
-def plot(doc: Dict, path: str) -> Optional[str]:
-    """Grouped bars: one group per case, one bar per implementation (speedup vs eager)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return None
+def plot_ax(doc: Dict, ax) -> bool:
+    """Grouped bars on ``ax``: one group per case, one bar per implementation (speedup vs eager)."""
     rows = [r for r in doc["rows"] if r.get("speedup_vs_eager")]
     if not rows:
-        return None
+        return False
     cases = list(dict.fromkeys(f"{r['op']}\n{r['case']}" for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     width = 0.8 / len(impls)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cases)), 4))
     for i, impl in enumerate(impls):
         xs, ys = [], []
         for j, c in enumerate(cases):
@@ -231,11 +222,50 @@ def plot(doc: Dict, path: str) -> Optional[str]:
         ax.bar(xs, ys, width, label=impl)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
-    ax.set_xticklabels(cases, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel("speedup vs eager (higher is better)")
-    ax.set_title(f"{doc['name']} — {doc['device']} ({doc['dtype']})", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_xticklabels(cases, fontsize=6, rotation=30, ha="right")
+    ax.set_ylabel("speedup vs eager")
+    ax.set_title(f"{doc['name']} — {doc['device']} ({doc['dtype']})", fontsize=8)
+    ax.legend(fontsize=6)
+    return True
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return None
+
+
+def plot(doc: Dict, path: str) -> Optional[str]:
+    plt = _pyplot()
+    if plt is None:
+        return None
+    n_cases = len({(r["op"], r["case"]) for r in doc["rows"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * n_cases), 4))
+    ok = plot_ax(doc, ax)
+    if ok:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path if ok else None
+
+
+def plot_many(docs: List[Dict], path: str) -> Optional[str]:
+    """One PNG with a panel per benchmark (the GPU suite's combined plot)."""
+    plt = _pyplot()
+    docs = [d for d in docs if any(r.get("speedup_vs_eager") for r in d["rows"])]
+    if plt is None or not docs:
+        return None
+    fig, axes = plt.subplots(len(docs), 1, figsize=(12, 3.6 * len(docs)), squeeze=False)
+    for d, ax in zip(docs, axes[:, 0]):
+        plot_ax(d, ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
