@@ -45,10 +45,11 @@ def main(argv=None):
             impls = {
                 "torchcv_ext": lambda: ops.channel_shuffle(x, g),
                 "eager": eager,
-                "eager view/transpose": lambda: x.view(n, g, c // g, h, w).transpose(1, 2)
-                .contiguous(memory_format=mf).view(n, c, h, w),
                 "copy (ceiling)": lambda: x.clone(),
             }
+            if layout == "nchw":  # the classic ShuffleNet idiom (5-D, so NCHW only)
+                impls["eager view/transpose"] = lambda: (
+                    x.view(n, g, c // g, h, w).transpose(1, 2).contiguous().view(n, c, h, w))
             if not args.no_compile:
                 cf = bc.compiled(lambda t: F.channel_shuffle(t, g))
                 impls["torch.compile"] = (lambda: cf(x)) if cf else None
