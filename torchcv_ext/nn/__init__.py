@@ -1,4 +1,5 @@
 """Drop-in nn.Modules built on the fused ops (names of the torchvision layers they replace)."""
 from torchcv_ext.nn.channel_shuffle import ChannelShuffle
+from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 
-__all__ = ["ChannelShuffle"]
+__all__ = ["ChannelShuffle", "DWConvBNAct"]
