@@ -5,5 +5,8 @@ Every function works with or without the compiled extension: without it, the pur
 reference runs (``python -m torchcv_ext.info`` says which backend each op uses)."""
 from torchcv_ext.ops._common import BACKENDS, ops_available
 from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
+from torchcv_ext.ops.squeeze_excite import squeeze_excite
+from torchcv_ext.ops.hardswish import hardsigmoid, hardswish
 
-__all__ = ["BACKENDS", "ops_available", "channel_shuffle", "shuffle_cat", "shuffle_cat_split"]
+__all__ = ["BACKENDS", "ops_available", "channel_shuffle", "shuffle_cat", "shuffle_cat_split",
+           "squeeze_excite", "hardswish", "hardsigmoid"]
