@@ -1,4 +1,5 @@
 """Drop-in nn.Modules built on the fused ops (names of the torchvision layers they replace)."""
+from torchcv_ext.nn.attention import MultiheadSelfAttention
 from torchcv_ext.nn.channel_shuffle import ChannelShuffle
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
@@ -9,5 +10,6 @@ __all__ = [
     "DWConvBNAct",
     "Hardsigmoid",
     "Hardswish",
+    "MultiheadSelfAttention",
     "SqueezeExcite",
 ]
