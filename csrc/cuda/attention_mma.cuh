@@ -10,13 +10,14 @@
 //   C (16 x 8, fp32), 4 floats:              c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
 // (the lower half of a 32-bit register holds the lower index). Two C tiles covering columns
 // [16j, 16j + 16) are exactly the A fragment of k-step j, so P and dS go from accumulators to
-// operands in registers. B operands are read as 32-bit words from shared memory, which needs the
-// k index contiguous: K and Q / dO row-major where k = head dim, and transposed copies (V^T, Q^T,
-// dO^T, K^T) where k = a sequence index.
+// operands in registers. Every operand tile is stored row-major in shared memory as it is in
+// global memory ([seq][head dim]). B operands whose k index is the head dim (S = Q K^T,
+// dP = dO V^T, ...) are read as 32-bit words (k contiguous); those whose k index is a sequence
+// index (P V, P^T dO, dS^T Q, dS K) with ldmatrix.trans, which transposes 8 x 8 blocks on load.
 //
 // Shared-memory rows are padded by 8 elements (16 bytes): the 32-bit fragment reads of a warp
-// (8 rows x 4 words) then fall in 32 distinct banks, and rows stay 16-byte aligned for the
-// 16-byte global -> shared copies.
+// (8 rows x 4 words) and the 8 row addresses of each ldmatrix phase then fall in distinct banks,
+// and rows stay 16-byte aligned for the 16-byte global -> shared copies and ldmatrix.
 #pragma once
 #include "attention_common.cuh"
 
@@ -89,6 +90,45 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][
   a[3] = Mma<T>::pack(c[2 * j + 1][2], c[2 * j + 1][3]);
 }
 
+// b0, b1 of the n-tiles at columns n0 and n0 + 8 for the k-step at rows k0 of B[k][n] = s[k][n]
+// (s: row-major shared tile [k][ld]), with one ldmatrix.x4.trans: lane l gives the address of
+// row k0 + (l & 7) + 8 * ((l >> 3) & 1), columns n0 + 8 * (l >> 4) (matrices 0..3 = (k0, n0),
+// (k0 + 8, n0), (k0, n0 + 8), (k0 + 8, n0 + 8)); with .trans, register i of lane 4g + t holds
+// matrix i's elements [2t][g], [2t + 1][g], which is b0 (i even) or b1 (i odd) of the mma.
+template <typename T>
+__device__ __forceinline__ void ldsm_b_trans(uint32_t (&b)[4], const T* s, int ld, int k0, int n0,
+                                             int lane) {
+  const T* p = s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+               : "r"(addr));
+#else
+  (void)p;
+  __trap();
+#endif
+}
+
+// C[NT tiles of 8 columns] += A (16 x 16K) x B with B[k][n] = s[k][n] (row-major shared tile,
+// k = its row): the products whose k index is a sequence index. NT is even.
+template <typename T, int NT, int KSTEPS, typename AOf>
+__device__ __forceinline__ void mma_ab(float (&c)[NT][4], AOf&& a_of, const T* s, int ld, int lane) {
+  static_assert(NT % 2 == 0, "mma_ab: NT must be even");
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; ++kk) {
+    uint32_t a[4];
+    a_of(kk, a);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t b[4];
+      ldsm_b_trans(b, s, ld, kk * 16, nt * 8, lane);
+      Mma<T>::run(c[nt], a, b[0], b[1]);
+      Mma<T>::run(c[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 // C[NT tiles of 8 columns] += A (16 x 16K) x B where B[k][n] = s[n][k] (s: row-major shared tile,
 // n = its row, k = its column), i.e. C = A s^T. `a_of(kk, a)` gives the A fragment of k-step kk.
 template <typename T, int NT, int KSTEPS, typename AOf>
@@ -113,24 +153,17 @@ __device__ __forceinline__ void zero(float (&c)[NT][4]) {
 }
 
 // Copy rows [n0, n0 + ROWS) of an operand (D contiguous elements each, 16-byte aligned) into a
-// shared tile: row-major into `dst` (leading dim LDS, may be null) and / or transposed into `dst_t`
-// ([D][LDT], may be null). Rows at or past `n` are zero.
+// row-major shared tile dst[ROWS][lds] with 16-byte copies. Rows at or past `n` are zero.
 template <typename T, int D, int ROWS, int NTHREADS>
 __device__ __forceinline__ void load_tile(const Operand<const T>& op, int64_t b, int64_t h,
-                                          int64_t n0, int64_t n, T* dst, int lds, T* dst_t,
-                                          int ldt) {
+                                          int64_t n0, int64_t n, T* dst, int lds) {
   constexpr int kVec = 8;  // 16 bytes
   constexpr int kChunksPerRow = D / kVec;
   for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
     const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVec;
     uint4 val = make_uint4(0u, 0u, 0u, 0u);
     if (n0 + r < n) val = *reinterpret_cast<const uint4*>(op.row(b, h, n0 + r) + col);
-    if (dst != nullptr) *reinterpret_cast<uint4*>(dst + r * lds + col) = val;
-    if (dst_t != nullptr) {
-      const T* e = reinterpret_cast<const T*>(&val);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) dst_t[(col + i) * ldt + r] = e[i];
-    }
+    *reinterpret_cast<uint4*>(dst + r * lds + col) = val;
   }
 }
 
@@ -142,25 +175,25 @@ __device__ __forceinline__ void load_tile(const Operand<const T>& op, int64_t b,
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int fwd_smem_bytes() {
-  return (kFwdBlockM * (D + 8) + kFwdBlockN * (D + 8) + D * (kFwdBlockN + 8)) * 2;
+  return (kFwdBlockM + 2 * kFwdBlockN) * (D + 8) * 2;
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int64_t n_qt,
                                                       float scale_log2) {
-  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, LDS = D + 8, LDT = BN + 8;
+  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, LDS = D + 8;
   constexpr int NT_S = BN / 8, NT_O = D / 8, KD = D / 16, KN = BN / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LDS]
   T* sK = sQ + BM * LDS;               // [BN][LDS]
-  T* sVt = sK + BN * LDS;              // [D][LDT]
+  T* sV = sK + BN * LDS;               // [BN][LDS]
 
   const int64_t bh = blockIdx.x / n_qt, qt = blockIdx.x % n_qt;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t q0 = qt * BM;
 
-  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS, nullptr, 0);
+  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
   __syncthreads();
   uint32_t qf[KD][4];
 #pragma unroll
@@ -175,8 +208,8 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
   for (int64_t kt = 0; kt < n_kt; ++kt) {
     const int64_t k0 = kt * BN;
     __syncthreads();  // every warp is done with the previous K / V tile
-    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS, nullptr, 0);
-    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, nullptr, 0, sVt, LDT);
+    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
+    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
     __syncthreads();
 
     float s[NT_S][4];
@@ -217,8 +250,8 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
       o[nt][2] *= alpha[1];
       o[nt][3] *= alpha[1];
     }
-    // O += P V: B[k = key][n = d] = V[key][d] = sVt[d][key].
-    mma_abt<T, NT_O, KN>(o, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, s, kk); }, sVt, LDT, g, t);
+    // O += P V: B[k = key][n = d] = V[key][d].
+    mma_ab<T, NT_O, KN>(o, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, s, kk); }, sV, LDS, lane);
   }
 
 #pragma unroll
@@ -248,22 +281,20 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
 template <int D>
 constexpr int dkdv_smem_bytes() {
   constexpr int BMQ = bwd_block_m(D);
-  return (2 * kBwdBlockN * (D + 8) + 2 * BMQ * (D + 8) + 2 * D * (BMQ + 8)) * 2 + 2 * BMQ * 4;
+  return (2 * kBwdBlockN + 2 * BMQ) * (D + 8) * 2 + 2 * BMQ * 4;
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int64_t n_kt,
                                                        float scale_log2) {
-  constexpr int BN = kBwdBlockN, BMQ = bwd_block_m(D), LDS = D + 8, LDQ = BMQ + 8;
+  constexpr int BN = kBwdBlockN, BMQ = bwd_block_m(D), LDS = D + 8;
   constexpr int NT_Q = BMQ / 8, NT_D = D / 8, KD = D / 16, KQ = BMQ / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);  // [BN][LDS]
   T* sV = sK + BN * LDS;               // [BN][LDS]
   T* sQ = sV + BN * LDS;               // [BMQ][LDS]
   T* sdO = sQ + BMQ * LDS;             // [BMQ][LDS]
-  T* sQt = sdO + BMQ * LDS;            // [D][LDQ]
-  T* sdOt = sQt + D * LDQ;             // [D][LDQ]
-  float* sLse = reinterpret_cast<float*>(sdOt + D * LDQ);  // [BMQ], lse * log2(e)
+  float* sLse = reinterpret_cast<float*>(sdO + BMQ * LDS);  // [BMQ], lse * log2(e)
   float* sDelta = sLse + BMQ;                               // [BMQ]
 
   const int64_t bh = blockIdx.x / n_kt, kt = blockIdx.x % n_kt;
@@ -271,8 +302,8 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t k0 = kt * BN;
 
-  load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS, nullptr, 0);
-  load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS, nullptr, 0);
+  load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
+  load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
 
   float dk[NT_D][4], dv[NT_D][4];
   zero(dk);
@@ -286,8 +317,8 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
   for (int64_t qt = 0; qt < n_qt; ++qt) {
     const int64_t q0 = qt * BMQ;
     __syncthreads();  // every warp is done with the previous Q / dO tile
-    load_tile<T, D, BMQ, 128>(p.q, b, h, q0, p.Nq, sQ, LDS, sQt, LDQ);
-    load_tile<T, D, BMQ, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS, sdOt, LDQ);
+    load_tile<T, D, BMQ, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+    load_tile<T, D, BMQ, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
     for (int r = threadIdx.x; r < BMQ; r += 128) {
       const bool ok = q0 + r < p.Nq;
       // Rows past Nq: lse = +inf gives P = 0 (and their Q, dO rows are zero).
@@ -310,9 +341,9 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
         st[nt][e] = key_ok[e >> 1] ? prob_from_lse(st[nt][e] * scale_log2, sLse[qc]) : 0.f;
       }
     }
-    // dV += P^T dO: B[k = query][n = d] = dO[query][d] = sdOt[d][query].
-    mma_abt<T, NT_D, KQ>(dv, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, st, kk); }, sdOt, LDQ,
-                         g, t);
+    // dV += P^T dO: B[k = query][n = d] = dO[query][d].
+    mma_ab<T, NT_D, KQ>(dv, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, st, kk); }, sdO, LDS,
+                        lane);
     // dP^T = V dO^T.
     float dpt[NT_Q][4];
     zero(dpt);
@@ -327,9 +358,9 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
         dpt[nt][e] = dsoftmax(st[nt][e], dpt[nt][e], sDelta[qc]);
       }
     }
-    // dK += dS^T Q: B[k = query][n = d] = Q[query][d] = sQt[d][query].
-    mma_abt<T, NT_D, KQ>(dk, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, dpt, kk); }, sQt, LDQ,
-                         g, t);
+    // dK += dS^T Q: B[k = query][n = d] = Q[query][d].
+    mma_ab<T, NT_D, KQ>(dk, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, dpt, kk); }, sQ, LDS,
+                        lane);
   }
 
   const float scale = static_cast<float>(p.scale);
@@ -357,28 +388,27 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int dq_smem_bytes() {
-  return (2 * kDqBlockM * (D + 8) + 2 * kDqBlockN * (D + 8) + D * (kDqBlockN + 8)) * 2;
+  return (2 * kDqBlockM + 2 * kDqBlockN) * (D + 8) * 2;
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64_t n_qt,
                                                      float scale_log2) {
-  constexpr int BM = kDqBlockM, BN = kDqBlockN, LDS = D + 8, LDT = BN + 8;
+  constexpr int BM = kDqBlockM, BN = kDqBlockN, LDS = D + 8;
   constexpr int NT_K = BN / 8, NT_D = D / 8, KD = D / 16, KN = BN / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LDS]
   T* sdO = sQ + BM * LDS;              // [BM][LDS]
   T* sK = sdO + BM * LDS;              // [BN][LDS]
   T* sV = sK + BN * LDS;               // [BN][LDS]
-  T* sKt = sV + BN * LDS;              // [D][LDT]
 
   const int64_t bh = blockIdx.x / n_qt, qt = blockIdx.x % n_qt;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t q0 = qt * BM;
 
-  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS, nullptr, 0);
-  load_tile<T, D, BM, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS, nullptr, 0);
+  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+  load_tile<T, D, BM, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
   float lse2[2], delta[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -393,8 +423,8 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
   for (int64_t kt = 0; kt < n_kt; ++kt) {
     const int64_t k0 = kt * BN;
     __syncthreads();  // every warp is done with the previous K / V tile (and sQ, sdO are loaded)
-    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS, sKt, LDT);
-    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS, nullptr, 0);
+    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
+    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
     __syncthreads();
 
     float s[NT_K][4];
@@ -416,9 +446,8 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
         s[nt][e] = dsoftmax(pr, dp[nt][e], delta[e >> 1]);
       }
     }
-    // dQ += dS K: B[k = key][n = d] = K[key][d] = sKt[d][key].
-    mma_abt<T, NT_D, KN>(dq, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, s, kk); }, sKt, LDT, g,
-                         t);
+    // dQ += dS K: B[k = key][n = d] = K[key][d].
+    mma_ab<T, NT_D, KN>(dq, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, s, kk); }, sK, LDS, lane);
   }
 
   const float scale = static_cast<float>(p.scale);
