@@ -150,8 +150,9 @@ def test_strided_inputs(device):
     out = attention(q, k, v)
     expect = ref.attention(q.double(), k.double(), v.double())[0]
     assert_close(out, expect, torch.float32)
-    # The output is (B, H, N, D) stored as (B, N, H, D): the head merge is a free view.
-    assert out.transpose(1, 2).is_contiguous()
+    if torchcv_ext.extension_loaded():
+        # The op's output is (B, H, N, D) stored as (B, N, H, D): the head merge is a free view.
+        assert out.transpose(1, 2).is_contiguous()
     out.sum().backward()
     assert qkv.grad is not None and torch.isfinite(qkv.grad).all()
 
