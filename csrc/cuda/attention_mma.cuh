@@ -167,11 +167,50 @@ __device__ __forceinline__ void load_tile(const Operand<const T>& op, int64_t b,
   }
 }
 
+// Asynchronous variant (cp.async, sm_80+): the copies land in shared memory after
+// cp_async_wait_all() (each thread waits for its own copies; a __syncthreads() then publishes
+// the tile to the CTA). Rows at or past `n` are zero-filled by the copy (source size 0; the
+// source address is then row 0, which exists since n > 0).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0));
+#else
+  (void)dst, (void)src, (void)valid;
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+template <typename T, int D, int ROWS, int NTHREADS>
+__device__ __forceinline__ void load_tile_async(const Operand<const T>& op, int64_t b, int64_t h,
+                                                int64_t n0, int64_t n, T* dst, int lds) {
+  constexpr int kVec = 8;  // 16 bytes
+  constexpr int kChunksPerRow = D / kVec;
+  for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVec;
+    const bool valid = n0 + r < n;
+    cp_async_16(dst + r * lds + col, op.row(b, h, valid ? n0 + r : 0) + col, valid);
+  }
+  cp_async_commit();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward. CTA = 4 warps = kFwdBlockM (64) query rows, warp w owns rows [16w, 16w + 16). Loop over
 // K/V tiles of kFwdBlockN (64) keys: S = Q K^T (Q fragments kept in registers), online softmax on
 // the accumulators (each thread holds 2 rows x 2 columns per 8-column tile; row statistics are
-// reduced over the 4 threads of a quad), O = alpha * O + P V.
+// reduced over the 4 threads of a quad), O = alpha * O + P V. Copies overlap compute (FA2 order):
+// V_j is fetched while S_j and the softmax are computed, K_{j+1} while P V_j is.
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int fwd_smem_bytes() {
@@ -193,7 +232,9 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t q0 = qt * BM;
 
-  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+  load_tile_async<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+  load_tile_async<T, D, BN, 128>(p.k, b, h, 0, p.Nk, sK, LDS);
+  cp_async_wait_all();
   __syncthreads();
   uint32_t qf[KD][4];
 #pragma unroll
@@ -207,10 +248,11 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
   const int64_t n_kt = num_tiles(p.Nk, BN);
   for (int64_t kt = 0; kt < n_kt; ++kt) {
     const int64_t k0 = kt * BN;
-    __syncthreads();  // every warp is done with the previous K / V tile
-    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
-    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
+    // K_kt has landed (this thread's copies; the barrier makes every thread's visible) and every
+    // warp is done reading V_{kt-1}, so fetch V_kt.
+    cp_async_wait_all();
     __syncthreads();
+    load_tile_async<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
 
     float s[NT_S][4];
     zero(s);
@@ -250,6 +292,10 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
       o[nt][2] *= alpha[1];
       o[nt][3] *= alpha[1];
     }
+    // V_kt has landed and is visible; every warp is done reading K_kt, so fetch K_{kt+1}.
+    cp_async_wait_all();
+    __syncthreads();
+    if (kt + 1 < n_kt) load_tile_async<T, D, BN, 128>(p.k, b, h, k0 + BN, p.Nk, sK, LDS);
     // O += P V: B[k = key][n = d] = V[key][d].
     mma_ab<T, NT_O, KN>(o, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, s, kk); }, sV, LDS, lane);
   }
