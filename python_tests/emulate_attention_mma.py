@@ -145,14 +145,28 @@ def dkdv(Q, K, V, dO, LSE, Delta, scale, D):
     sl2 = np.float32(scale * LOG2E)
     for kt in range(math.ceil(Nk / BN)):
         k0 = kt * BN
-        sK = np.full(BN * LDS, np.nan, np.float32); sV = sK.copy(); sQ = np.full(BMQ * LDS, np.nan, np.float32); sdO = sQ.copy()
+        sK = np.full(BN * LDS, np.nan, np.float32); sV = sK.copy()
+        sQbuf = np.full(2 * BMQ * LDS, np.nan, np.float32); sdObuf = sQbuf.copy()
+        sLsebuf = np.full(2 * BMQ, np.nan, np.float32); sDeltabuf = sLsebuf.copy()
         load_tile(K, k0, Nk, BN, D, sK, LDS, None, 0); load_tile(V, k0, Nk, BN, D, sV, LDS, None, 0)
         acc = [dict(dk=np.zeros((D // 8, 32, 4), np.float32), dv=np.zeros((D // 8, 32, 4), np.float32)) for _ in range(4)]
-        for qt in range(math.ceil(Nq / BMQ)):
+
+        def stage(qt, buf):  # stage_query_tile into buffer `buf`
             q0 = qt * BMQ
-            load_tile(Q, q0, Nq, BMQ, D, sQ, LDS, None, 0); load_tile(dO, q0, Nq, BMQ, D, sdO, LDS, None, 0)
-            sLse = np.array([LSE[q0 + r] * LOG2E if q0 + r < Nq else np.inf for r in range(BMQ)], np.float32)
-            sDelta = np.array([Delta[q0 + r] if q0 + r < Nq else 0 for r in range(BMQ)], np.float32)
+            sq = sQbuf[buf * BMQ * LDS:(buf + 1) * BMQ * LDS]; sd = sdObuf[buf * BMQ * LDS:(buf + 1) * BMQ * LDS]
+            load_tile(Q, q0, Nq, BMQ, D, sq, LDS, None, 0); load_tile(dO, q0, Nq, BMQ, D, sd, LDS, None, 0)
+            for r in range(BMQ):
+                ok = q0 + r < Nq
+                sLsebuf[buf * BMQ + r] = LSE[q0 + r] * LOG2E if ok else np.inf
+                sDeltabuf[buf * BMQ + r] = Delta[q0 + r] if ok else 0
+        n_qt = math.ceil(Nq / BMQ)
+        stage(0, 0)
+        for qt in range(n_qt):
+            cur, nxt = qt & 1, (qt & 1) ^ 1
+            if qt + 1 < n_qt:
+                stage(qt + 1, nxt)
+            sQ = sQbuf[cur * BMQ * LDS:(cur + 1) * BMQ * LDS]; sdO = sdObuf[cur * BMQ * LDS:(cur + 1) * BMQ * LDS]
+            sLse = sLsebuf[cur * BMQ:(cur + 1) * BMQ]; sDelta = sDeltabuf[cur * BMQ:(cur + 1) * BMQ]
             for w in range(4):
                 key_ok = [k0 + w * 16 + G + 8 * i < Nk for i in range(2)]
                 s = np.zeros((BMQ // 8, 32, 4), np.float32)
@@ -185,17 +199,24 @@ def dq(Q, K, V, dO, LSE, Delta, scale, D):
     dQ = np.full((Nq, D), np.nan, np.float32); sl2 = np.float32(scale * LOG2E)
     for qt in range(math.ceil(Nq / BM)):
         q0 = qt * BM
-        sQ = np.full(BM * LDS, np.nan, np.float32); sdO = sQ.copy(); sK = np.full(BN * LDS, np.nan, np.float32); sV = sK.copy()
+        sQ = np.full(BM * LDS, np.nan, np.float32); sdO = sQ.copy()
+        sKbuf = np.full(2 * BN * LDS, np.nan, np.float32); sVbuf = sKbuf.copy()
         load_tile(Q, q0, Nq, BM, D, sQ, LDS, None, 0); load_tile(dO, q0, Nq, BM, D, sdO, LDS, None, 0)
+        load_tile(K, 0, Nk, BN, D, sKbuf, LDS, None, 0); load_tile(V, 0, Nk, BN, D, sVbuf, LDS, None, 0)
         ws = []
         for w in range(4):
             r = [q0 + w * 16 + G + 8 * i for i in range(2)]
             lse2 = [np.where(ri < Nq, LSE[np.minimum(ri, Nq - 1)] * LOG2E, np.inf) for ri in r]
             de = [np.where(ri < Nq, Delta[np.minimum(ri, Nq - 1)], 0) for ri in r]
             ws.append(dict(lse2=lse2, de=de, dq=np.zeros((D // 8, 32, 4), np.float32)))
-        for kt in range(math.ceil(Nk / BN)):
+        n_kt = math.ceil(Nk / BN)
+        for kt in range(n_kt):
             k0 = kt * BN
-            load_tile(K, k0, Nk, BN, D, sK, LDS, None, 0); load_tile(V, k0, Nk, BN, D, sV, LDS, None, 0)
+            cur, nxt = kt & 1, (kt & 1) ^ 1
+            if kt + 1 < n_kt:
+                load_tile(K, k0 + BN, Nk, BN, D, sKbuf[nxt * BN * LDS:(nxt + 1) * BN * LDS], LDS, None, 0)
+                load_tile(V, k0 + BN, Nk, BN, D, sVbuf[nxt * BN * LDS:(nxt + 1) * BN * LDS], LDS, None, 0)
+            sK = sKbuf[cur * BN * LDS:(cur + 1) * BN * LDS]; sV = sVbuf[cur * BN * LDS:(cur + 1) * BN * LDS]
             for w in range(4):
                 W = ws[w]
                 s = np.zeros((BN // 8, 32, 4), np.float32); dp = s.copy()
@@ -221,7 +242,7 @@ def dq(Q, K, V, dO, LSE, Delta, scale, D):
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     worst = 0.0
-    for (Nq, Nk, D) in [(70, 100, 32), (1, 1, 32), (65, 7, 64), (33, 130, 128)]:
+    for (Nq, Nk, D) in [(70, 100, 32), (1, 1, 32), (65, 7, 64), (33, 130, 128), (200, 197, 64)]:
         Q, K, V, dO = (rnd(rng.standard_normal((n, D))) for n in (Nq, Nk, Nk, Nq))
         scale = 1 / math.sqrt(D)
         S = Q.astype(np.float64) @ K.T.astype(np.float64) * scale

@@ -152,30 +152,15 @@ __device__ __forceinline__ void zero(float (&c)[NT][4]) {
   for (int i = 0; i < NT; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
 }
 
-// Copy rows [n0, n0 + ROWS) of an operand (D contiguous elements each, 16-byte aligned) into a
-// row-major shared tile dst[ROWS][lds] with 16-byte copies. Rows at or past `n` are zero.
-template <typename T, int D, int ROWS, int NTHREADS>
-__device__ __forceinline__ void load_tile(const Operand<const T>& op, int64_t b, int64_t h,
-                                          int64_t n0, int64_t n, T* dst, int lds) {
-  constexpr int kVec = 8;  // 16 bytes
-  constexpr int kChunksPerRow = D / kVec;
-  for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kVec;
-    uint4 val = make_uint4(0u, 0u, 0u, 0u);
-    if (n0 + r < n) val = *reinterpret_cast<const uint4*>(op.row(b, h, n0 + r) + col);
-    *reinterpret_cast<uint4*>(dst + r * lds + col) = val;
-  }
-}
-
-// Asynchronous variant (cp.async, sm_80+): the copies land in shared memory after
+// Global -> shared copies with cp.async (sm_80+): they land in shared memory after
 // cp_async_wait_all() (each thread waits for its own copies; a __syncthreads() then publishes
-// the tile to the CTA). Rows at or past `n` are zero-filled by the copy (source size 0; the
-// source address is then row 0, which exists since n > 0).
+// the tile to the CTA).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
+               "r"(valid ? 16 : 0)
+               : "memory");
 #else
   (void)dst, (void)src, (void)valid;
   __trap();
@@ -183,15 +168,19 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
 }
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void cp_async_wait_all() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 #endif
 }
 
+// Copy rows [n0, n0 + ROWS) of an operand (D contiguous elements each, 16-byte aligned) into a
+// row-major shared tile dst[ROWS][lds] with 16-byte cp.async copies, as one commit group. Rows at
+// or past `n` are zero-filled by the copy (source size 0; the source address is then row 0,
+// which exists since n > 0).
 template <typename T, int D, int ROWS, int NTHREADS>
 __device__ __forceinline__ void load_tile_async(const Operand<const T>& op, int64_t b, int64_t h,
                                                 int64_t n0, int64_t n, T* dst, int lds) {
@@ -323,11 +312,30 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
 // the accumulator rows:
 //   S^T = K Q^T, P^T = exp2(S^T * scale * log2e - lse_q * log2e), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T * (dP^T - Delta_q), dK += dS^T Q;  dK *= scale at the end.
+// Q, dO, lse and Delta tiles are double-buffered: tile i + 1 is fetched (cp.async) while tile i
+// is computed on, with one barrier per tile.
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int dkdv_smem_bytes() {
   constexpr int BMQ = bwd_block_m(D);
-  return (2 * kBwdBlockN + 2 * BMQ) * (D + 8) * 2 + 2 * BMQ * 4;
+  return (2 * kBwdBlockN + 4 * BMQ) * (D + 8) * 2 + 4 * BMQ * 4;
+}
+
+// Stage query tile qt of the dK/dV pass into buffer `buf`: Q and dO by cp.async, lse * log2(e)
+// and Delta by plain stores (rows past Nq: lse = +inf gives P = 0; their Q, dO rows are zero).
+template <typename T, int D, int BMQ>
+__device__ __forceinline__ void stage_query_tile(const BwdParams<T>& p, int64_t bh, int64_t b,
+                                                 int64_t h, int64_t qt, T* sQ, T* sdO, float* sLse,
+                                                 float* sDelta) {
+  constexpr int LDS = D + 8;
+  const int64_t q0 = qt * BMQ;
+  load_tile_async<T, D, BMQ, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+  load_tile_async<T, D, BMQ, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
+  for (int r = threadIdx.x; r < BMQ; r += 128) {
+    const bool ok = q0 + r < p.Nq;
+    sLse[r] = ok ? lse_to_log2(p.lse[bh * p.Nq + q0 + r]) : INFINITY;
+    sDelta[r] = ok ? p.delta[bh * p.Nq + q0 + r] : 0.f;
+  }
 }
 
 template <typename T, int D>
@@ -338,18 +346,19 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);  // [BN][LDS]
   T* sV = sK + BN * LDS;               // [BN][LDS]
-  T* sQ = sV + BN * LDS;               // [BMQ][LDS]
-  T* sdO = sQ + BMQ * LDS;             // [BMQ][LDS]
-  float* sLse = reinterpret_cast<float*>(sdO + BMQ * LDS);  // [BMQ], lse * log2(e)
-  float* sDelta = sLse + BMQ;                               // [BMQ]
+  T* sQbuf = sV + BN * LDS;            // [2][BMQ][LDS]
+  T* sdObuf = sQbuf + 2 * BMQ * LDS;   // [2][BMQ][LDS]
+  float* sLsebuf = reinterpret_cast<float*>(sdObuf + 2 * BMQ * LDS);  // [2][BMQ], lse * log2(e)
+  float* sDeltabuf = sLsebuf + 2 * BMQ;                               // [2][BMQ]
 
   const int64_t bh = blockIdx.x / n_kt, kt = blockIdx.x % n_kt;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t k0 = kt * BN;
 
-  load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
-  load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
+  load_tile_async<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
+  load_tile_async<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
+  stage_query_tile<T, D, BMQ>(p, bh, b, h, 0, sQbuf, sdObuf, sLsebuf, sDeltabuf);
 
   float dk[NT_D][4], dv[NT_D][4];
   zero(dk);
@@ -361,17 +370,20 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
 
   const int64_t n_qt = num_tiles(p.Nq, BMQ);
   for (int64_t qt = 0; qt < n_qt; ++qt) {
-    const int64_t q0 = qt * BMQ;
-    __syncthreads();  // every warp is done with the previous Q / dO tile
-    load_tile<T, D, BMQ, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
-    load_tile<T, D, BMQ, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
-    for (int r = threadIdx.x; r < BMQ; r += 128) {
-      const bool ok = q0 + r < p.Nq;
-      // Rows past Nq: lse = +inf gives P = 0 (and their Q, dO rows are zero).
-      sLse[r] = ok ? lse_to_log2(p.lse[bh * p.Nq + q0 + r]) : INFINITY;
-      sDelta[r] = ok ? p.delta[bh * p.Nq + q0 + r] : 0.f;
-    }
+    const int cur = static_cast<int>(qt & 1), nxt = cur ^ 1;
+    // Tile qt (and K, V) has landed and is visible; every warp is done with tile qt - 1, whose
+    // buffer now receives tile qt + 1.
+    cp_async_wait_all();
     __syncthreads();
+    if (qt + 1 < n_qt) {
+      stage_query_tile<T, D, BMQ>(p, bh, b, h, qt + 1, sQbuf + nxt * BMQ * LDS,
+                                  sdObuf + nxt * BMQ * LDS, sLsebuf + nxt * BMQ,
+                                  sDeltabuf + nxt * BMQ);
+    }
+    const T* sQ = sQbuf + cur * BMQ * LDS;
+    const T* sdO = sdObuf + cur * BMQ * LDS;
+    const float* sLse = sLsebuf + cur * BMQ;
+    const float* sDelta = sDeltabuf + cur * BMQ;
 
     // S^T = K Q^T (16 keys x BMQ queries per warp).
     float st[NT_Q][4];
@@ -430,11 +442,12 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
 // ------------------------------------------------------------------------------------------------
 // Backward, dQ pass (separate, no atomics). CTA = 4 warps = kDqBlockM (64) query rows; loop over
 // K/V tiles of kDqBlockN (64) keys: S = Q K^T, P = exp2(S * scale * log2e - lse * log2e),
-// dP = dO V^T, dS = P * (dP - Delta), dQ += dS K;  dQ *= scale at the end.
+// dP = dO V^T, dS = P * (dP - Delta), dQ += dS K;  dQ *= scale at the end. K/V tiles are
+// double-buffered: tile j + 1 is fetched (cp.async) while tile j is computed on.
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int dq_smem_bytes() {
-  return (2 * kDqBlockM + 2 * kDqBlockN) * (D + 8) * 2;
+  return (2 * kDqBlockM + 4 * kDqBlockN) * (D + 8) * 2;
 }
 
 template <typename T, int D>
@@ -445,16 +458,18 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LDS]
   T* sdO = sQ + BM * LDS;              // [BM][LDS]
-  T* sK = sdO + BM * LDS;              // [BN][LDS]
-  T* sV = sK + BN * LDS;               // [BN][LDS]
+  T* sKbuf = sdO + BM * LDS;           // [2][BN][LDS]
+  T* sVbuf = sKbuf + 2 * BN * LDS;     // [2][BN][LDS]
 
   const int64_t bh = blockIdx.x / n_qt, qt = blockIdx.x % n_qt;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t q0 = qt * BM;
 
-  load_tile<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
-  load_tile<T, D, BM, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
+  load_tile_async<T, D, BM, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
+  load_tile_async<T, D, BM, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
+  load_tile_async<T, D, BN, 128>(p.k, b, h, 0, p.Nk, sKbuf, LDS);
+  load_tile_async<T, D, BN, 128>(p.v, b, h, 0, p.Nk, sVbuf, LDS);
   float lse2[2], delta[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -468,10 +483,17 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
   const int64_t n_kt = num_tiles(p.Nk, BN);
   for (int64_t kt = 0; kt < n_kt; ++kt) {
     const int64_t k0 = kt * BN;
-    __syncthreads();  // every warp is done with the previous K / V tile (and sQ, sdO are loaded)
-    load_tile<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
-    load_tile<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
+    const int cur = static_cast<int>(kt & 1), nxt = cur ^ 1;
+    // Tile kt (and Q, dO) has landed and is visible; every warp is done with tile kt - 1, whose
+    // buffer now receives tile kt + 1.
+    cp_async_wait_all();
     __syncthreads();
+    if (kt + 1 < n_kt) {
+      load_tile_async<T, D, BN, 128>(p.k, b, h, k0 + BN, p.Nk, sKbuf + nxt * BN * LDS, LDS);
+      load_tile_async<T, D, BN, 128>(p.v, b, h, k0 + BN, p.Nk, sVbuf + nxt * BN * LDS, LDS);
+    }
+    const T* sK = sKbuf + cur * BN * LDS;
+    const T* sV = sVbuf + cur * BN * LDS;
 
     float s[NT_K][4];
     zero(s);
