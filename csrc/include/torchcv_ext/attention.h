@@ -128,7 +128,8 @@ struct BwdParams {
   double scale;
 };
 
-// Tile sizes of the CUDA tensor-core kernels (the CPU kernel uses the forward ones).
+// Tile sizes of the CUDA tensor-core kernels; the CPU kernel uses the same tiles (its dK/dV pass
+// always takes 64-row query tiles: the tile size does not change its results).
 constexpr int kFwdBlockM = 64;  // query rows per CTA (4 warps x 16 rows)
 constexpr int kFwdBlockN = 64;  // keys per K/V tile
 constexpr int kBwdBlockN = 64;  // keys per CTA in the dK/dV pass (4 warps x 16 keys)
@@ -136,8 +137,6 @@ constexpr int kBwdBlockN = 64;  // keys per CTA in the dK/dV pass (4 warps x 16 
 constexpr int bwd_block_m(int d) { return d >= 128 ? 32 : 64; }
 constexpr int kDqBlockM = 64;   // query rows per CTA in the dQ pass
 constexpr int kDqBlockN = 64;   // keys per tile in the dQ pass
-
-// ---- CUDA launchers (defined in csrc/cuda/attention_*.cu; T = float, __half, __nv_bfloat16
-// passed as their storage types, see attention_cuda.h) ----
+// The CUDA launchers taking these params: csrc/cuda/attention_launch.h.
 
 }  // namespace torchcv_ext::attn

@@ -71,8 +71,8 @@ Operand<T> operand(const at::Tensor& t) {
   return Operand<T>{reinterpret_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-// Forward front end: checks, outputs, params; `run(params)` runs the backend's kernel for the
-// storage type T of q's dtype (T chosen by the backend through `dispatch`).
+// Forward front end: checked inputs (rows ready for the kernels), the outputs and the scale. The
+// backend then builds FwdParams<T> for its storage type T of q's dtype (fwd_params<T>).
 struct FwdSetup {
   at::Tensor q, k, v, out, lse;
   double scale;
@@ -126,6 +126,8 @@ FwdParams<T> fwd_params(const FwdSetup& s) {
   return p;
 }
 
+// Backward front end: checked inputs, the Delta workspace and the gradients (dq, dk, dv in the
+// layout of out).
 struct BwdSetup {
   at::Tensor dout, q, k, v, out, lse, delta, dq, dk, dv;
   double scale;
