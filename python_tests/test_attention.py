@@ -58,6 +58,7 @@ SHAPES = [
     (2, 2, 197, 197, 64),
     (1, 1, 130, 65, 128),
     (1, 2, 7, 200, 64),
+    (1, 1, 1000, 1000, 32),
 ]
 
 
@@ -85,13 +86,13 @@ def test_forward_backward_full_precision(device, dtype, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("shape", SHAPES + [(1, 2, 1000, 1000, 64)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + [(2, 4, 1000, 1000, 64)], ids=lambda s: "x".join(map(str, s)))
 def test_flash_attention_rule_half(device, dtype, shape):
     """fp16 / bf16: error vs the float64 reference at most 2x that of eager PyTorch in the same
     precision, for out, dq, dk and dv (flash-attention's test rule)."""
     b, h, nq, nk, d = shape
-    if device == "cpu" and nq * nk > 250_000:
-        pytest.skip("large half case: GPU only (CPU half matmul is slow)")
+    if device == "cpu" and b * h * nq * nk > 1_000_000:
+        pytest.skip("large half case: GPU only (keeps the CPU run short)")
     q, k, v = _qkv(b, h, nq, nk, d, dtype, device)
     go = torch.randn(b, h, nq, d, dtype=dtype, device=device)
     ours = _fwd_bwd(attention, q, k, v, go, None)
