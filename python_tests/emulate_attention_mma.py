@@ -195,7 +195,7 @@ def dkdv(Q, K, V, dO, LSE, Delta, scale, D):
     return rnd(dK), rnd(dV)
 
 def dq(Q, K, V, dO, LSE, Delta, scale, D):
-    BM = BN = 64; LDS = D + 8; Nq, Nk = len(Q), len(K)
+    BM = 64; BN = 32 if D >= 128 else 64; LDS = D + 8; Nq, Nk = len(Q), len(K)
     dQ = np.full((Nq, D), np.nan, np.float32); sl2 = np.float32(scale * LOG2E)
     for qt in range(math.ceil(Nq / BM)):
         q0 = qt * BM

@@ -205,7 +205,7 @@ template <int D>
 void forward_f32(const FwdParams<float>& p, cudaStream_t stream) {
   const int64_t n_qt = num_tiles(p.Nq, kThreads);
   const unsigned grid = grid_of(p.B * p.H * n_qt, "attention");
-  set_smem(fwd_f32_kernel<D>, fwd_smem<D>());
+  set_smem(fwd_f32_kernel<D>, fwd_smem<D>(), "attention");
   fwd_f32_kernel<D><<<grid, kThreads, fwd_smem<D>(), stream>>>(
       p, n_qt, static_cast<float>(p.scale * kLog2e));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -216,12 +216,12 @@ void backward_f32(const BwdParams<float>& p, cudaStream_t stream) {
   launch_delta(p, stream);
   const float scale_log2 = static_cast<float>(p.scale * kLog2e);
   const int64_t n_kt = num_tiles(p.Nk, kThreads);
-  set_smem(dkdv_f32_kernel<D>, dkdv_smem<D>());
+  set_smem(dkdv_f32_kernel<D>, dkdv_smem<D>(), "_attention_backward");
   dkdv_f32_kernel<D><<<grid_of(p.B * p.H * n_kt, "_attention_backward"), kThreads, dkdv_smem<D>(),
                        stream>>>(p, n_kt, scale_log2);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t n_qt = num_tiles(p.Nq, kThreads);
-  set_smem(dq_f32_kernel<D>, dq_smem<D>());
+  set_smem(dq_f32_kernel<D>, dq_smem<D>(), "_attention_backward");
   dq_f32_kernel<D><<<grid_of(p.B * p.H * n_qt, "_attention_backward"), kThreads, dq_smem<D>(),
                      stream>>>(p, n_qt, scale_log2);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -441,19 +441,19 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
 
 // ------------------------------------------------------------------------------------------------
 // Backward, dQ pass (separate, no atomics). CTA = 4 warps = kDqBlockM (64) query rows; loop over
-// K/V tiles of kDqBlockN (64) keys: S = Q K^T, P = exp2(S * scale * log2e - lse * log2e),
+// K/V tiles of dq_block_n(D) (64, 32 at D = 128) keys: S = Q K^T, P = exp2(S * scale * log2e - lse * log2e),
 // dP = dO V^T, dS = P * (dP - Delta), dQ += dS K;  dQ *= scale at the end. K/V tiles are
 // double-buffered: tile j + 1 is fetched (cp.async) while tile j is computed on.
 // ------------------------------------------------------------------------------------------------
 template <int D>
 constexpr int dq_smem_bytes() {
-  return (2 * kDqBlockM + 4 * kDqBlockN) * (D + 8) * 2;
+  return (2 * kDqBlockM + 4 * dq_block_n(D)) * (D + 8) * 2;
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64_t n_qt,
                                                      float scale_log2) {
-  constexpr int BM = kDqBlockM, BN = kDqBlockN, LDS = D + 8;
+  constexpr int BM = kDqBlockM, BN = dq_block_n(D), LDS = D + 8;
   constexpr int NT_K = BN / 8, NT_D = D / 8, KD = D / 16, KN = BN / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LDS]
@@ -548,7 +548,7 @@ void forward_mma(const FwdParams<T>& p, cudaStream_t stream) {
   const int64_t n_qt = num_tiles(p.Nq, kFwdBlockM);
   const unsigned grid = grid_of(p.B * p.H * n_qt, "attention");
   constexpr int smem = fwd_smem_bytes<D>();
-  set_smem(fwd_mma_kernel<T, D>, smem);
+  set_smem(fwd_mma_kernel<T, D>, smem, "attention");
   const float scale_log2 = static_cast<float>(p.scale * kLog2e);
   fwd_mma_kernel<T, D><<<grid, 128, smem, stream>>>(p, n_qt, scale_log2);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -562,7 +562,7 @@ void backward_mma(const BwdParams<T>& p, cudaStream_t stream) {
     const int64_t n_kt = num_tiles(p.Nk, kBwdBlockN);
     const unsigned grid = grid_of(p.B * p.H * n_kt, "_attention_backward");
     constexpr int smem = dkdv_smem_bytes<D>();
-    set_smem(dkdv_mma_kernel<T, D>, smem);
+    set_smem(dkdv_mma_kernel<T, D>, smem, "_attention_backward");
     dkdv_mma_kernel<T, D><<<grid, 128, smem, stream>>>(p, n_kt, scale_log2);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -570,7 +570,7 @@ void backward_mma(const BwdParams<T>& p, cudaStream_t stream) {
     const int64_t n_qt = num_tiles(p.Nq, kDqBlockM);
     const unsigned grid = grid_of(p.B * p.H * n_qt, "_attention_backward");
     constexpr int smem = dq_smem_bytes<D>();
-    set_smem(dq_mma_kernel<T, D>, smem);
+    set_smem(dq_mma_kernel<T, D>, smem, "_attention_backward");
     dq_mma_kernel<T, D><<<grid, 128, smem, stream>>>(p, n_qt, scale_log2);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -136,7 +136,9 @@ constexpr int kBwdBlockN = 64;  // keys per CTA in the dK/dV pass (4 warps x 16 
 // Query rows per tile in the dK/dV pass (fewer at D = 128 to bound the registers).
 constexpr int bwd_block_m(int d) { return d >= 128 ? 32 : 64; }
 constexpr int kDqBlockM = 64;   // query rows per CTA in the dQ pass
-constexpr int kDqBlockN = 64;   // keys per tile in the dQ pass
+// Keys per K/V tile in the dQ pass (fewer at D = 128: the double-buffered tiles then fit the
+// 99 KiB of shared memory of sm_86 / sm_89 GPUs).
+constexpr int dq_block_n(int d) { return d >= 128 ? 32 : 64; }
 // The CUDA launchers taking these params: csrc/cuda/attention_launch.h.
 
 }  // namespace torchcv_ext::attn
