@@ -24,6 +24,10 @@ import bench_common as bc  # noqa: E402
 
 from torchcv_ext import ops  # noqa: E402
 
+# The "bwd" rows call autograd.grad(retain_graph=True) repeatedly on one graph; compiled graphs may
+# donate saved buffers to the backward, which forbids that, so keep them.
+torch._functorch.config.donated_buffer = False
+
 
 def shapes(args):
     # (label, B, H, N, D)
