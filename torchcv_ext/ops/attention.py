@@ -10,6 +10,11 @@ The op returns ``(out, lse)``: lse (float32; float64 for float64 inputs; (B, H, 
 recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
 (B, H, N, D) tensors laid out as (B, N, H, D) in memory, like SDPA's flash backend, so
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
+
+Kernels: CUDA fp16/bf16 on tensor cores (mma.sync m16n8k16, sm_80+), fp32 SIMT, fp64 as explicit
+ATen math; head dims 32, 64, 128 on CUDA, any head dim on CPU (tiled C++ kernel, same algorithm).
+Inputs need unit stride along D only (views of a fused qkv projection are used in place).
+Not supported: attention masks, causal masking, dropout, double backward.
 """
 from __future__ import annotations
 
