@@ -232,6 +232,8 @@ def test_bad_inputs(device):
         attention(q, torch.randn(1, 2, 5, 16, device=device), torch.randn(1, 2, 5, 16, device=device))
     with pytest.raises(RuntimeError, match="does not match q"):
         attention(q, torch.randn(1, 3, 5, 32, device=device), torch.randn(1, 3, 5, 32, device=device))
+    with pytest.raises(RuntimeError, match="attention: head_dim must be positive"):
+        attention(q[..., :0], q[..., :0], q[..., :0])
     qi = torch.ones(1, 2, 5, 32, dtype=torch.int32, device=device)
     with pytest.raises(RuntimeError, match="attention: q must be"):
         attention(qi, qi, qi)

@@ -28,6 +28,7 @@ inline void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& 
   }
   TORCH_CHECK(k.size(2) == v.size(2), op, ": k and v must have the same seq_len, got ", k.size(2),
               " and ", v.size(2));
+  TORCH_CHECK(q.size(3) > 0, op, ": head_dim must be positive, got shape ", q.sizes());
 }
 
 inline void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
@@ -93,17 +94,11 @@ inline FwdSetup forward_setup(const char* op, const at::Tensor& q_in, const at::
 }
 
 // Degenerate shapes, handled without a kernel (true when done): no keys gives out = 0 and
-// lse = -inf (the reference's convention); head_dim 0 gives an empty out and lse = log(Nk)
-// (all scores 0); no queries / batch / heads gives empty outputs.
+// lse = -inf (the reference's convention); no queries / batch / heads gives empty outputs.
 inline bool empty_forward(FwdSetup& s) {
-  const int64_t nk = s.k.size(2);
-  if (nk == 0) {
+  if (s.k.size(2) == 0) {
     s.out.zero_();
     s.lse.fill_(-INFINITY);
-    return true;
-  }
-  if (s.q.size(3) == 0) {
-    s.lse.fill_(std::log(static_cast<double>(nk)));
     return true;
   }
   return s.out.numel() == 0;

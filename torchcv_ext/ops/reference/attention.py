@@ -34,6 +34,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str = "a
     if k.shape[2] != v.shape[2]:
         raise RuntimeError(f"{op}: k and v must have the same seq_len, got {k.shape[2]} and "
                            f"{v.shape[2]}")
+    if d == 0:
+        raise RuntimeError(f"{op}: head_dim must be positive, got shape {tuple(q.shape)}")
 
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
