@@ -6,8 +6,8 @@ bookkeeping in csrc/include/torchcv_ext/attention.h. Reference: ops/reference/at
 Module: torchcv_ext.nn.MultiheadSelfAttention. Tests: python_tests/test_attention.py.
 Benchmark: benchmarks/bench_attention.py.
 
-The op returns ``(out, lse)``: lse (float32; float64 for float64 inputs; (B, H, Nq)) is the row log-sum-exp the backward
-recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
+The op returns ``(out, lse)``: lse (float32, float64 for float64 inputs; (B, H, Nq)) is the row
+log-sum-exp the backward recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
 (B, H, N, D) tensors laid out as (B, N, H, D) in memory, like SDPA's flash backend, so
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
 
@@ -33,8 +33,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``softmax(q @ k.transpose(-2, -1) * scale) @ v`` for q (B, H, Nq, D), k and v (B, H, Nk, D).
 
     Same result as ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (no mask, no
-    dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 (and float64 on
-    CPU); differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
+    dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 and float64;
+    differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
     """
     if _common.ops_available():
         return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
