@@ -39,13 +39,8 @@ def check(name, q, k, v):
     print(f"ok {name}")
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("no CUDA device")
-        return 2
-    if not torchcv_ext.cuda_kernels_compiled():
-        print("CUDA kernels not compiled")
-        return 2
+def run_cases() -> None:
+    """Every case; mismatches are appended to FAILURES (also used by sanitize_ops.py)."""
     torch.manual_seed(0)
     for dt in (torch.float16, torch.bfloat16, torch.float32):
         for d in (32, 64, 128):
@@ -61,6 +56,16 @@ def main() -> int:
         x = base[1:].view(1, 2, 40, 64)
         check(f"{dt} misaligned", x, x, x)
     torch.cuda.synchronize()
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    if not torchcv_ext.cuda_kernels_compiled():
+        print("CUDA kernels not compiled")
+        return 2
+    run_cases()
     print(f"{len(FAILURES)} mismatches")
     return 1 if FAILURES else 0
 

@@ -4,6 +4,7 @@ in benchmarks/gpu_suite.sh, so it is short and touches every kernel.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_ops.py
 """
+import os
 import sys
 
 import torch
@@ -11,6 +12,7 @@ import torch
 import torchcv_ext
 from torchcv_ext import ops
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FAILURES = []
 
 
@@ -48,7 +50,14 @@ def case_channel_shuffle(dev):
                 check(f"shuffle_cat {dt} {mf}", ops.shuffle_cat(a, b), ref.shuffle_cat(a.detach(), b.detach()))
 
 
-CASES = {"channel_shuffle": case_channel_shuffle}
+def case_attention(dev):
+    import sanitize_attention  # benchmarks/sanitize_attention.py (runnable on its own too)
+
+    sanitize_attention.run_cases()
+    FAILURES.extend(sanitize_attention.FAILURES)
+
+
+CASES = {"channel_shuffle": case_channel_shuffle, "attention": case_attention}
 
 
 def main() -> int:
