@@ -96,6 +96,12 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
   for (int64_t c = 0; c < C; ++c) out[c] = se::scale_shift(in[c], g[c], shift[c]);
 }
 
+// Items per task so that a task has >= ~32K elementary operations (small problems run inline on
+// the calling thread, like ATen's own kernels).
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_item, 1));
+}
+
 // ---- phase 1: per-(n, c) sums ----------------------------------------------------------------
 
 // Sums of one sample n over its spatial positions: sx[c] (and sxy[c] = sum dy * x when dy != null).
@@ -150,7 +156,7 @@ void all_sums(const Problem& p, const T* x, const T* dy, A* sx, A* sxy) {
   const int64_t chunk = (HW + K - 1) / K;
   const int64_t arrays = dy ? 2 : 1;
   std::vector<A> part(static_cast<size_t>(N * K * C * arrays), A(0));
-  at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * K, grain_for(chunk * C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / K, k = r % K;
       A* ax = part.data() + r * C;
@@ -310,7 +316,7 @@ at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& w1_in, c
     const T* b2 = p.b2.const_data_ptr<T>();
     const int64_t N = p.N, C = p.C, S = p.S;
     if (per_sample(p, sizeof(T), 1)) {
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N, grain_for(C * p.HW), [&](int64_t begin, int64_t end) {
         std::vector<A> buf(static_cast<size_t>(4 * C + 2 * S));
         A *sx = buf.data(), *pm = sx + C, *z = pm + C, *g = z + C, *h = g + C, *a = h + S;
         for (int64_t n = begin; n < end; ++n) {
@@ -323,7 +329,7 @@ at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& w1_in, c
     }
     std::vector<A> sx(static_cast<size_t>(N * C)), g(static_cast<size_t>(N * C));
     all_sums<T, A>(p, x, nullptr, sx.data(), nullptr);
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, grain_for(2 * C * S), [&](int64_t begin, int64_t end) {
       std::vector<A> buf(static_cast<size_t>(2 * C + 2 * S));
       A *pm = buf.data(), *z = pm + C, *h = z + C, *a = h + S;
       for (int64_t n = begin; n < end; ++n) {
@@ -375,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
                          shift.data() + n * C);
     };
     if (per_sample(p, sizeof(T), 2)) {
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N, grain_for(2 * C * p.HW), [&](int64_t begin, int64_t end) {
         std::vector<A> buf(static_cast<size_t>(3 * C + 2 * S));
         A *sx = buf.data(), *dg = sx + C, *scratch = dg + C;
         for (int64_t n = begin; n < end; ++n) {
@@ -387,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     } else {
       std::vector<A> sx(static_cast<size_t>(N * C)), dg(static_cast<size_t>(N * C));
       all_sums<T, A>(p, x, dy, sx.data(), dg.data());
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N, grain_for(4 * C * S), [&](int64_t begin, int64_t end) {
         std::vector<A> buf(static_cast<size_t>(C + 2 * S));
         for (int64_t n = begin; n < end; ++n) mlp(n, sx.data() + n * C, dg.data() + n * C, buf.data());
       });
@@ -398,7 +404,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     A* gb1 = db1.mutable_data_ptr<A>();
     A* gw2 = dw2.mutable_data_ptr<A>();
     A* gb2 = db2.mutable_data_ptr<A>();
-    at::parallel_for(0, S + C, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, S + C, grain_for(N * std::max(C, S)), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         if (r < S) {  // dw1[r, :] += dh[n, r] * p[n, :]
           A* row = gw1 + r * C;

@@ -80,19 +80,19 @@ def _fake_check(x, w1, b1, w2, b2, op):
 
 
 def _autocast_kernel(device_type: str, key: str):
-    """Autocast rule: float32 tensors are cast to the region's autocast dtype (like a conv), then
-    the op runs with autocast excluded. float64 and the other dtypes are left alone."""
+    """Autocast rule. Eager SE under autocast runs the 1x1 convs in the autocast dtype and the final
+    multiply in x's dtype (fp32 input -> fp32 output, fp16/bf16 input -> fp16/bf16 output); the fused
+    op matches that output dtype by casting the parameters to x's dtype (the MLP accumulates in
+    float32 either way) and running with autocast excluded."""
     keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
     def run(x, w1, b1, w2, b2, act, gate):
-        dtype = torch.get_autocast_dtype(device_type)
-
         def cast(t):
-            return t.to(dtype) if t.dtype == torch.float32 and t.device.type == device_type else t
+            return t.to(x.dtype) if t.is_floating_point() and x.is_floating_point() else t
 
         with torch._C._ExcludeDispatchKeyGuard(keyset):
-            return torch.ops.torchcv_ext.squeeze_excite(cast(x), cast(w1), cast(b1), cast(w2),
-                                                        cast(b2), act, gate)
+            return torch.ops.torchcv_ext.squeeze_excite(x, cast(w1), cast(b1), cast(w2), cast(b2),
+                                                        act, gate)
 
     return run
 
