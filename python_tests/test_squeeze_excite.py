@@ -315,12 +315,17 @@ def test_bad_input(device):
 
 
 @requires_ext
-def test_bad_device_mix():
+def test_bad_grad_shape():
     x = torch.randn(2, 8, 4, 4)
-    w1, b1, w2, b2 = _params(8, 2, dtype=torch.float32, device="meta")
-    with pytest.raises(RuntimeError):
-        torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid")
     g = torch.randn(2, 8, 4, 5)
     w1, b1, w2, b2 = _params(8, 2, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="grad has shape"):
         torch.ops.torchcv_ext._squeeze_excite_backward(g, x, w1, b1, w2, b2, "relu", "sigmoid")
+
+
+@pytest.mark.cuda
+def test_bad_device_mix():
+    x = torch.randn(2, 8, 4, 4, device="cuda")
+    w1, b1, w2, b2 = _params(8, 2, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="w1 is on cpu"):
+        squeeze_excite(x, w1.cpu(), b1, w2, b2)

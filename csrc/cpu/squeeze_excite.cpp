@@ -15,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include "torchcv_ext/squeeze_excite.h"
+#include "torchcv_ext/squeeze_excite_host.h"
 
 namespace torchcv_ext {
 namespace {

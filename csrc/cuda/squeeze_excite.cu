@@ -31,7 +31,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include "torchcv_ext/squeeze_excite.h"
+#include "torchcv_ext/squeeze_excite_host.h"
 
 namespace torchcv_ext {
 namespace {
@@ -419,7 +419,7 @@ Split plan_split(const Problem& p, int64_t elem, bool vec_ok) {
   sp.gx = ceil_div(groups, cw);
   const int64_t want = ceil_div(sms * 16, std::max<int64_t>(sp.gx * p.N, 1));
   const int64_t most = std::max<int64_t>(1, p.HW / (rows * 4));
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, most, 65535}));
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(std::min(want, most), 65535));
   sp.chunk = ceil_div(p.HW, splits);
   sp.splits = ceil_div(p.HW, sp.chunk);
   return sp;
