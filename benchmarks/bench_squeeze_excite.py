@@ -69,7 +69,7 @@ def main(argv=None):
         impls = {"torchcv_ext": lambda: ours(x), "eager": lambda: tv(x)}
         if not args.no_compile:
             ct = bc.compiled(tv)
-            impls["torch.compile"] = (lambda: ct(x)) if ct else None
+            impls["torch.compile"] = (lambda: ct(x)) if ct is not None else None
         with torch.no_grad():
             rows += bc.bench_impls("squeeze_excite fwd", case, impls, args, bytes=3 * x.nbytes)
 
@@ -78,7 +78,7 @@ def main(argv=None):
         impls = {"torchcv_ext": fwd_bwd(ours, xg, gy), "eager": fwd_bwd(tv, xg, gy)}
         if not args.no_compile:
             ct = bc.compiled(tv)
-            impls["torch.compile"] = fwd_bwd(ct, xg, gy) if ct else None
+            impls["torch.compile"] = fwd_bwd(ct, xg, gy) if ct is not None else None
         rows += bc.bench_impls("squeeze_excite fwd+bwd", case, impls, args, bytes=7 * x.nbytes)
 
     # hardswish / hardsigmoid on a MobileNetV3 activation shape.
@@ -90,7 +90,7 @@ def main(argv=None):
         impls = {"torchcv_ext": lambda: ours_f(x), "eager": lambda: eager_f(x)}
         if not args.no_compile:
             ce = bc.compiled(eager_f)
-            impls["torch.compile"] = (lambda: ce(x)) if ce else None
+            impls["torch.compile"] = (lambda: ce(x)) if ce is not None else None
         rows += bc.bench_impls(f"{fname} fwd", case, impls, args, bytes=2 * x.nbytes)
         if args.quick:
             continue

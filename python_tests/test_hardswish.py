@@ -17,7 +17,7 @@ def _exact_derivative(name, x):
     """The exact derivative in float64 (PyTorch's own hardsigmoid backward uses a float 1/6)."""
     if name == "hardswish":
         return torch.where(x <= -3, 0.0, torch.where(x < 3, (2 * x + 3) / 6, 1.0)).to(x.dtype)
-    return torch.where((x > -3) & (x < 3), 1.0 / 6, 0.0).to(x.dtype)
+    return torch.where((x > -3) & (x < 3), torch.full_like(x, 1.0 / 6), torch.zeros_like(x))
 
 
 def _exact(name, x):
@@ -56,7 +56,8 @@ def test_gradcheck_and_gradgradcheck(device, ours, theirs, name):
     x = torch.linspace(-5, 5, 41, dtype=torch.float64, device=device)
     x = x[(x.abs() - 3).abs() > 0.1].reshape(-1)[:36].reshape(2, 3, 6).requires_grad_()
     assert torch.autograd.gradcheck(ours, (x,))
-    assert torch.autograd.gradgradcheck(ours, (x,))
+    if torchcv_ext.extension_loaded() or name == "hardswish":  # PyTorch has no hardsigmoid double backward
+        assert torch.autograd.gradgradcheck(ours, (x,))
 
 
 @requires_ext

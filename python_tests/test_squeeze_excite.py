@@ -161,6 +161,23 @@ def test_odd_shapes(device, layout, shape, s):
         assert_close(a, b, torch.float64)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(1, 64, 33, 31), (9, 24, 40, 40)])
+def test_cpu_parallel_paths(layout, shape):
+    """Batch 1 with a large image (channels_last: pixel chunks combined in order) and a batch
+    larger than the thread count (per-sample fusion or plane-parallel, by sample size)."""
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=layout)
+    p = _params(shape[1], 6)
+    assert_close(squeeze_excite(x, *p, "silu", "sigmoid"), ref.squeeze_excite(x, *p, "silu", "sigmoid"),
+                 torch.float64)
+    if torchcv_ext.extension_loaded():
+        g = torch.randn_like(x)
+        got = torch.ops.torchcv_ext._squeeze_excite_backward(g, x, *p, "silu", "sigmoid")
+        want = ref.squeeze_excite_backward(g, x, *p, "silu", "sigmoid")
+        for a, b in zip(got, want):
+            assert_close(a, b, torch.float64)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_3d_and_5d_inputs(device):
     for shape in [(2, 6, 10), (2, 6, 3, 2, 4)]:

@@ -52,6 +52,9 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     w2 = _as_matrix(w2, "w2")
     if _have_op():
         return torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        # The autocast rule of the op (see _autocast_kernel), for the reference path.
+        w1, b1, w2, b2 = (t.to(x.dtype) if t.is_floating_point() else t for t in (w1, b1, w2, b2))
     return ref.squeeze_excite(x, w1, b1, w2, b2, act, gate)
 
 
