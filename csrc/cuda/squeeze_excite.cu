@@ -1,5 +1,5 @@
 // CUDA kernels of squeeze_excite and its backward. Schemas: csrc/registration.cpp. Math and front
-// end: csrc/include/torchcv_ext/squeeze_excite.h. Autograd / fake / autocast:
+// end: csrc/include/torchcv_ext/squeeze_excite.h, squeeze_excite_host.h. Autograd / fake / autocast:
 // torchcv_ext/ops/squeeze_excite.py.
 //
 // Forward (3 launches; x read twice, y written once):
@@ -19,6 +19,11 @@
 // body uses 16-byte vectors, a scalar tail finishes. channels_last: threads across channels
 // (16-byte vectors of channels when C allows), rows of threads across pixels, per-block partial
 // sums combined in shared memory in a fixed order.
+//
+// Known limit: the MLP runs one block per sample, so every block streams both weight matrices
+// (2 x C x S elements, 4 x in the backward) from L2. For MobileNetV3-sized SE blocks (S = C / 4)
+// that can rival the two passes over x; a tiled kernel sharing weight tiles across samples would
+// remove it. Measure with benchmarks/bench_squeeze_excite.py --device cuda.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -201,20 +206,102 @@ struct MlpOut {
   A* dh;
 };
 
-// One block per sample. Shared memory (A): p[C], d[C] (dg, then dz), h[S], a[S], dh[S].
-template <typename T, typename A>
+// The four matrix-vector products of one sample read every weight once, so they are bound by
+// the latency of weight loads: both helpers issue V-wide (16-byte when possible) independent
+// loads, several per thread, and reduce in a fixed order.
+
+// out[r] = sum_j W[r, j] * v[j] for r < rows (W row-major rows x cols, v in shared memory);
+// gs lanes (a power of two <= 32) per row, epi(r, sum) called once per row.
+template <typename T, typename A, int V, typename Epi>
+__device__ __forceinline__ void row_dots(const T* __restrict__ W, int64_t rows, int64_t cols,
+                                         const A* v, int gs, Epi epi) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int rows_per_warp = 32 / gs;
+  const int gl = lane % gs;
+  const int64_t nvec = cols / V;
+  // Warp-uniform loop: every lane reaches the shuffles.
+  for (int64_t r0 = static_cast<int64_t>(warp) * rows_per_warp; r0 < rows;
+       r0 += static_cast<int64_t>(kWarps) * rows_per_warp) {
+    const int64_t r = r0 + lane / gs;
+    A acc = 0;
+    if (r < rows) {
+      const Pack<T, V>* row = reinterpret_cast<const Pack<T, V>*>(W + r * cols);
+#pragma unroll 4
+      for (int64_t j = gl; j < nvec; j += gs) {
+        const Pack<T, V> w = row[j];
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc += static_cast<A>(w.v[e]) * v[j * V + e];
+      }
+    }
+    for (int o = gs / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (r < rows && gl == 0) epi(r, acc);
+  }
+}
+
+// out[j] = sum_r W[r, j] * v[r] for j < cols (W row-major rows x cols, v in shared memory):
+// threads own V-wide column vectors and a slice of the rows; the slices are combined in `red`
+// (kThreads * V values of shared memory) in slice order. epi(j, sum) once per column.
+// Contains __syncthreads: every thread of the block must call it.
+template <typename T, typename A, int V, typename Epi>
+__device__ __forceinline__ void col_sums(const T* __restrict__ W, int64_t rows, int64_t cols,
+                                         const A* v, A* red, Epi epi) {
+  const int t = threadIdx.x;
+  const int64_t nvec = cols / V;
+  for (int64_t vc0 = 0; vc0 < nvec; vc0 += kThreads) {  // block-uniform loop
+    const int width = static_cast<int>(min(nvec - vc0, static_cast<int64_t>(kThreads)));
+    const int slices = kThreads / width;
+    const int slice = t / width;
+    const int64_t vc = vc0 + t % width;
+    A acc[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = 0;
+    if (slice < slices) {
+#pragma unroll 4
+      for (int64_t r = slice; r < rows; r += slices) {
+        const Pack<T, V> w = reinterpret_cast<const Pack<T, V>*>(W + r * cols)[vc];
+        const A vr = v[r];
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[e] += static_cast<A>(w.v[e]) * vr;
+      }
+    }
+    __syncthreads();  // the previous pass has finished reading red
+#pragma unroll
+    for (int e = 0; e < V; ++e) red[t * V + e] = acc[e];
+    __syncthreads();
+    if (t < width) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        A sum = 0;
+        for (int sl = 0; sl < slices; ++sl) sum += red[(sl * width + t) * V + e];
+        epi((vc0 + t) * V + e, sum);
+      }
+    }
+  }
+}
+
+// Lanes per row for row_dots: about 8 vector loads per lane, at most a warp.
+inline int lanes_per_row(int64_t nvec) {
+  int gs = 1;
+  while (gs < 32 && gs * 8 < nvec) gs *= 2;
+  return gs;
+}
+
+// One block per sample. Shared memory (A): p[C], d[C] (dg, then dz), h[S], a[S], dh[S],
+// red[kThreads * V]. V: weight load width (16 / sizeof(T) when C and S allow, else 1).
+template <typename T, typename A, int V>
 __global__ void __launch_bounds__(kThreads)
 mlp_kernel(const A* __restrict__ ws_x, const A* __restrict__ ws_xy, int64_t splits,
            const T* __restrict__ w1, const T* __restrict__ b1, const T* __restrict__ w2,
            const T* __restrict__ b2, int64_t N, int64_t C, int64_t S, int64_t HW, Act act, Act gate,
-           bool backward, MlpOut<A> out) {
+           bool backward, int gs1, int gs2, MlpOut<A> out) {
   extern __shared__ unsigned char smem_raw[];
   A* p = reinterpret_cast<A*>(smem_raw);
   A* d = p + C;
   A* h = d + C;
   A* a = h + S;
   A* dh = a + S;
-  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  A* red = dh + S;
+  const int t = threadIdx.x;
   const int64_t n = blockIdx.x;
   const int64_t NC = N * C;
   const A inv_hw = A(1) / static_cast<A>(HW);
@@ -232,52 +319,35 @@ mlp_kernel(const A* __restrict__ ws_x, const A* __restrict__ ws_xy, int64_t spli
     }
   }
   __syncthreads();
-  // fc1 + act: one warp per hidden unit, lanes across C (coalesced rows of w1).
-  for (int64_t s = warp; s < S; s += kWarps) {
-    const T* w = w1 + s * C;
-    A acc = 0;
-    for (int64_t c = lane; c < C; c += 32) acc += static_cast<A>(w[c]) * p[c];
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      acc += static_cast<A>(b1[s]);
-      h[s] = acc;
-      a[s] = act_forward(act, acc);
-    }
-  }
+  // fc1 + act: h = w1 p + b1, a = act(h).
+  row_dots<T, A, V>(w1, S, C, p, gs1, [&](int64_t s, A acc) {
+    acc += static_cast<A>(b1[s]);
+    h[s] = acc;
+    a[s] = act_forward(act, acc);
+  });
   __syncthreads();
-  // fc2 + gate: one thread per channel.
-  for (int64_t c = t; c < C; c += kThreads) {
-    const T* w = w2 + c * S;
-    A z = static_cast<A>(b2[c]);
-    for (int64_t s = 0; s < S; ++s) z += static_cast<A>(w[s]) * a[s];
+  // fc2 + gate: z = w2 a + b2, g = gate(z); backward: dz = dg * gate'(z) (in place of dg).
+  row_dots<T, A, V>(w2, C, S, a, gs2, [&](int64_t c, A acc) {
+    const A z = acc + static_cast<A>(b2[c]);
     out.g[n * C + c] = act_forward(gate, z);
     if (backward) {
       const A dz = se::act_grad(gate, z, d[c]);
-      d[c] = dz;  // this thread owns d[c]
+      d[c] = dz;  // only this lane touches d[c] in this phase
       out.dz[n * C + c] = dz;
     }
-  }
+  });
   if (!backward) return;  // uniform across the block
   __syncthreads();
-  // da = w2^T dz, dh = da * act'(h): one warp per hidden unit, lanes across C.
-  for (int64_t s = warp; s < S; s += kWarps) {
-    A acc = 0;
-    for (int64_t c = lane; c < C; c += 32) acc += static_cast<A>(w2[c * S + s]) * d[c];
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      const A g = se::act_grad(act, h[s], acc);
-      dh[s] = g;
-      out.dh[n * S + s] = g;
-      out.a[n * S + s] = a[s];
-    }
-  }
+  // da = w2^T dz, dh = da * act'(h).
+  col_sums<T, A, V>(w2, C, S, d, red, [&](int64_t s, A da) {
+    const A g = se::act_grad(act, h[s], da);
+    dh[s] = g;
+    out.dh[n * S + s] = g;
+    out.a[n * S + s] = a[s];
+  });
   __syncthreads();
-  // dp = w1^T dh: one thread per channel (coalesced across threads).
-  for (int64_t c = t; c < C; c += kThreads) {
-    A acc = 0;
-    for (int64_t s = 0; s < S; ++s) acc += static_cast<A>(w1[s * C + c]) * dh[s];
-    out.shift[n * C + c] = acc * inv_hw;
-  }
+  // dp = w1^T dh; the x gradient gets dp / HW.
+  col_sums<T, A, V>(w1, S, C, dh, red, [&](int64_t c, A dp) { out.shift[n * C + c] = dp * inv_hw; });
 }
 
 // ---- 3. parameter gradients (backward) ------------------------------------------------------------
@@ -467,24 +537,40 @@ void launch_sums(const Problem& p, const Split& sp, const T* x, const T* dy, A* 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, typename A>
-void launch_mlp(const Problem& p, const A* ws_x, const A* ws_xy, int64_t splits, bool backward,
-                const MlpOut<A>& out, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(2 * p.C + 3 * p.S) * sizeof(A);
+template <typename T, typename A, int V>
+void launch_mlp_v(const Problem& p, const A* ws_x, const A* ws_xy, int64_t splits, bool backward,
+                  const MlpOut<A>& out, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(2 * p.C + 3 * p.S + kThreads * V) * sizeof(A);
   int dev = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   TORCH_CHECK(smem <= static_cast<size_t>(optin), "squeeze_excite: C = ", p.C, " and S = ", p.S,
               " need ", smem, " bytes of shared memory per block, more than the device's ", optin);
   if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(mlp_kernel<T, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    C10_CUDA_CHECK(cudaFuncSetAttribute(mlp_kernel<T, A, V>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   }
-  mlp_kernel<T, A><<<static_cast<unsigned>(p.N), kThreads, smem, stream>>>(
+  const int gs1 = lanes_per_row(p.C / V), gs2 = lanes_per_row(p.S / V);
+  mlp_kernel<T, A, V><<<static_cast<unsigned>(p.N), kThreads, smem, stream>>>(
       ws_x, ws_xy, splits, p.w1.const_data_ptr<T>(), p.b1.const_data_ptr<T>(),
       p.w2.const_data_ptr<T>(), p.b2.const_data_ptr<T>(), p.N, p.C, p.S, p.HW, p.act, p.gate,
-      backward, out);
+      backward, gs1, gs2, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// 16-byte weight loads when every weight row starts 16-byte aligned.
+template <typename T, typename A>
+void launch_mlp(const Problem& p, const A* ws_x, const A* ws_xy, int64_t splits, bool backward,
+                const MlpOut<A>& out, cudaStream_t stream) {
+  constexpr int VW = VecWidth<T>::value;
+  const bool vec = p.C % VW == 0 && p.S % VW == 0 && aligned16(p.w1.const_data_ptr()) &&
+                   aligned16(p.w2.const_data_ptr());
+  if (vec) {
+    launch_mlp_v<T, A, VW>(p, ws_x, ws_xy, splits, backward, out, stream);
+  } else {
+    launch_mlp_v<T, A, 1>(p, ws_x, ws_xy, splits, backward, out, stream);
+  }
 }
 
 template <typename T, typename A>
