@@ -39,6 +39,20 @@ A row_sum(const T* x, int64_t n) {
   return s;
 }
 
+// sum_i w[i] * v[i] with independent partial sums (vectorizable).
+template <typename T, typename A>
+A dot(const T* w, const A* v, int64_t n) {
+  A acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<A>(w[i + l]) * v[i + l];
+  }
+  for (; i < n; ++i) acc[0] += static_cast<A>(w[i]) * v[i];
+  A s = 0;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
 // sum(x) and sum(dy * x) over a row.
 template <typename T, typename A>
 void row_sum2(const T* x, const T* dy, int64_t n, A& sx, A& sxy) {
@@ -196,16 +210,12 @@ void mlp_forward(const Problem& p, const T* w1, const T* b1, const T* w2, const 
   const A inv_hw = A(1) / static_cast<A>(p.HW);
   for (int64_t c = 0; c < C; ++c) pm[c] = sx[c] * inv_hw;
   for (int64_t s = 0; s < S; ++s) {
-    const T* w = w1 + s * C;
-    A acc = static_cast<A>(b1[s]);
-    for (int64_t c = 0; c < C; ++c) acc += static_cast<A>(w[c]) * pm[c];
+    const A acc = static_cast<A>(b1[s]) + dot<T, A>(w1 + s * C, pm, C);
     h[s] = acc;
     a[s] = act_forward(p.act, acc);
   }
   for (int64_t c = 0; c < C; ++c) {
-    const T* w = w2 + c * S;
-    A acc = static_cast<A>(b2[c]);
-    for (int64_t s = 0; s < S; ++s) acc += static_cast<A>(w[s]) * a[s];
+    const A acc = static_cast<A>(b2[c]) + dot<T, A>(w2 + c * S, a, S);
     z[c] = acc;
     g[c] = act_forward(p.gate, acc);
   }

@@ -226,7 +226,7 @@ __device__ __forceinline__ void row_dots(const T* __restrict__ W, int64_t rows, 
     A acc = 0;
     if (r < rows) {
       const Pack<T, V>* row = reinterpret_cast<const Pack<T, V>*>(W + r * cols);
-#pragma unroll 4
+#pragma unroll 8
       for (int64_t j = gl; j < nvec; j += gs) {
         const Pack<T, V> w = row[j];
 #pragma unroll
@@ -256,7 +256,7 @@ __device__ __forceinline__ void col_sums(const T* __restrict__ W, int64_t rows, 
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[e] = 0;
     if (slice < slices) {
-#pragma unroll 4
+#pragma unroll 8
       for (int64_t r = slice; r < rows; r += slices) {
         const Pack<T, V> w = reinterpret_cast<const Pack<T, V>*>(W + r * cols)[vc];
         const A vr = v[r];
@@ -364,13 +364,16 @@ param_grads(const A* __restrict__ pm, const A* __restrict__ dz, const A* __restr
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     A acc = 0;
+    // Sums over samples in order; the N-loops below have independent loads (unrolled by nvcc).
     if (i < SC) {
       const int64_t s = i / C, c = i % C;
+#pragma unroll 8
       for (int64_t n = 0; n < N; ++n) acc += dh[n * S + s] * pm[n * C + c];
       dw1[i] = static_cast<T>(acc);
     } else if (i < 2 * SC) {
       const int64_t j = i - SC;
       const int64_t c = j / S, s = j % S;
+#pragma unroll 8
       for (int64_t n = 0; n < N; ++n) acc += dz[n * C + c] * a[n * S + s];
       dw2[j] = static_cast<T>(acc);
     } else if (i < 2 * SC + S) {
