@@ -346,3 +346,23 @@ def test_bad_device_mix():
     w1, b1, w2, b2 = _params(8, 2, dtype=torch.float32, device="cuda")
     with pytest.raises(RuntimeError, match="w1 is on cpu"):
         squeeze_excite(x, w1.cpu(), b1, w2, b2)
+
+
+@pytest.mark.parametrize("builder", ["efficientnet_b0", "mobilenet_v3_small"])
+def test_torchvision_models_with_fused_se(builder):
+    """Swapping every SqueezeExcitation of a torchvision model for SqueezeExcite (from_torchvision)
+    leaves the model's output unchanged."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, builder)(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        swapped = 0
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, torchvision.ops.SqueezeExcitation):
+                    setattr(module, name, SqueezeExcite.from_torchvision(child))
+                    swapped += 1
+        assert swapped > 0
+        got = model(x)
+    assert_close(got, want, torch.float32, scale=10.0)
