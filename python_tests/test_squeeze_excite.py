@@ -247,8 +247,11 @@ def test_autocast(device, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_large_shapes_match_cpu(layout, dtype):
     """Many chunks per plane, vector and scalar paths, unaligned storage offsets."""
+    # Many chunks per plane; B0/MNv3 sizes; scalar paths (C, S not multiples of 8); MLP column
+    # sums over several passes (C / 8 > 256) and > 48 KB of shared memory (C = 8192).
     for (n, c, h, w, s) in [(8, 32, 112, 112, 8), (16, 1152, 7, 7, 48), (3, 120, 28, 28, 32),
-                            (2, 18, 57, 33, 5)]:
+                            (2, 18, 57, 33, 5), (4, 960, 7, 7, 240), (2, 600, 3, 3, 37),
+                            (1, 4104, 1, 1, 8), (1, 8192, 2, 2, 16)]:
         x64 = torch.randn(n, c, h, w, dtype=torch.float64)
         p64 = [t.to(dtype).double() for t in _params(c, s)]
         x = x64.to(dtype).cuda().contiguous(memory_format=layout)
