@@ -425,7 +425,8 @@ apply_nchw(const T* __restrict__ in, T* __restrict__ out, const A* __restrict__ 
   }
 }
 
-// channels_last: flat over V-element vectors (V divides C, pointers 16-byte aligned when V > 1).
+// channels_last: flat over V-element vectors (V divides C; when V > 1, in/out are 16-byte aligned
+// and g/shift V * sizeof(A)-byte aligned, so every row n * C + c, c % V == 0, is too).
 template <typename T, typename A, int V>
 __global__ void __launch_bounds__(kThreads)
 apply_cl(const T* __restrict__ in, T* __restrict__ out, const A* __restrict__ g,
@@ -435,16 +436,17 @@ apply_cl(const T* __restrict__ in, T* __restrict__ out, const A* __restrict__ g,
        j += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t e0 = j * V;
     const int64_t n = e0 / HWC, c = e0 % C;
-    const A* gn = g + n * C + c;
+    // V gates (and shifts) per vector, one aligned vector load each (the host checks alignment).
+    const Pack<A, V> gn = *reinterpret_cast<const Pack<A, V>*>(g + n * C + c);
     const Pack<T, V> a = reinterpret_cast<const Pack<T, V>*>(in)[j];
     Pack<T, V> b;
     if (shift) {
-      const A* sn = shift + n * C + c;
+      const Pack<A, V> sn = *reinterpret_cast<const Pack<A, V>*>(shift + n * C + c);
 #pragma unroll
-      for (int e = 0; e < V; ++e) b.v[e] = se::scale_shift(a.v[e], gn[e], sn[e]);
+      for (int e = 0; e < V; ++e) b.v[e] = se::scale_shift(a.v[e], gn.v[e], sn.v[e]);
     } else {
 #pragma unroll
-      for (int e = 0; e < V; ++e) b.v[e] = se::scale(a.v[e], gn[e]);
+      for (int e = 0; e < V; ++e) b.v[e] = se::scale(a.v[e], gn.v[e]);
     }
     reinterpret_cast<Pack<T, V>*>(out)[j] = b;
   }
@@ -589,7 +591,11 @@ void launch_apply(const Problem& p, const Split& sp, const T* in, T* out, const 
   }
   constexpr int VW = VecWidth<T>::value;
   const int64_t total = p.N * p.HW * p.C;
-  const bool vec = p.C % VW == 0 && aligned16(in) && aligned16(out);
+  const auto aligned_gates = [](const A* q) {
+    return q == nullptr || reinterpret_cast<std::uintptr_t>(q) % (sizeof(A) * VW) == 0;
+  };
+  const bool vec = p.C % VW == 0 && aligned16(in) && aligned16(out) && aligned_gates(g) &&
+                   aligned_gates(shift);
   const int64_t vecs = vec ? total / VW : total;
   const int64_t blocks = std::min<int64_t>(ceil_div(vecs, kThreads), int64_t{sm_count()} * 32);
   if (vec) {
