@@ -59,11 +59,10 @@ def run_cases() -> None:
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
-        print("no CUDA device")
-        return 2
-    if not torchcv_ext.cuda_kernels_compiled():
-        print("CUDA kernels not compiled")
+    from sanitize_ops import cuda_unusable  # same folder
+
+    if cuda_unusable():
+        print(cuda_unusable())
         return 2
     run_cases()
     print(f"{len(FAILURES)} mismatches")

@@ -105,12 +105,18 @@ CASES = {
 }
 
 
-def main() -> int:
+def cuda_unusable() -> str:
+    """Why the CUDA kernels cannot be exercised here ('' when they can)."""
     if not torch.cuda.is_available():
-        print("no CUDA device")
-        return 2
+        return "no CUDA device"
     if not torchcv_ext.cuda_kernels_compiled():
-        print("CUDA kernels not compiled")
+        return "CUDA kernels not compiled"
+    return ""
+
+
+def main() -> int:
+    if cuda_unusable():
+        print(cuda_unusable())
         return 2
     for name, fn in CASES.items():
         fn("cuda")
