@@ -13,7 +13,6 @@ import sys
 
 import torch
 
-import torchcv_ext
 from torchcv_ext.ops import attention
 from torchcv_ext.ops.reference import attention as ref
 

@@ -12,7 +12,6 @@ parameters.
 """
 from __future__ import annotations
 
-from typing import Tuple
 
 import torch
 
