@@ -18,6 +18,12 @@
 #include "torchcv_ext/checks.h"
 #include "torchcv_ext/dwconv_bn_act.h"
 
+namespace torchcv_ext {
+// activations.h declares this only outside nvcc's device pass; the host templates below are also
+// parsed in that pass, so (re)declare it unconditionally (defined in csrc/activations.cpp).
+Act parse_act(const std::string& name);
+}  // namespace torchcv_ext
+
 namespace torchcv_ext::dwconv {
 
 inline at::ScalarType acc_type(at::ScalarType t) {

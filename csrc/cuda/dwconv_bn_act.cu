@@ -1,0 +1,614 @@
+// CUDA kernels of the dwconv_bn_act family. Schemas: csrc/registration.cpp. Front end (checks,
+// layouts, outputs): csrc/include/torchcv_ext/dwconv_bn_act_host.h. Per-element math (the same
+// functions the CPU kernels run): csrc/include/torchcv_ext/dwconv_bn_act.h. Autograd / fake /
+// autocast: torchcv_ext/ops/dwconv_bn_act.py.
+//
+// Block mappings (acc_t = float, double for float64; 64-bit index math throughout):
+//   NCHW  "plane map": planes of Ho*Wo <= 256 outputs are packed several per 256-thread block,
+//         larger planes are split in 256-output chunks; a block never straddles a chunk, so its
+//         per-channel partials (statistics, sums) belong to one channel (or one per packed plane).
+//         Consecutive threads own consecutive outputs of a row: coalesced stores, L1-cached taps.
+//   channels_last: 32 channel lanes x 8 pixel rows per block, each thread walking R pixels of its
+//         channel; coalesced across channels.
+//   Reductions: per-block partials (Welford for the batch statistics, plain sums for gradients)
+//   written to a [row][partial] buffer, merged by a second kernel in a fixed tree order. No
+//   atomics: results are deterministic run to run (torch.use_deterministic_algorithms).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "torchcv_ext/dwconv_bn_act_host.h"
+
+namespace torchcv_ext {
+namespace dwconv {
+namespace {
+
+template <typename T>
+using acc_of = at::opmath_type<T>;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kLanes = 32;  // channels_last: channel lanes per block
+constexpr int kRows = 8;    // channels_last: pixel rows per block
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- NCHW plane map ---------------------------------------------------------------------------
+struct PlaneMap {
+  int64_t NC, HWo;
+  int64_t ppb;     // planes per block (packed, HWo <= kThreads) or 1
+  int64_t chunks;  // blocks per plane (chunked, HWo > kThreads) or 1
+  int64_t blocks;
+  bool packed;
+};
+
+inline PlaneMap plane_map(int64_t NC, int64_t HWo) {
+  PlaneMap m;
+  m.NC = NC;
+  m.HWo = HWo;
+  m.packed = HWo <= kThreads;
+  m.ppb = m.packed ? kThreads / HWo : 1;
+  m.chunks = m.packed ? 1 : ceil_div(HWo, kThreads);
+  m.blocks = m.packed ? ceil_div(NC, m.ppb) : NC * m.chunks;
+  return m;
+}
+
+// This thread's (plane, output index in the plane); false when it owns nothing.
+__device__ __forceinline__ bool plane_slot(const PlaneMap& m, int64_t& plane, int64_t& pix) {
+  const int64_t b = blockIdx.x, t = threadIdx.x;
+  if (m.packed) {
+    plane = b * m.ppb + t / m.HWo;
+    pix = t % m.HWo;
+    return t < m.ppb * m.HWo && plane < m.NC;
+  }
+  plane = b / m.chunks;
+  pix = (b % m.chunks) * kThreads + t;
+  return pix < m.HWo;
+}
+
+// Partial slot (column) of plane `plane` (n = plane / C) for this block: n * chunks + chunk.
+__device__ __forceinline__ int64_t partial_col(const PlaneMap& m, int64_t n) {
+  return m.packed ? n : n * m.chunks + static_cast<int64_t>(blockIdx.x) % m.chunks;
+}
+
+// ---- warp / block reductions (fixed order) --------------------------------------------------
+template <typename acc_t>
+__device__ __forceinline__ Welford<acc_t> shfl_down_w(const Welford<acc_t>& s, int off) {
+  return Welford<acc_t>{__shfl_down_sync(0xffffffffu, s.n, off),
+                        __shfl_down_sync(0xffffffffu, s.mean, off),
+                        __shfl_down_sync(0xffffffffu, s.m2, off)};
+}
+
+// Merge over a 1-D block of kThreads; the result is valid in thread 0.
+template <typename acc_t>
+__device__ Welford<acc_t> block_welford(Welford<acc_t> s, Welford<acc_t>* sm) {
+  for (int off = 16; off > 0; off >>= 1) s = welford_merge(s, shfl_down_w(s, off));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sm[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s = sm[0];
+    for (int i = 1; i < kWarps; ++i) s = welford_merge(s, sm[i]);
+  }
+  return s;
+}
+
+// Sum of two values over a 1-D block of kThreads; valid in thread 0.
+template <typename acc_t>
+__device__ void block_sum2(acc_t& a, acc_t& b, acc_t* sm) {
+  for (int off = 16; off > 0; off >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, off);
+    b += __shfl_down_sync(0xffffffffu, b, off);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sm[warp] = a;
+    sm[kWarps + warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    a = sm[0];
+    b = sm[kWarps];
+    for (int i = 1; i < kWarps; ++i) {
+      a += sm[i];
+      b += sm[kWarps + i];
+    }
+  }
+}
+
+// ---- forward: conv + (eval) BN/act epilogue or (train) z + Welford partials ------------------
+// part: [C][N * chunks] Welford partials (stats only).
+template <typename T, bool kStats>
+__global__ void __launch_bounds__(kThreads)
+    fwd_nchw_kernel(const T* __restrict__ x, const acc_of<T>* __restrict__ w,
+                    const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                    T* __restrict__ y, const Geom g, const PlaneMap m, const Act act,
+                    Welford<acc_of<T>>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ acc_t vals[kThreads];
+  __shared__ Welford<acc_t> wsm[kWarps];
+  int64_t plane, pix;
+  const bool valid = plane_slot(m, plane, pix);
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  acc_t v = acc_t(0);
+  if (valid) {
+    const int64_t c = plane % g.C;
+    v = conv_at<acc_t>(x + plane * g.H * g.W, g.W, 1, w + c * kk, 1, g, pix / g.Wo, pix % g.Wo);
+    if constexpr (kStats) {
+      y[plane * m.HWo + pix] = static_cast<T>(v);
+    } else {
+      y[plane * m.HWo + pix] = static_cast<T>(bn_act<acc_t>(act, v, sc[c], sh[c]));
+    }
+  }
+  if constexpr (kStats) {
+    const int64_t P = g.N * m.chunks;
+    if (m.packed) {
+      vals[threadIdx.x] = v;
+      __syncthreads();
+      const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + threadIdx.x;
+      if (threadIdx.x < m.ppb && p < m.NC) {
+        Welford<acc_t> s = welford_init<acc_t>();
+        for (int64_t i = 0; i < m.HWo; ++i) welford_push(s, vals[threadIdx.x * m.HWo + i]);
+        part[(p % g.C) * P + partial_col(m, p / g.C)] = s;
+      }
+    } else {
+      Welford<acc_t> s = welford_init<acc_t>();
+      if (valid) welford_push(s, v);
+      s = block_welford(s, wsm);
+      if (threadIdx.x == 0) part[(plane % g.C) * P + partial_col(m, plane / g.C)] = s;
+    }
+  }
+}
+
+// channels_last: x (N, H, W, C), wt (kh*kw, C); block (kLanes, kRows) covers kLanes channels and
+// kRows * R pixels (chunk blockIdx.y). part: [C][chunks].
+template <typename T, bool kStats>
+__global__ void __launch_bounds__(kThreads)
+    fwd_cl_kernel(const T* __restrict__ x, const acc_of<T>* __restrict__ wt,
+                  const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                  T* __restrict__ y, const Geom g, const int64_t R, const Act act,
+                  Welford<acc_of<T>>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ Welford<acc_t> sm[kRows][kLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
+  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
+  Welford<acc_t> s = welford_init<acc_t>();
+  if (c < g.C) {
+    acc_t scale = acc_t(1), shift = acc_t(0);
+    if constexpr (!kStats) {
+      scale = sc[c];
+      shift = sh[c];
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t q = q0 + r * kRows + threadIdx.y;
+      if (q >= P) break;
+      const int64_t n = q / HWo, pix = q % HWo;
+      const acc_t v = conv_at<acc_t>(x + n * g.H * g.W * g.C + c, g.W * g.C, g.C, wt + c, g.C, g,
+                                     pix / g.Wo, pix % g.Wo);
+      if constexpr (kStats) {
+        y[q * g.C + c] = static_cast<T>(v);
+        welford_push(s, v);
+      } else {
+        y[q * g.C + c] = static_cast<T>(bn_act<acc_t>(act, v, scale, shift));
+      }
+    }
+  }
+  if constexpr (kStats) {
+    sm[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < g.C) {
+      for (int i = 1; i < kRows; ++i) s = welford_merge(s, sm[i][threadIdx.x]);
+      part[c * gridDim.y + blockIdx.y] = s;
+    }
+  }
+}
+
+// One block per row r: merges part[r][0, P) in a fixed tree order -> mean[r], biased var[r].
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    welford_finalize_kernel(const Welford<acc_t>* __restrict__ part, int64_t P,
+                            acc_t* __restrict__ mean, acc_t* __restrict__ var) {
+  __shared__ Welford<acc_t> sm[kThreads];
+  const int64_t r = blockIdx.x;
+  Welford<acc_t> s = welford_init<acc_t>();
+  for (int64_t i = threadIdx.x; i < P; i += kThreads) s = welford_merge(s, part[r * P + i]);
+  sm[threadIdx.x] = s;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) sm[threadIdx.x] = welford_merge(sm[threadIdx.x], sm[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    mean[r] = sm[0].mean;
+    var[r] = welford_var(sm[0]);
+  }
+}
+
+// One block per row r: out[r] = sum of part[r][0, P) in a fixed tree order.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_finalize_kernel(const acc_t* __restrict__ part, int64_t P, acc_t* __restrict__ out) {
+  __shared__ acc_t sm[kThreads];
+  const int64_t r = blockIdx.x;
+  acc_t s = acc_t(0);
+  for (int64_t i = threadIdx.x; i < P; i += kThreads) s += part[r * P + i];
+  sm[threadIdx.x] = s;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) sm[threadIdx.x] += sm[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[r] = sm[0];
+}
+
+// ---- y = act(z * scale + shift) ---------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ssa_kernel(const T* __restrict__ z, const acc_of<T>* __restrict__ sc,
+               const acc_of<T>* __restrict__ sh, T* __restrict__ y, const int64_t numel,
+               const int64_t C, const int64_t HW, const bool cl, const Act act) {
+  using acc_t = acc_of<T>;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
+    const int64_t c = cl ? i % C : (i / HW) % C;
+    y[i] = static_cast<T>(bn_act<acc_t>(act, static_cast<acc_t>(z[i]), sc[c], sh[c]));
+  }
+}
+
+// ---- backward of y = act(z * scale + shift) --------------------------------------------------
+// gz = gu * scale with gu = grad * act'(u); partials part[0][c][col] = sum gu (-> grad shift),
+// part[1][c][col] = sum gu * z (-> grad scale).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ssa_bwd_nchw_kernel(const T* __restrict__ grad, const T* __restrict__ z,
+                        const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                        T* __restrict__ gz, const int64_t C, const PlaneMap m, const Act act,
+                        acc_of<T>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ acc_t va[kThreads], vb[kThreads];
+  int64_t plane, pix;
+  const bool valid = plane_slot(m, plane, pix);
+  acc_t a = acc_t(0), b = acc_t(0);
+  if (valid) {
+    const int64_t c = plane % C, i = plane * m.HWo + pix;
+    const acc_t zv = static_cast<acc_t>(z[i]);
+    const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, sc[c], sh[c]);
+    gz[i] = static_cast<T>(gu * sc[c]);
+    a = gu;
+    b = gu * zv;
+  }
+  const int64_t N = m.NC / C, P = N * m.chunks;
+  if (m.packed) {
+    va[threadIdx.x] = a;
+    vb[threadIdx.x] = b;
+    __syncthreads();
+    const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + threadIdx.x;
+    if (threadIdx.x < m.ppb && p < m.NC) {
+      acc_t sa = acc_t(0), sb = acc_t(0);
+      for (int64_t i = 0; i < m.HWo; ++i) {
+        sa += va[threadIdx.x * m.HWo + i];
+        sb += vb[threadIdx.x * m.HWo + i];
+      }
+      const int64_t col = partial_col(m, p / C);
+      part[(p % C) * P + col] = sa;
+      part[(C + p % C) * P + col] = sb;
+    }
+  } else {
+    block_sum2(a, b, va);
+    if (threadIdx.x == 0) {
+      const int64_t col = partial_col(m, plane / C);
+      part[(plane % C) * P + col] = a;
+      part[(C + plane % C) * P + col] = b;
+    }
+  }
+}
+
+// channels_last version: block (kLanes, kRows), part [2][C][chunks].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ssa_bwd_cl_kernel(const T* __restrict__ grad, const T* __restrict__ z,
+                      const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                      T* __restrict__ gz, const int64_t C, const int64_t P, const int64_t R,
+                      const Act act, acc_of<T>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ acc_t sa[kRows][kLanes], sb[kRows][kLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
+  acc_t a = acc_t(0), b = acc_t(0);
+  if (c < C) {
+    const acc_t s = sc[c], t = sh[c];
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t q = q0 + r * kRows + threadIdx.y;
+      if (q >= P) break;
+      const int64_t i = q * C + c;
+      const acc_t zv = static_cast<acc_t>(z[i]);
+      const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, s, t);
+      gz[i] = static_cast<T>(gu * s);
+      a += gu;
+      b += gu * zv;
+    }
+  }
+  sa[threadIdx.y][threadIdx.x] = a;
+  sb[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int i = 1; i < kRows; ++i) {
+      a += sa[i][threadIdx.x];
+      b += sb[i][threadIdx.x];
+    }
+    part[c * gridDim.y + blockIdx.y] = a;
+    part[(C + c) * gridDim.y + blockIdx.y] = b;
+  }
+}
+
+// ---- backward of (z, mean, var) = dwconv_bn_stats(x, w) -------------------------------------
+// Total gradient of z: stats_grad(gz, z, mean, a, b) (a = dmean / M, b = 2 dvar / M).
+template <typename T>
+struct DzLoader {
+  using acc_t = acc_of<T>;
+  const T* gz;
+  const T* z;
+  Strides4 zs;
+  const acc_t* mean;
+  const acc_t* a;
+  const acc_t* b;
+  bool use_b;
+  __device__ __forceinline__ acc_t operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
+    const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
+    const acc_t zv = use_b ? static_cast<acc_t>(z[i]) : acc_t(0);
+    return stats_grad<acc_t>(static_cast<acc_t>(gz[i]), zv, mean[c], a[c], b[c]);
+  }
+};
+
+// dx: one thread per input element, in gx's memory order (NCHW or channels_last).
+template <typename T, bool kCL>
+__global__ void __launch_bounds__(kThreads)
+    grad_input_kernel(const DzLoader<T> dz, const acc_of<T>* __restrict__ w, T* __restrict__ gx,
+                      const Geom g) {
+  using acc_t = acc_of<T>;
+  const int64_t numel = g.N * g.C * g.H * g.W;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
+    int64_t n, c, ih, iw, t;
+    if constexpr (kCL) {
+      c = i % g.C;
+      t = i / g.C;
+      iw = t % g.W;
+      t /= g.W;
+      ih = t % g.H;
+      n = t / g.H;
+    } else {
+      iw = i % g.W;
+      t = i / g.W;
+      ih = t % g.H;
+      t /= g.H;
+      c = t % g.C;
+      n = t / g.C;
+    }
+    auto dzp = [&](int64_t oh, int64_t ow) { return dz(n, c, oh, ow); };
+    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, w + c * kk, 1, g, ih, iw));
+  }
+}
+
+// dw: block (channel c, chunk of kQB outputs of that channel); thread (tap, lane) sums its tap over
+// the chunk's outputs lane, lane + L, ...; lanes are then summed in order. part [C * kk][chunks].
+constexpr int64_t kQB = 4096;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_weight_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
+                       const Geom g, const int64_t chunks, acc_of<T>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ acc_t red[kThreads];
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;  // <= kThreads (host check)
+  const int64_t L = kThreads / kk;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) / chunks, chunk = blockIdx.x % chunks;
+  const int64_t tap = threadIdx.x / L, lane = threadIdx.x % L;
+  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  acc_t acc = acc_t(0);
+  if (tap < kk) {
+    const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
+    const int64_t qend = (chunk + 1) * kQB < P ? (chunk + 1) * kQB : P;
+    for (int64_t q = chunk * kQB + lane; q < qend; q += L) {
+      const int64_t n = q / HWo, pix = q % HWo, oh = pix / g.Wo, ow = pix % g.Wo;
+      const acc_t xv = tap_input<acc_t>(x + n * xs.n + c * xs.c, xs.h, xs.w, g, oh, ow, i, j);
+      acc += dz(n, c, oh, ow) * xv;
+    }
+  }
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  if (lane == 0 && tap < kk) {
+    acc_t s = acc_t(0);
+    for (int64_t l = 0; l < L; ++l) s += red[tap * L + l];
+    part[(c * kk + tap) * chunks + chunk] = s;
+  }
+}
+
+// ---- launch helpers -------------------------------------------------------------------------
+inline int64_t cl_rows_per_thread(int64_t P) {
+  // kRows * R pixels per block, at most 65535 blocks along y.
+  return std::max<int64_t>(8, ceil_div(P, kRows * int64_t{65535}));
+}
+
+template <typename T>
+void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* scale,
+                    const at::Tensor* shift, const Geom& g, Act act, at::Tensor& y,
+                    at::Tensor* mean, at::Tensor* var) {
+  using acc_t = acc_of<T>;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool stats = mean != nullptr;
+  const acc_t* sc = scale ? scale->const_data_ptr<acc_t>() : nullptr;
+  const acc_t* sh = shift ? shift->const_data_ptr<acc_t>() : nullptr;
+  const bool cl = !(x.is_contiguous() && y.is_contiguous());
+  const auto popt = x.options().dtype(at::kByte);
+  at::Tensor part;
+  int64_t P;
+  if (cl) {
+    const at::Tensor wt = w.t().contiguous();
+    const int64_t Pix = g.N * g.Ho * g.Wo;
+    const int64_t R = cl_rows_per_thread(Pix);
+    const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
+                    static_cast<unsigned>(ceil_div(Pix, kRows * R)));
+    const dim3 block(kLanes, kRows);
+    P = grid.y;
+    Welford<acc_t>* pp = nullptr;
+    if (stats) {
+      part = at::empty({g.C * P * static_cast<int64_t>(sizeof(Welford<acc_t>))}, popt);
+      pp = reinterpret_cast<Welford<acc_t>*>(part.data_ptr());
+      fwd_cl_kernel<T, true><<<grid, block, 0, stream>>>(x.const_data_ptr<T>(), wt.const_data_ptr<acc_t>(),
+                                                         sc, sh, y.mutable_data_ptr<T>(), g, R, act, pp);
+    } else {
+      fwd_cl_kernel<T, false><<<grid, block, 0, stream>>>(x.const_data_ptr<T>(), wt.const_data_ptr<acc_t>(),
+                                                          sc, sh, y.mutable_data_ptr<T>(), g, R, act, pp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    const PlaneMap m = plane_map(g.N * g.C, g.Ho * g.Wo);
+    P = g.N * m.chunks;
+    Welford<acc_t>* pp = nullptr;
+    if (stats) {
+      part = at::empty({g.C * P * static_cast<int64_t>(sizeof(Welford<acc_t>))}, popt);
+      pp = reinterpret_cast<Welford<acc_t>*>(part.data_ptr());
+      fwd_nchw_kernel<T, true><<<m.blocks, kThreads, 0, stream>>>(
+          x.const_data_ptr<T>(), w.const_data_ptr<acc_t>(), sc, sh, y.mutable_data_ptr<T>(), g, m, act, pp);
+    } else {
+      fwd_nchw_kernel<T, false><<<m.blocks, kThreads, 0, stream>>>(
+          x.const_data_ptr<T>(), w.const_data_ptr<acc_t>(), sc, sh, y.mutable_data_ptr<T>(), g, m, act, pp);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (stats) {
+    welford_finalize_kernel<acc_t><<<g.C, kThreads, 0, stream>>>(
+        reinterpret_cast<const Welford<acc_t>*>(part.const_data_ptr()), P,
+        mean->mutable_data_ptr<acc_t>(), var->mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+inline int64_t grid_for(int64_t numel) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(numel, kThreads), int64_t{1} << 20));
+}
+
+#define TCV_DW_DISPATCH(T, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
+
+struct CudaBackend {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
+  using Guard = c10::cuda::CUDAGuard;
+
+  static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                   const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+    TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_act", [&] {
+      launch_forward<scalar_t>(x, w, &scale, &shift, g, act, y, nullptr, nullptr);
+    });
+  }
+
+  static void stats(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
+                    at::Tensor& mean, at::Tensor& var) {
+    TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_stats", [&] {
+      launch_forward<scalar_t>(x, w, nullptr, nullptr, g, Act::Identity, z, &mean, &var);
+    });
+  }
+
+  static void ssa(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
+                  at::Tensor& y) {
+    const int64_t numel = z.numel();
+    const bool cl = !(z.is_contiguous() && y.is_contiguous());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    TCV_DW_DISPATCH(z.scalar_type(), "scale_shift_act", [&] {
+      using acc_t = acc_of<scalar_t>;
+      ssa_kernel<scalar_t><<<grid_for(numel), kThreads, 0, stream>>>(
+          z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
+          y.mutable_data_ptr<scalar_t>(), numel, z.size(1), z.size(2) * z.size(3), cl, act);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
+                           const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
+                           at::Tensor& gsh) {
+    const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+    const bool cl = !(z.is_contiguous() && grad.is_contiguous() && gz.is_contiguous());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    TCV_DW_DISPATCH(z.scalar_type(), "_scale_shift_act_backward", [&] {
+      using acc_t = acc_of<scalar_t>;
+      at::Tensor part;
+      int64_t P;
+      if (cl) {
+        const int64_t Pix = N * HW;
+        const int64_t R = cl_rows_per_thread(Pix);
+        const dim3 grid(static_cast<unsigned>(ceil_div(C, kLanes)),
+                        static_cast<unsigned>(ceil_div(Pix, kRows * R)));
+        P = grid.y;
+        part = at::empty({2 * C * P}, scale.options());
+        ssa_bwd_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
+            shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(), C, Pix, R, act,
+            part.mutable_data_ptr<acc_t>());
+      } else {
+        const PlaneMap m = plane_map(N * C, HW);
+        P = N * m.chunks;
+        part = at::empty({2 * C * P}, scale.options());
+        ssa_bwd_nchw_kernel<scalar_t><<<m.blocks, kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
+            shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(), C, m, act,
+            part.mutable_data_ptr<acc_t>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      at::Tensor sums = at::empty({2 * C}, scale.options());
+      sum_finalize_kernel<acc_t><<<2 * C, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), P,
+                                                                  sums.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      gsh.copy_(sums.narrow(0, 0, C));
+      gsc.copy_(sums.narrow(0, C, C));
+    });
+  }
+
+  static void stats_backward(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
+                             const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
+                             const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+    const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+    TORCH_CHECK(kk <= kThreads, "_dwconv_bn_stats_backward: the CUDA kernel supports kh * kw <= ",
+                kThreads, ", got ", g.kh, "x", g.kw);
+    TORCH_CHECK(gz.strides() == z.strides(), "_dwconv_bn_stats_backward: internal layout mismatch");
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const bool cl = !(x.is_contiguous() && gx.is_contiguous());
+    TCV_DW_DISPATCH(x.scalar_type(), "_dwconv_bn_stats_backward", [&] {
+      using acc_t = acc_of<scalar_t>;
+      DzLoader<scalar_t> dz{gz.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), strides_of(z),
+                            mean.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(),
+                            b.const_data_ptr<acc_t>(), use_b};
+      const int64_t numel = gx.numel();
+      if (cl) {
+        grad_input_kernel<scalar_t, true><<<grid_for(numel), kThreads, 0, stream>>>(
+            dz, w.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), g);
+      } else {
+        grad_input_kernel<scalar_t, false><<<grid_for(numel), kThreads, 0, stream>>>(
+            dz, w.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), g);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t chunks = ceil_div(g.N * g.Ho * g.Wo, kQB);
+      at::Tensor part = at::empty({g.C * kk * chunks}, w.options());
+      grad_weight_kernel<scalar_t><<<g.C * chunks, kThreads, 0, stream>>>(
+          dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      sum_finalize_kernel<acc_t><<<g.C * kk, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), chunks,
+                                                                    gw.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
+
+}  // namespace
+}  // namespace dwconv
+
+TORCH_LIBRARY_IMPL(torchcv_ext, CUDA, m) { dwconv::register_kernels<dwconv::CudaBackend>(m); }
+
+}  // namespace torchcv_ext
