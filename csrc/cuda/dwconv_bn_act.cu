@@ -84,14 +84,15 @@ __device__ __forceinline__ Welford<acc_t> shfl_down_w(const Welford<acc_t>& s, i
                         __shfl_down_sync(0xffffffffu, s.m2, off)};
 }
 
-// Merge over a 1-D block of kThreads; the result is valid in thread 0.
+// Merge over a block of kThreads (linear thread id tid, warps of 32 consecutive ids); the result
+// is valid in thread 0.
 template <typename acc_t>
-__device__ Welford<acc_t> block_welford(Welford<acc_t> s, Welford<acc_t>* sm) {
+__device__ Welford<acc_t> block_welford(Welford<acc_t> s, Welford<acc_t>* sm, int tid) {
   for (int off = 16; off > 0; off >>= 1) s = welford_merge(s, shfl_down_w(s, off));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = tid / 32, lane = tid % 32;
   if (lane == 0) sm[warp] = s;
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (tid == 0) {
     s = sm[0];
     for (int i = 1; i < kWarps; ++i) s = welford_merge(s, sm[i]);
   }
@@ -159,9 +160,102 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       Welford<acc_t> s = welford_init<acc_t>();
       if (valid) welford_push(s, v);
-      s = block_welford(s, wsm);
+      s = block_welford(s, wsm, static_cast<int>(threadIdx.x));
       if (threadIdx.x == 0) part[(plane % g.C) * P + partial_col(m, plane / g.C)] = s;
     }
+  }
+}
+
+// NCHW fast path for the common MobileNet/EfficientNet geometry (square K in {3, 5, 7}, stride S in
+// {1, 2}, dilation 1, planes of more than 256 outputs): one block per 32 x 32 output tile of one
+// (n, c) plane. The block stages the input tile (+ halo) in shared memory with coalesced loads
+// (one global read per element, zero padding materialized), then each thread computes a column of
+// kRB = 4 consecutive output rows, reading every input row of its window once from shared memory
+// and reusing it for all the outputs it feeds (((kRB - 1) * S + K) * K reads for kRB outputs
+// instead of kRB * K * K). Lanes own consecutive output columns: conflict-free for S = 1 (2-way for
+// S = 2) and coalesced stores. Partials (stats): [C][N * tiles].
+constexpr int kTW = 32;          // tile width (threadIdx.x)
+constexpr int kTY = 8;           // threadIdx.y
+constexpr int kRB = 4;           // output rows per thread
+constexpr int kTH = kTY * kRB;   // tile height
+
+struct TileMap {
+  int64_t tiles_h, tiles_w, tiles;
+};
+
+template <typename T, int K, int S, bool kStats>
+__global__ void __launch_bounds__(kThreads)
+    fwd_nchw_tile_kernel(const T* __restrict__ x, const acc_of<T>* __restrict__ w,
+                         const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                         T* __restrict__ y, const Geom g, const TileMap tm, const Act act,
+                         Welford<acc_of<T>>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  constexpr int IH = (kTH - 1) * S + K;
+  constexpr int IW = (kTW - 1) * S + K;
+  __shared__ acc_t tile[IH][IW];
+  __shared__ Welford<acc_t> wsm[kWarps];
+  const int tid = threadIdx.y * kTW + threadIdx.x;
+  const int64_t b = blockIdx.x;
+  const int64_t plane = b / tm.tiles, t = b % tm.tiles;
+  const int64_t oh0 = (t / tm.tiles_w) * kTH, ow0 = (t % tm.tiles_w) * kTW;
+  const int64_t c = plane % g.C;
+  const T* xp = x + plane * g.H * g.W;
+  const int64_t ih0 = oh0 * S - g.ph, iw0 = ow0 * S - g.pw;
+  for (int idx = tid; idx < IH * IW; idx += kThreads) {
+    const int r = idx / IW, q = idx % IW;
+    const int64_t ih = ih0 + r, iw = iw0 + q;
+    tile[r][q] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? static_cast<acc_t>(xp[ih * g.W + iw])
+                                                              : acc_t(0);
+  }
+  acc_t wr[K * K];
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) wr[i] = w[c * K * K + i];
+  __syncthreads();
+
+  acc_t acc[kRB];
+#pragma unroll
+  for (int v = 0; v < kRB; ++v) acc[v] = acc_t(0);
+  const int r0 = threadIdx.y * kRB * S;  // first tile row of this thread's window
+  const int q0 = threadIdx.x * S;        // first tile column
+#pragma unroll
+  for (int rl = 0; rl < (kRB - 1) * S + K; ++rl) {
+    acc_t vals[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) vals[j] = tile[r0 + rl][q0 + j];
+#pragma unroll
+    for (int v = 0; v < kRB; ++v) {
+      const int i = rl - v * S;  // tap row feeding output row v (compile-time after unrolling)
+      if (i >= 0 && i < K) {
+#pragma unroll
+        for (int j = 0; j < K; ++j) acc[v] += wr[i * K + j] * vals[j];
+      }
+    }
+  }
+
+  const int64_t ow = ow0 + threadIdx.x;
+  T* yp = y + plane * g.Ho * g.Wo;
+  Welford<acc_t> st = welford_init<acc_t>();
+  acc_t s = acc_t(1), bsh = acc_t(0);
+  if constexpr (!kStats) {
+    s = sc[c];
+    bsh = sh[c];
+  }
+#pragma unroll
+  for (int v = 0; v < kRB; ++v) {
+    const int64_t oh = oh0 + threadIdx.y * kRB + v;
+    if (oh < g.Ho && ow < g.Wo) {
+      if constexpr (kStats) {
+        yp[oh * g.Wo + ow] = static_cast<T>(acc[v]);
+        welford_push(st, acc[v]);
+      } else {
+        yp[oh * g.Wo + ow] = static_cast<T>(bn_act<acc_t>(act, acc[v], s, bsh));
+      }
+    }
+  }
+  if constexpr (kStats) {
+    // warp = threadIdx.y, lane = threadIdx.x (blockDim.x == 32): block_welford's layout.
+    st = block_welford(st, wsm, tid);
+    if (tid == 0) part[c * (g.N * tm.tiles) + (plane / g.C) * tm.tiles + t] = st;
   }
 }
 
@@ -437,6 +531,57 @@ inline int64_t cl_rows_per_thread(int64_t P) {
   return std::max<int64_t>(8, ceil_div(P, kRows * int64_t{65535}));
 }
 
+// Runs the tile kernel when the geometry is one it is instantiated for; false otherwise.
+template <typename T>
+bool launch_tile(const at::Tensor& x, const at::Tensor& w, const acc_of<T>* sc, const acc_of<T>* sh,
+                 const Geom& g, Act act, at::Tensor& y, bool stats, at::Tensor& part, int64_t& P) {
+  using acc_t = acc_of<T>;
+  if constexpr (std::is_same_v<T, double>) {
+    return false;
+  } else {
+    const int K = g.kh, S = g.sh;
+    if (g.kw != K || g.sw != S || g.dh != 1 || g.dw != 1 || g.Ho * g.Wo <= kThreads) return false;
+    if (!((K == 3 || K == 5 || K == 7) && (S == 1 || S == 2))) return false;
+    TileMap tm;
+    tm.tiles_h = ceil_div(g.Ho, kTH);
+    tm.tiles_w = ceil_div(g.Wo, kTW);
+    tm.tiles = tm.tiles_h * tm.tiles_w;
+    const int64_t blocks = g.N * g.C * tm.tiles;
+    P = g.N * tm.tiles;
+    Welford<acc_t>* pp = nullptr;
+    if (stats) {
+      part = at::empty({g.C * P * static_cast<int64_t>(sizeof(Welford<acc_t>))},
+                       x.options().dtype(at::kByte));
+      pp = reinterpret_cast<Welford<acc_t>*>(part.data_ptr());
+    }
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const dim3 block(kTW, kTY);
+    const T* xd = x.const_data_ptr<T>();
+    const acc_t* wd = w.const_data_ptr<acc_t>();
+    T* yd = y.mutable_data_ptr<T>();
+#define TCV_TILE_CASE(KK, SS)                                                                     \
+  if (K == KK && S == SS) {                                                                       \
+    if (stats) {                                                                                  \
+      fwd_nchw_tile_kernel<T, KK, SS, true><<<blocks, block, 0, stream>>>(xd, wd, sc, sh, yd, g,  \
+                                                                         tm, act, pp);            \
+    } else {                                                                                      \
+      fwd_nchw_tile_kernel<T, KK, SS, false><<<blocks, block, 0, stream>>>(xd, wd, sc, sh, yd, g, \
+                                                                          tm, act, pp);           \
+    }                                                                                             \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                               \
+    return true;                                                                                  \
+  }
+    TCV_TILE_CASE(3, 1)
+    TCV_TILE_CASE(3, 2)
+    TCV_TILE_CASE(5, 1)
+    TCV_TILE_CASE(5, 2)
+    TCV_TILE_CASE(7, 1)
+    TCV_TILE_CASE(7, 2)
+#undef TCV_TILE_CASE
+    return false;
+  }
+}
+
 template <typename T>
 void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* scale,
                     const at::Tensor* shift, const Geom& g, Act act, at::Tensor& y,
@@ -469,6 +614,8 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
                                                           sc, sh, y.mutable_data_ptr<T>(), g, R, act, pp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (launch_tile<T>(x, w, sc, sh, g, act, y, stats, part, P)) {
+    // done: the shared-memory tile kernel ran
   } else {
     const PlaneMap m = plane_map(g.N * g.C, g.Ho * g.Wo);
     P = g.N * m.chunks;
