@@ -303,6 +303,89 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// channels_last fast path (square K in {3, 5, 7}, stride S in {1, 2}, dilation 1): like
+// fwd_cl_kernel, but every thread computes kVW = 4 horizontally adjacent outputs (n, oh, ow0..+3)
+// of its channel, loading each input row segment of the window once ((kVW - 1) * S + K values per
+// tap row) and reusing it for all four: ~K*(3S+K)/4 loads per output instead of K*K. Loads and
+// stores stay coalesced across the channel lanes. The unit of work is a group of kVW outputs;
+// block (kLanes, kRows) walks R groups per thread. part: [C][chunks].
+constexpr int kVW = 4;
+
+template <typename T, int K, int S, bool kStats>
+__global__ void __launch_bounds__(kThreads)
+    fwd_cl_blocked_kernel(const T* __restrict__ x, const acc_of<T>* __restrict__ wt,
+                          const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                          T* __restrict__ y, const Geom g, const int64_t R, const Act act,
+                          Welford<acc_of<T>>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  constexpr int SEG = (kVW - 1) * S + K;
+  __shared__ Welford<acc_t> sm[kRows][kLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
+  const int64_t Wg = (g.Wo + kVW - 1) / kVW;         // groups per output row
+  const int64_t G = g.N * g.Ho * Wg;                 // groups in total
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
+  Welford<acc_t> st = welford_init<acc_t>();
+  if (c < g.C) {
+    acc_t wr[K * K];
+#pragma unroll
+    for (int i = 0; i < K * K; ++i) wr[i] = wt[static_cast<int64_t>(i) * g.C + c];
+    acc_t s = acc_t(1), b = acc_t(0);
+    if constexpr (!kStats) {
+      s = sc[c];
+      b = sh[c];
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t q = q0 + r * kRows + threadIdx.y;
+      if (q >= G) break;
+      const int64_t owg = q % Wg, t = q / Wg, oh = t % g.Ho, n = t / g.Ho;
+      const int64_t ow0 = owg * kVW;
+      const T* xn = x + n * g.H * g.W * g.C + c;
+      const int64_t iw0 = ow0 * S - g.pw;
+      acc_t acc[kVW];
+#pragma unroll
+      for (int v = 0; v < kVW; ++v) acc[v] = acc_t(0);
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        const int64_t ih = oh * S - g.ph + i;
+        if (ih < 0 || ih >= g.H) continue;
+        const T* xr = xn + ih * g.W * g.C;
+        acc_t seg[SEG];
+#pragma unroll
+        for (int e = 0; e < SEG; ++e) {
+          const int64_t iw = iw0 + e;
+          seg[e] = (iw >= 0 && iw < g.W) ? static_cast<acc_t>(xr[iw * g.C]) : acc_t(0);
+        }
+#pragma unroll
+        for (int v = 0; v < kVW; ++v) {
+#pragma unroll
+          for (int j = 0; j < K; ++j) acc[v] += wr[i * K + j] * seg[v * S + j];
+        }
+      }
+      T* yr = y + ((n * g.Ho + oh) * g.Wo) * g.C + c;
+#pragma unroll
+      for (int v = 0; v < kVW; ++v) {
+        const int64_t ow = ow0 + v;
+        if (ow < g.Wo) {
+          if constexpr (kStats) {
+            yr[ow * g.C] = static_cast<T>(acc[v]);
+            welford_push(st, acc[v]);
+          } else {
+            yr[ow * g.C] = static_cast<T>(bn_act<acc_t>(act, acc[v], s, b));
+          }
+        }
+      }
+    }
+  }
+  if constexpr (kStats) {
+    sm[threadIdx.y][threadIdx.x] = st;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < g.C) {
+      for (int i = 1; i < kRows; ++i) st = welford_merge(st, sm[i][threadIdx.x]);
+      part[c * gridDim.y + blockIdx.y] = st;
+    }
+  }
+}
+
 // One block per row r: merges part[r][0, P) in a fixed tree order -> mean[r], biased var[r].
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -597,7 +680,11 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
   int64_t P;
   if (cl) {
     const at::Tensor wt = w.t().contiguous();
-    const int64_t Pix = g.N * g.Ho * g.Wo;
+    const bool blocked = !std::is_same_v<T, double> && g.kh == g.kw && g.sh == g.sw &&
+                         g.dh == 1 && g.dw == 1 && (g.kh == 3 || g.kh == 5 || g.kh == 7) &&
+                         (g.sh == 1 || g.sh == 2);
+    // work items: output pixels, or groups of kVW adjacent pixels for the blocked kernel
+    const int64_t Pix = blocked ? g.N * g.Ho * ceil_div(g.Wo, kVW) : g.N * g.Ho * g.Wo;
     const int64_t R = cl_rows_per_thread(Pix);
     const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
                     static_cast<unsigned>(ceil_div(Pix, kRows * R)));
@@ -607,6 +694,31 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
     if (stats) {
       part = at::empty({g.C * P * static_cast<int64_t>(sizeof(Welford<acc_t>))}, popt);
       pp = reinterpret_cast<Welford<acc_t>*>(part.data_ptr());
+    }
+    if (blocked) {
+      if constexpr (!std::is_same_v<T, double>) {
+        const T* xd = x.const_data_ptr<T>();
+        const acc_t* wd = wt.const_data_ptr<acc_t>();
+        T* yd = y.mutable_data_ptr<T>();
+#define TCV_CL_CASE(KK, SS)                                                                    \
+  if (g.kh == KK && g.sh == SS) {                                                              \
+    if (stats) {                                                                               \
+      fwd_cl_blocked_kernel<T, KK, SS, true><<<grid, block, 0, stream>>>(xd, wd, sc, sh, yd, g, \
+                                                                         R, act, pp);          \
+    } else {                                                                                   \
+      fwd_cl_blocked_kernel<T, KK, SS, false><<<grid, block, 0, stream>>>(xd, wd, sc, sh, yd,   \
+                                                                          g, R, act, pp);      \
+    }                                                                                          \
+  }
+        TCV_CL_CASE(3, 1)
+        TCV_CL_CASE(3, 2)
+        TCV_CL_CASE(5, 1)
+        TCV_CL_CASE(5, 2)
+        TCV_CL_CASE(7, 1)
+        TCV_CL_CASE(7, 2)
+#undef TCV_CL_CASE
+      }
+    } else if (stats) {
       fwd_cl_kernel<T, true><<<grid, block, 0, stream>>>(x.const_data_ptr<T>(), wt.const_data_ptr<acc_t>(),
                                                          sc, sh, y.mutable_data_ptr<T>(), g, R, act, pp);
     } else {
