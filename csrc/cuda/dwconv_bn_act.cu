@@ -3,16 +3,21 @@
 // functions the CPU kernels run): csrc/include/torchcv_ext/dwconv_bn_act.h. Autograd / fake /
 // autocast: torchcv_ext/ops/dwconv_bn_act.py.
 //
-// Block mappings (acc_t = float, double for float64; 64-bit index math throughout):
-//   NCHW  "plane map": planes of Ho*Wo <= 256 outputs are packed several per 256-thread block,
-//         larger planes are split in 256-output chunks; a block never straddles a chunk, so its
-//         per-channel partials (statistics, sums) belong to one channel (or one per packed plane).
-//         Consecutive threads own consecutive outputs of a row: coalesced stores, L1-cached taps.
-//   channels_last: 32 channel lanes x 8 pixel rows per block, each thread walking R pixels of its
-//         channel; coalesced across channels.
-//   Reductions: per-block partials (Welford for the batch statistics, plain sums for gradients)
-//   written to a [row][partial] buffer, merged by a second kernel in a fixed tree order. No
-//   atomics: results are deterministic run to run (torch.use_deterministic_algorithms).
+// Forward (eval epilogue act(z * scale + shift), or train: z + Welford partials), acc_t = float
+// (double for float64), 64-bit index math throughout:
+//   NCHW, K in {3,5,7}, stride 1/2, dilation 1, planes > 256 outputs: fwd_nchw_tile_kernel, one
+//         block per 32x32 output tile; input tile + halo staged in shared memory, 4 output rows per
+//         thread with register reuse of the window rows.
+//   NCHW otherwise: fwd_nchw_kernel, "plane map": planes of <= 256 outputs packed several per
+//         block, larger planes split in 256-output chunks, taps read through L1.
+//   channels_last: 32 channel lanes x 8 pixel rows per block (coalesced across channels);
+//         fwd_cl_blocked_kernel (K in {3,5,7}, stride 1/2) computes 4 adjacent outputs per thread
+//         reusing each window row segment, fwd_cl_kernel covers every other geometry.
+// Backward: ssa_bwd_* (elementwise + per-channel sums), grad_input_kernel (one thread per input
+//   element, transposed conv via tap_source), grad_weight_* (per channel x tap sums).
+// Reductions: per-block partials (Welford for the batch statistics, plain sums for gradients)
+// written to a [row][partial] buffer, merged by a second kernel in a fixed tree order. No atomics:
+// results are deterministic run to run (torch.use_deterministic_algorithms).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -608,6 +613,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// dw, channels_last: block (kLanes channels, kRows pixel rows), each thread walking R pixels of
+// its channel (coalesced across the lanes); taps are looped outside the pixels (the pixels' dz and
+// x come from L1 after the first tap). Rows are summed in order. part [C * kk][chunks].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    grad_weight_cl_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
+                          const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  __shared__ acc_t red[kRows][kLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
+  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
+  for (int64_t tap = 0; tap < kk; ++tap) {
+    const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
+    acc_t acc = acc_t(0);
+    if (c < g.C) {
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t q = q0 + r * kRows + threadIdx.y;
+        if (q >= P) break;
+        const int64_t n = q / HWo, pix = q % HWo, oh = pix / g.Wo, ow = pix % g.Wo;
+        acc += dz(n, c, oh, ow) * tap_input<acc_t>(x + n * xs.n + c * xs.c, xs.h, xs.w, g, oh, ow, i, j);
+      }
+    }
+    red[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < g.C) {
+      for (int rr = 1; rr < kRows; ++rr) acc += red[rr][threadIdx.x];
+      part[(c * kk + tap) * gridDim.y + blockIdx.y] = acc;
+    }
+    __syncthreads();  // red is reused by the next tap
+  }
+}
+
 // ---- launch helpers -------------------------------------------------------------------------
 inline int64_t cl_rows_per_thread(int64_t P) {
   // kRows * R pixels per block, at most 65535 blocks along y.
@@ -853,10 +892,23 @@ struct CudaBackend {
             dz, w.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), g);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t chunks = ceil_div(g.N * g.Ho * g.Wo, kQB);
-      at::Tensor part = at::empty({g.C * kk * chunks}, w.options());
-      grad_weight_kernel<scalar_t><<<g.C * chunks, kThreads, 0, stream>>>(
-          dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
+      const int64_t Pix = g.N * g.Ho * g.Wo;
+      int64_t chunks;
+      at::Tensor part;
+      if (cl) {
+        const int64_t R = cl_rows_per_thread(Pix);
+        const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
+                        static_cast<unsigned>(ceil_div(Pix, kRows * R)));
+        chunks = grid.y;
+        part = at::empty({g.C * kk * chunks}, w.options());
+        grad_weight_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
+            dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, R, part.mutable_data_ptr<acc_t>());
+      } else {
+        chunks = ceil_div(Pix, kQB);
+        part = at::empty({g.C * kk * chunks}, w.options());
+        grad_weight_kernel<scalar_t><<<g.C * chunks, kThreads, 0, stream>>>(
+            dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       sum_finalize_kernel<acc_t><<<g.C * kk, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), chunks,
                                                                     gw.mutable_data_ptr<acc_t>());
