@@ -1,6 +1,7 @@
 """Fused depthwise conv + BatchNorm + activation (torchcv_ext.ops.dwconv_bn_act, nn.DWConvBNAct)."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -393,3 +394,20 @@ def test_fold_bn_matches_batchnorm():
     scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     z = torch.randn(2, 5, 4, 4)
     torch.testing.assert_close(z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), bn(z))
+
+
+def test_from_modules_conv_bias_and_string_padding():
+    eager = nn.Sequential(nn.Conv2d(5, 5, 3, padding="same", groups=5, bias=True), nn.BatchNorm2d(5),
+                          nn.SiLU()).double()
+    _randomize(eager)
+    fused = DWConvBNAct.from_modules(*copy.deepcopy(eager))
+    assert fused[0].padding == (1, 1)
+    for train in (True, True, False):
+        eager.train(train)
+        fused.train(train)
+        x = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+        torch.testing.assert_close(fused(x), eager(x))
+        torch.testing.assert_close(fused[1].running_mean, eager[1].running_mean)
+        torch.testing.assert_close(fused[1].running_var, eager[1].running_var)
+    valid = DWConvBNAct.from_modules(nn.Conv2d(5, 5, 3, padding="valid", groups=5), nn.BatchNorm2d(5))
+    assert valid.eval()(torch.randn(1, 5, 6, 6)).shape == (1, 5, 4, 4)
