@@ -598,10 +598,21 @@ __global__ void __launch_bounds__(kThreads)
   if (tap < kk) {
     const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
     const int64_t qend = (chunk + 1) * kQB < P ? (chunk + 1) * kQB : P;
-    for (int64_t q = chunk * kQB + lane; q < qend; q += L) {
-      const int64_t n = q / HWo, pix = q % HWo, oh = pix / g.Wo, ow = pix % g.Wo;
+    int64_t q = chunk * kQB + lane;
+    // (n, oh, ow) of q, advanced incrementally by L (divisions only when a row wraps).
+    int64_t n = q / HWo, oh = (q % HWo) / g.Wo, ow = q % g.Wo;
+    for (; q < qend; q += L) {
       const acc_t xv = tap_input<acc_t>(x + n * xs.n + c * xs.c, xs.h, xs.w, g, oh, ow, i, j);
       acc += dz(n, c, oh, ow) * xv;
+      ow += L;
+      if (ow >= g.Wo) {
+        oh += ow / g.Wo;
+        ow %= g.Wo;
+        if (oh >= g.Ho) {
+          n += oh / g.Ho;
+          oh %= g.Ho;
+        }
+      }
     }
   }
   red[threadIdx.x] = acc;

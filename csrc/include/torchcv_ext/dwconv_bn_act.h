@@ -57,10 +57,20 @@ TCV_FN acc_t conv_at(const T* xp, int64_t sxh, int64_t sxw, const acc_t* w, int6
 
 // The output position that tap `i` of input coordinate `in` contributes to, or -1 when none:
 // in = o * s - p + i * d  =>  o = (in + p - i * d) / s when divisible and 0 <= o < out.
+// Strides 1 and 2 (uniform across a GPU warp) avoid the integer division.
 TCV_FN int64_t tap_source(int64_t in, int i, int s, int p, int d, int64_t out) {
   const int64_t t = in + p - static_cast<int64_t>(i) * d;
-  if (t < 0 || t % s != 0) return -1;
-  const int64_t o = t / s;
+  if (t < 0) return -1;
+  int64_t o;
+  if (s == 1) {
+    o = t;
+  } else if (s == 2) {
+    if (t & 1) return -1;
+    o = t >> 1;
+  } else {
+    if (t % s != 0) return -1;
+    o = t / s;
+  }
   return o < out ? o : -1;
 }
 
