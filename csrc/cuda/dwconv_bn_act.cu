@@ -430,15 +430,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- y = act(z * scale + shift) ---------------------------------------------------------------
-template <typename T>
+// I: index type, uint32_t when every index (and the grid-stride step) fits, else int64_t; the
+// channel of element i needs a division, much cheaper in 32 bits.
+template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
     ssa_kernel(const T* __restrict__ z, const acc_of<T>* __restrict__ sc,
-               const acc_of<T>* __restrict__ sh, T* __restrict__ y, const int64_t numel,
-               const int64_t C, const int64_t HW, const bool cl, const Act act) {
+               const acc_of<T>* __restrict__ sh, T* __restrict__ y, const I numel, const I C,
+               const I HW, const bool cl, const Act act) {
   using acc_t = acc_of<T>;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
-    const int64_t c = cl ? i % C : (i / HW) % C;
+  const I step = static_cast<I>(gridDim.x) * kThreads;
+  for (I i = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
+    const I c = cl ? i % C : (i / HW) % C;
     y[i] = static_cast<T>(bn_act<acc_t>(act, static_cast<acc_t>(z[i]), sc[c], sh[c]));
   }
 }
@@ -549,33 +551,37 @@ struct DzLoader {
 };
 
 // dx: one thread per input element, in gx's memory order (NCHW or channels_last).
-template <typename T, bool kCL>
+// I: index type of the decomposition (uint32_t when it fits, see ssa_kernel).
+template <typename T, bool kCL, typename I>
 __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const DzLoader<T> dz, const acc_of<T>* __restrict__ w, T* __restrict__ gx,
                       const Geom g) {
   using acc_t = acc_of<T>;
-  const int64_t numel = g.N * g.C * g.H * g.W;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const I numel = static_cast<I>(g.N * g.C * g.H * g.W);
+  const I step = static_cast<I>(gridDim.x) * kThreads;
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
-    int64_t n, c, ih, iw, t;
+  const I C = static_cast<I>(g.C), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  for (I i = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
+    I n, c, ih, iw, t;
     if constexpr (kCL) {
-      c = i % g.C;
-      t = i / g.C;
-      iw = t % g.W;
-      t /= g.W;
-      ih = t % g.H;
-      n = t / g.H;
+      c = i % C;
+      t = i / C;
+      iw = t % W;
+      t /= W;
+      ih = t % H;
+      n = t / H;
     } else {
-      iw = i % g.W;
-      t = i / g.W;
-      ih = t % g.H;
-      t /= g.H;
-      c = t % g.C;
-      n = t / g.C;
+      iw = i % W;
+      t = i / W;
+      ih = t % H;
+      t /= H;
+      c = t % C;
+      n = t / C;
     }
-    auto dzp = [&](int64_t oh, int64_t ow) { return dz(n, c, oh, ow); };
-    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, w + c * kk, 1, g, ih, iw));
+    const int64_t n64 = n, c64 = c;
+    auto dzp = [&](int64_t oh, int64_t ow) { return dz(n64, c64, oh, ow); };
+    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, w + c64 * kk, 1, g, static_cast<int64_t>(ih),
+                                                static_cast<int64_t>(iw)));
   }
 }
 
@@ -805,6 +811,11 @@ inline int64_t grid_for(int64_t numel) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(numel, kThreads), int64_t{1} << 20));
 }
 
+// 32-bit indices are safe when every index and the last grid-stride increment stay below 2^32.
+inline bool fits_u32(int64_t numel, int64_t blocks) {
+  return numel + blocks * kThreads < (int64_t{1} << 32);
+}
+
 #define TCV_DW_DISPATCH(T, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
 
@@ -833,9 +844,17 @@ struct CudaBackend {
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     TCV_DW_DISPATCH(z.scalar_type(), "scale_shift_act", [&] {
       using acc_t = acc_of<scalar_t>;
-      ssa_kernel<scalar_t><<<grid_for(numel), kThreads, 0, stream>>>(
-          z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-          y.mutable_data_ptr<scalar_t>(), numel, z.size(1), z.size(2) * z.size(3), cl, act);
+      const int64_t blocks = grid_for(numel);
+      if (fits_u32(numel, blocks)) {
+        ssa_kernel<scalar_t, uint32_t><<<blocks, kThreads, 0, stream>>>(
+            z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
+            y.mutable_data_ptr<scalar_t>(), static_cast<uint32_t>(numel), static_cast<uint32_t>(z.size(1)),
+            static_cast<uint32_t>(z.size(2) * z.size(3)), cl, act);
+      } else {
+        ssa_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+            z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
+            y.mutable_data_ptr<scalar_t>(), numel, z.size(1), z.size(2) * z.size(3), cl, act);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -895,12 +914,18 @@ struct CudaBackend {
                             mean.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(),
                             b.const_data_ptr<acc_t>(), use_b};
       const int64_t numel = gx.numel();
-      if (cl) {
-        grad_input_kernel<scalar_t, true><<<grid_for(numel), kThreads, 0, stream>>>(
-            dz, w.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), g);
+      const int64_t blocks = grid_for(numel);
+      const bool small = fits_u32(numel, blocks);
+      const acc_t* wd = w.const_data_ptr<acc_t>();
+      scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
+      if (cl && small) {
+        grad_input_kernel<scalar_t, true, uint32_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
+      } else if (cl) {
+        grad_input_kernel<scalar_t, true, int64_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
+      } else if (small) {
+        grad_input_kernel<scalar_t, false, uint32_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
       } else {
-        grad_input_kernel<scalar_t, false><<<grid_for(numel), kThreads, 0, stream>>>(
-            dz, w.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), g);
+        grad_input_kernel<scalar_t, false, int64_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t Pix = g.N * g.Ho * g.Wo;
