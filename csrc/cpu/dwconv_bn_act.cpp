@@ -3,13 +3,19 @@
 // csrc/include/torchcv_ext/dwconv_bn_act.h. Autograd / fake / autocast: torchcv_ext/ops/dwconv_bn_act.py.
 //
 // eval / stats forward (the fast paths):
-//   NCHW: one task per (n, c) plane; the plane is copied once into a zero-padded acc_t buffer
-//         (thread-local), then every output row accumulates kh*kw shifted, unit-stride (for stride
-//         1) row segments -- no bounds checks in the inner loop, auto-vectorized -- and the
-//         epilogue (BN fold + activation, or Welford statistics) runs on the row in registers/L1.
-//   channels_last: one task per output row (n, oh); taps accumulate C-contiguous vectors.
-// One read of x and one write of y. Reductions (statistics, weight/BN gradients) are combined in a
-// fixed order that does not depend on the number of threads: deterministic.
+//   NCHW: one task per (n, c) plane; the plane is copied once into a zero-padded float buffer
+//         (per task), stored phase-split by the stride so that every tap reads a unit-stride
+//         segment; each output row accumulates its kh*kw segments in registers (32 outputs at a
+//         time, AVX-512 / AVX2 / baseline clones picked at load time) and the whole plane then goes
+//         through the epilogue (BN fold + activation with a vectorizable exp for SiLU/sigmoid, or
+//         Welford statistics) while it is still in L1/L2.
+//   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
+//         channel register blocks, then the row's epilogue.
+// One read of x and one write of y. float64 uses the same loops without the float clones.
+// Train-mode and backward kernels are straightforward loops over the shared per-element math
+// (dwconv_bn_act.h) -- they exist to run (and test) exactly the math the CUDA kernels run.
+// Reductions (statistics, weight/BN gradients) are combined in a fixed order that does not depend
+// on the number of threads: deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -65,29 +71,45 @@ constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
 // slack); the caller keeps the first Wo values.
 TCV_CPU_CLONES void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps,
                                  int64_t Wo, float* out) {
-  if (Wo <= 16) {  // narrow rows (late MobileNet stages): one register
-    f32x16 a0 = {};
-    for (int t = 0; t < taps; ++t) a0 += w[t] * load16(in + off[t]);
-    store16(out, a0);
+  // Taps alternate between two accumulator sets: independent FMA chains hide the FMA latency.
+  if (Wo <= 16) {  // narrow rows (late MobileNet stages): one register wide
+    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int t = 0;
+    for (; t + 4 <= taps; t += 4) {
+      a0 += w[t] * load16(in + off[t]);
+      a1 += w[t + 1] * load16(in + off[t + 1]);
+      a2 += w[t + 2] * load16(in + off[t + 2]);
+      a3 += w[t + 3] * load16(in + off[t + 3]);
+    }
+    for (; t < taps; ++t) a0 += w[t] * load16(in + off[t]);
+    store16(out, (a0 + a1) + (a2 + a3));
     return;
   }
   for (int64_t ow = 0; ow < Wo; ow += kRowBlock) {
-    f32x16 a0 = {}, a1 = {};
-    for (int t = 0; t < taps; ++t) {
-      const float wv = w[t];
+    f32x16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
+    int t = 0;
+    for (; t + 2 <= taps; t += 2) {
       const float* p = in + off[t] + ow;
-      a0 += wv * load16(p);
-      a1 += wv * load16(p + 16);
+      const float* q = in + off[t + 1] + ow;
+      a0 += w[t] * load16(p);
+      a1 += w[t] * load16(p + 16);
+      b0 += w[t + 1] * load16(q);
+      b1 += w[t + 1] * load16(q + 16);
     }
-    store16(out + ow, a0);
-    store16(out + ow + 16, a1);
+    if (t < taps) {
+      const float* p = in + off[t] + ow;
+      a0 += w[t] * load16(p);
+      a1 += w[t] * load16(p + 16);
+    }
+    store16(out + ow, a0 + b0);
+    store16(out + ow + 16, a1 + b1);
   }
 }
 
 // Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
 #define TCV_CL_BLOCK(NV)                                                                   \
   for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                           \
-    f32x16 a[NV] = {};                                                                     \
+    f32x16 a[NV] = {}, b[NV] = {}; /* even / odd taps: independent FMA chains */            \
     for (int i = 0; i < kh; ++i) {                                                         \
       const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                \
       if (ih < 0 || ih >= H) continue;                                                     \
@@ -96,10 +118,14 @@ TCV_CPU_CLONES void nchw_row_f32(const float* in, const int64_t* off, const floa
         if (iw < 0 || iw >= W) continue;                                                   \
         const float* xs = xn + (ih * W + iw) * C + c0;                                     \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                  \
-        for (int v = 0; v < (NV); ++v) a[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+        if (j & 1) {                                                                       \
+          for (int v = 0; v < (NV); ++v) b[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+        } else {                                                                           \
+          for (int v = 0; v < (NV); ++v) a[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+        }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    for (int v = 0; v < (NV); ++v) store16(out + ow * C + c0 + 16 * v, a[v]);              \
+    for (int v = 0; v < (NV); ++v) store16(out + ow * C + c0 + 16 * v, a[v] + b[v]);       \
   }
 
 // One channels_last output row (n, oh): out[ow * C + c]. xn = x[n] (H, W, C), wt = (kh*kw, C).
