@@ -113,11 +113,14 @@ class DWConvBNAct(nn.Sequential):
                              f"groups={conv.groups}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"DWConvBNAct: only zero padding is supported, got {conv.padding_mode!r}")
-        if isinstance(conv.padding, str):
-            if conv.padding == "same":
+        if isinstance(conv.padding, str):  # "same" (odd kernels) / "valid" as explicit padding
+            if conv.padding == "same" and all(k % 2 == 1 for k in conv.kernel_size):
                 conv.padding = same_padding(conv.kernel_size, conv.dilation)
+            elif conv.padding == "valid":
+                conv.padding = (0, 0)
             else:
-                raise ValueError(f"DWConvBNAct: unsupported conv padding {conv.padding!r}")
+                raise ValueError(f"DWConvBNAct: unsupported conv padding {conv.padding!r} for kernel "
+                                 f"{conv.kernel_size}")
         if not isinstance(bn, nn.BatchNorm2d):
             raise TypeError(f"DWConvBNAct: expected an nn.BatchNorm2d, got {type(bn).__name__}")
         if bn.num_features != c:

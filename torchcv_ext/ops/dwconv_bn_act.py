@@ -24,6 +24,7 @@ x, weight and the outputs use the input dtype (fp32/fp16/bf16/fp64), accumulatio
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -84,6 +85,21 @@ def fold_bn(bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
     return scale, shift
 
 
+def _ref_autocast(x: torch.Tensor, weight: torch.Tensor):
+    """Reference path (no compiled extension): apply the ops' autocast rule by hand -- x and weight
+    to the autocast dtype, per-channel vectors kept in float32 -- and return a context that
+    disables autocast inside (the reference casts to float32 itself)."""
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        if x.is_floating_point() and x.dtype != torch.float64:
+            x = x.to(dt)
+        if weight.is_floating_point() and weight.dtype != torch.float64:
+            weight = weight.to(dt)
+        return x, weight, torch.autocast(dev, enabled=False)
+    return x, weight, contextlib.nullcontext()
+
+
 def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                   stride: IntPair = 1, padding: Union[IntPair, str, None] = None, dilation: IntPair = 1,
                   activation: str = "relu") -> torch.Tensor:
@@ -96,7 +112,9 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     _common.check_activation(activation)
     if _USE_OPS:
         return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
-    return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
+    x, weight, ctx = _ref_autocast(x, weight)
+    with ctx:
+        return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
 
 
 def _check_batch(z_shape) -> None:
@@ -125,7 +143,9 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
     if _USE_OPS:
         z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
     else:
-        z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
+        x, weight, ctx = _ref_autocast(x, weight)
+        with ctx:
+            z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
     scale = torch.rsqrt(var + eps)
     if bn_weight is not None:
         scale = scale * bn_weight.to(scale.dtype)
@@ -135,7 +155,8 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
     if _USE_OPS:
         y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
     else:
-        y = ref.scale_shift_act(z, scale, shift, activation)
+        with torch.autocast(z.device.type, enabled=False):
+            y = ref.scale_shift_act(z, scale, shift, activation)
     return y, mean, var
 
 
