@@ -110,7 +110,7 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     (the output keeps the layout); fp32/fp16/bf16/fp64."""
     s, p, d = _conv_args(weight, stride, padding, dilation)
     _common.check_activation(activation)
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
     x, weight, ctx = _ref_autocast(x, weight)
     with ctx:
@@ -140,7 +140,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
     else:
         x, weight, ctx = _ref_autocast(x, weight)
@@ -152,7 +152,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
     shift = -mean * scale
     if bn_bias is not None:
         shift = shift + bn_bias.to(scale.dtype)
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
     else:
         with torch.autocast(z.device.type, enabled=False):
@@ -163,22 +163,6 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
 # ----------------------------------------------------------------------------------------------
 # Dispatcher registrations (only when the compiled extension defined the schemas).
 # ----------------------------------------------------------------------------------------------
-_OPS = ("dwconv_bn_act", "dwconv_bn_stats", "scale_shift_act", "_scale_shift_act_backward",
-        "_dwconv_bn_stats_backward")
-
-
-def _schemas_defined() -> bool:
-    if not _common.ops_available():
-        return False
-    try:
-        for name in _OPS:
-            getattr(torch.ops.torchcv_ext, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-_USE_OPS = _schemas_defined()
 
 
 def _like(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -345,5 +329,5 @@ def _autocast_lib() -> torch.library.Library:
     return _AUTOCAST_LIB
 
 
-if _USE_OPS:
+if _common.op_available("dwconv_bn_act"):
     _register()
