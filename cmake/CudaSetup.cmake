@@ -43,10 +43,16 @@ else()
     endif()
 
     # Architectures: TORCH_CUDA_ARCH_LIST ("8.0;9.0", "8.0 9.0+PTX", "9.0a") like torch.utils.cpp_extension.
-    set(_arch_list "$ENV{TORCH_CUDA_ARCH_LIST}")
-    if(NOT _arch_list)
+    # The environment wins; otherwise the list of the previous configure of this build dir (so a
+    # re-configure triggered by a new source file keeps it); otherwise the default.
+    if(DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT "$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
+      set(_arch_list "$ENV{TORCH_CUDA_ARCH_LIST}")
+    elseif(TORCHCV_EXT_ARCH_LIST_USED)
+      set(_arch_list "${TORCHCV_EXT_ARCH_LIST_USED}")
+    else()
       set(_arch_list "8.0;8.6;9.0+PTX")
     endif()
+    set(TORCHCV_EXT_ARCH_LIST_USED "${_arch_list}" CACHE INTERNAL "TORCH_CUDA_ARCH_LIST of the last configure")
     string(REPLACE " " ";" _arch_list "${_arch_list}")
     set(_archs "")
     foreach(_a IN LISTS _arch_list)

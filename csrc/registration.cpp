@@ -27,4 +27,11 @@ TORCH_LIBRARY(torchcv_ext, m) {
   // ---- squeeze-and-excitation (op: squeeze_excite) ----
 
   // ---- multi-head attention (op: attention) ----
+  // attention(q, k, v, scale): q (B, H, Nq, D), k/v (B, H, Nk, D) -> out = softmax(q k^T * scale) v
+  // (B, H, Nq, D) and lse = logsumexp(q k^T * scale, -1) float32 (B, H, Nq); scale defaults to
+  // 1/sqrt(D). Flash-style: tiled, online softmax, the Nq x Nk matrix is never stored.
+  m.def("attention(Tensor q, Tensor k, Tensor v, float? scale=None) -> (Tensor, Tensor)", pt2);
+  // Recomputes the attention from lse: (dq, dk, dv).
+  m.def("_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, float? scale=None) -> (Tensor, Tensor, Tensor)", pt2);
 }

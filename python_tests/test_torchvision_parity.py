@@ -119,7 +119,10 @@ def test_convert_keeps_function_and_state_dict(name, expected):
     for k, v in expected.items():
         assert counts.get(k, 0) >= v, counts
     assert list(converted.state_dict()) == list(tv.state_dict())
-    assert not any(type(m) is nn.Hardswish for m in converted.modules())
+    fused = [m for m in converted.modules() if isinstance(m, torchcv_ext.nn.DWConvBNAct)]
+    assert len(fused) == counts.get("DWConvBNAct", 0)
+    inner = {id(m) for f in fused for m in f.modules()}
+    assert not any(type(m) in (nn.Hardswish, nn.Hardsigmoid) for m in converted.modules() if id(m) not in inner)
     _check_parity(converted, tv, _input(name))
     # Idempotent: a second conversion finds nothing left to swap.
     assert torchcv_ext.convert(converted)._torchcv_ext_converted == {}

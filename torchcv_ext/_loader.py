@@ -35,6 +35,18 @@ def _cuda_tag(version: str) -> str:
     return version.split("+")[1] if "+" in version else ""
 
 
+def version_mismatch(built: str, running: str) -> Optional[str]:
+    """The message for an extension built against torch ``built`` imported under ``running``
+    (None when compatible: same major.minor and the same CUDA/CPU variant)."""
+    if _major_minor(built) == _major_minor(running) and _cuda_tag(built) == _cuda_tag(running):
+        return None
+    return (
+        f"torchcv_ext was compiled against torch {built}, but torch {running} is imported. "
+        "The C++/CUDA ops are disabled (pure-PyTorch reference in use). Rebuild against this "
+        "torch: pip install --no-deps --force-reinstall --no-cache-dir ."
+    )
+
+
 def _load() -> None:
     global BUILD_INFO, LOAD_ERROR, _C
     info_path = os.path.join(_HERE, "_build_info.json")
@@ -47,12 +59,9 @@ def _load() -> None:
     with open(info_path) as f:
         BUILD_INFO = json.load(f)
     built, running = BUILD_INFO["torch_version"], torch.__version__
-    if _major_minor(built) != _major_minor(running) or _cuda_tag(built) != _cuda_tag(running):
-        LOAD_ERROR = (
-            f"torchcv_ext was compiled against torch {built}, but torch {running} is imported. "
-            "The C++/CUDA ops are disabled (pure-PyTorch reference in use). Rebuild against this "
-            "torch: pip install --no-deps --force-reinstall --no-cache-dir ."
-        )
+    mismatch = version_mismatch(built, running)
+    if mismatch:
+        LOAD_ERROR = mismatch
         warnings.warn(LOAD_ERROR, RuntimeWarning, stacklevel=3)
         return
     try:

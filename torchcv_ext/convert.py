@@ -53,12 +53,7 @@ def _convert_module(m: nn.Module, types, counts: Dict[str, int]) -> Optional[nn.
     cna_type, se_type, shuffle_type = types
     if _is_depthwise_cna(m, cna_type):
         counts["DWConvBNAct"] = counts.get("DWConvBNAct", 0) + 1
-        act = m[2] if len(m) == 3 else None
-        if type(act) is nn.Hardswish:
-            act = Hardswish()
-        elif type(act) is nn.Hardsigmoid:
-            act = Hardsigmoid()
-        return DWConvBNAct.from_modules(m[0], m[1], act)
+        return DWConvBNAct.from_modules(m[0], m[1], m[2] if len(m) == 3 else None)
     if se_type is not None and isinstance(m, se_type):
         counts["SqueezeExcite"] = counts.get("SqueezeExcite", 0) + 1
         return SqueezeExcite.from_torchvision(m)
@@ -109,6 +104,8 @@ def convert(model: nn.Module, verbose: bool = False) -> nn.Module:
             if new is not None:
                 new.train(child.training)
                 setattr(parent, name, new)
+                if isinstance(new, DWConvBNAct):
+                    continue  # one fused op: its activation is a name, [2] only mirrors it
                 child = new
             visit(child)
 

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "torchcv_ext/channel_shuffle_host.h"
 
@@ -30,12 +31,24 @@ struct CpuRun {
         }
       });
     } else {
-      // channels_last: gather the C channels of each pixel.
+      // channels_last: gather the C channels of each pixel through a per-channel table of
+      // (part, offset) computed once, so the inner loop is a plain indexed copy.
+      std::vector<int8_t> sp(p.C), dp(p.C);
+      std::vector<int64_t> so(p.C), dof(p.C);
+      for (int64_t k = 0; k < p.C; ++k) {
+        const int64_t c = shuffle_src_channel(k, p.groups, p.cpg);
+        sp[k] = c >= p.src_split;
+        so[k] = (c - sp[k] * p.src_split) * p.src_st[sp[k]].sc;
+        dp[k] = k >= p.dst_split;
+        dof[k] = (k - dp[k] * p.dst_split) * p.dst_st[dp[k]].sc;
+      }
       const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.C, 1));
       at::parallel_for(0, p.N * p.S, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / p.S, s = r % p.S;
-          for (int64_t k = 0; k < p.C; ++k) p.copy(n, k, s);
+          const T* src[2] = {p.src_at(n, 0, s), p.src[1] + n * p.src_st[1].sn + s * p.src_st[1].ss};
+          T* dst[2] = {p.dst_at(n, 0, s), p.dst[1] + n * p.dst_st[1].sn + s * p.dst_st[1].ss};
+          for (int64_t k = 0; k < p.C; ++k) dst[dp[k]][dof[k]] = src[sp[k]][so[k]];
         }
       });
     }

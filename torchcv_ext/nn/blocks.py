@@ -24,7 +24,10 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from torchcv_ext.nn._interim import DWConvBNAct, Hardsigmoid, Hardswish, MultiheadSelfAttention, SqueezeExcite
+from torchcv_ext.nn.attention import MultiheadSelfAttention
+from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
+from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
+from torchcv_ext.nn.squeeze_excite import SqueezeExcite
 from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
 
 __all__ = [
@@ -97,7 +100,13 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, strid
         padding = (kernel_size - 1) // 2 * dilation
         conv = nn.Conv2d(in_channels, in_channels, kernel_size, stride, padding, dilation=dilation,
                          groups=in_channels, bias=False)
-        return DWConvBNAct.from_modules(conv, norm_layer(in_channels), get_activation(activation))
+        act = get_activation(activation)
+        # The fused block names its activation; our hard-swish / hard-sigmoid drop-ins are that too.
+        if isinstance(act, Hardswish):
+            act = "hardswish"
+        elif isinstance(act, Hardsigmoid):
+            act = "hardsigmoid"
+        return DWConvBNAct.from_modules(conv, norm_layer(in_channels), act)
     return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups=groups, dilation=dilation,
                      activation=activation, norm_layer=norm_layer)
 

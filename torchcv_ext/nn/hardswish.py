@@ -1,0 +1,33 @@
+"""nn.Hardswish / nn.Hardsigmoid drop-ins backed by the memory-efficient ops
+(torchcv_ext/ops/hardswish.py: autograd saves only the input)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchcv_ext.ops.hardswish import hardsigmoid, hardswish
+
+__all__ = ["Hardswish", "Hardsigmoid"]
+
+
+class Hardswish(nn.Module):
+    """Drop-in for ``torch.nn.Hardswish(inplace=False)``. ``inplace`` is accepted for
+    compatibility; the result is always a new tensor (the op saves only its input for backward)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hardswish(x)
+
+
+class Hardsigmoid(nn.Module):
+    """Drop-in for ``torch.nn.Hardsigmoid(inplace=False)``; ``inplace`` is accepted and ignored."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hardsigmoid(x)

@@ -1,0 +1,124 @@
+"""Scaled dot-product attention, flash-style: softmax(q k^T * scale) v without the N x N matrix.
+
+Schema: csrc/registration.cpp (``attention``, ``_attention_backward``). Kernels:
+csrc/cpu/attention.cpp and csrc/cuda/attention*.cu, sharing the tiling / online-softmax
+bookkeeping in csrc/include/torchcv_ext/attention.h. Reference: ops/reference/attention.py.
+Module: torchcv_ext.nn.MultiheadSelfAttention. Tests: python_tests/test_attention.py.
+Benchmark: benchmarks/bench_attention.py.
+
+The op returns ``(out, lse)``: lse (float32, (B, H, Nq)) is the row log-sum-exp the backward
+recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
+(B, H, N, D) tensors laid out as (B, N, H, D) in memory, like SDPA's flash backend, so
+``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from torchcv_ext.ops import _common
+from torchcv_ext.ops.reference import attention as ref
+
+__all__ = ["attention"]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              scale: Optional[float] = None) -> torch.Tensor:
+    """``softmax(q @ k.transpose(-2, -1) * scale) @ v`` for q (B, H, Nq, D), k and v (B, H, Nk, D).
+
+    Same result as ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (no mask, no
+    dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 (and float64 on
+    CPU); differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
+    """
+    if _common.ops_available():
+        return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
+    return ref.attention(q, k, v, scale)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatcher registrations (only when the compiled extension defined the schemas).
+# ----------------------------------------------------------------------------------------------
+def _bnhd_empty(shape, like: torch.Tensor) -> torch.Tensor:
+    """An empty (B, H, N, D) tensor stored as (B, N, H, D): the layout of out, dq, dk and dv
+    (mirrors csrc/include/torchcv_ext/attention_host.h)."""
+    b, h, n, d = shape
+    return torch.empty((b, n, h, d), dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _ref_forward(q, k, v, scale=None):
+    out, lse = ref.attention(q, k, v, scale)
+    return _bnhd_empty(q.shape, q).copy_(out), lse.contiguous()
+
+
+def _ref_backward(grad_out, q, k, v, out, lse, scale=None):
+    dq, dk, dv = ref.attention_backward(grad_out, q, k, v, out, lse, scale)
+    return (_bnhd_empty(q.shape, q).copy_(dq), _bnhd_empty(k.shape, k).copy_(dk),
+            _bnhd_empty(v.shape, v).copy_(dv))
+
+
+def _register() -> None:
+    lib = "torchcv_ext::"
+
+    # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
+    _common.register_reference_kernels("attention", _ref_forward)
+    _common.register_reference_kernels("_attention_backward", _ref_backward)
+
+    # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
+    @torch.library.register_fake(lib + "attention")
+    def _(q, k, v, scale=None):
+        torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                     lambda: "attention: q, k and v must be 4-D (batch, heads, seq_len, head_dim)")
+        torch._check(q.dtype == k.dtype == v.dtype, lambda: "attention: q, k, v dtypes differ")
+        torch._check(k.shape[2] == v.shape[2], lambda: "attention: k and v seq_len differ")
+        b, h, n, _ = q.shape
+        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+
+    @torch.library.register_fake(lib + "_attention_backward")
+    def _(grad_out, q, k, v, out, lse, scale=None):
+        return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
+
+    # Autograd: the backward op recomputes P from the saved lse. lse is an auxiliary output and
+    # not differentiable.
+    def _setup(ctx, inputs, output):
+        q, k, v, scale = inputs
+        out, lse = output
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+
+    def _backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            return None, None, None, None
+        dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
+        return dq, dk, dv, None
+
+    torch.library.register_autograd(lib + "attention", _backward, setup_context=_setup)
+
+    # Autocast: run in the autocast dtype (fp16/bf16 on tensor cores), like SDPA does.
+    for device_type in ("cuda", "cpu"):
+        _register_autocast(device_type)
+
+
+_autocast_libs = []
+
+
+def _register_autocast(device_type: str) -> None:
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, q, k, v, scale=None):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            def cast(t):
+                return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+            return torch.ops.torchcv_ext.attention(cast(q), cast(k), cast(v), scale)
+
+    lib = torch.library.Library(_common.NAMESPACE, "IMPL")  # noqa: TOR901
+    lib.impl("attention", kernel, key, with_keyset=True)
+    _autocast_libs.append(lib)
+
+
+if _common.ops_available():
+    _register()

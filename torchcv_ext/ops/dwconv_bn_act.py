@@ -1,0 +1,328 @@
+"""Fused depthwise conv + BatchNorm + activation: the core layer of MobileNetV2/V3 and EfficientNet.
+
+Schema: csrc/registration.cpp. Kernels: csrc/cpu/dwconv_bn_act.cpp, csrc/cuda/dwconv_bn_act.cu
+(per-element math: csrc/include/torchcv_ext/dwconv_bn_act.h). Reference:
+ops/reference/dwconv_bn_act.py. Module: torchcv_ext.nn.DWConvBNAct. Tests:
+python_tests/test_dwconv_bn_act.py. Benchmark: benchmarks/bench_dwconv_bn_act.py.
+
+Ops (torch.ops.torchcv_ext.*):
+
+* ``dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)`` -- eval: BN folded into
+  per-channel ``scale``/``shift`` (see :func:`fold_bn`), one read of x and one write of y.
+* ``dwconv_bn_stats(x, weight, stride, padding, dilation) -> (z, mean, var)`` -- train, pass 1: the
+  conv output z plus the per-channel batch mean and biased variance, reduced in the conv epilogue
+  in a fixed order (deterministic, no float atomics).
+* ``scale_shift_act(z, scale, shift, act)`` -- train, pass 2: normalize + affine + activation, with
+  ``scale = gamma * rsqrt(var + eps)``, ``shift = beta - mean * scale`` computed by autograd-visible
+  PyTorch ops, so BN weight/bias (and the batch statistics) get their gradients through autograd.
+* backward ops: ``_scale_shift_act_backward`` (dz, dscale, dshift) and ``_dwconv_bn_stats_backward``
+  (dx, dweight given dz and the gradients of mean/var); the eval op's backward recomputes z with
+  ``dwconv_bn_stats`` and chains the two. Weight-gradient reductions run in a fixed order.
+
+Per-channel vectors (scale, shift, mean, var) are kept in float32 (float64 for float64 inputs);
+x, weight and the outputs use the input dtype (fp32/fp16/bf16/fp64), accumulation in float32.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from torchcv_ext.ops import _common
+from torchcv_ext.ops.reference import dwconv_bn_act as ref
+
+__all__ = ["dwconv_bn_act", "dwconv_bn_act_train", "fold_bn", "same_padding"]
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(v: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"dwconv_bn_act: {name} must be an int or a pair, got {v!r}")
+    return t
+
+
+def same_padding(kernel_size: IntPair, dilation: IntPair = 1) -> Tuple[int, int]:
+    """``(k - 1) // 2 * dilation`` per dim: torchvision's Conv2dNormActivation default, which is
+    "same" padding for odd kernels at stride 1."""
+    k, d = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
+    return ((k[0] - 1) // 2 * d[0], (k[1] - 1) // 2 * d[1])
+
+
+def _conv_args(weight: torch.Tensor, stride: IntPair, padding, dilation: IntPair):
+    s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
+    if padding is None or padding == "same":
+        if weight.dim() != 4:
+            raise RuntimeError(f"dwconv_bn_act: weight must be 4-D (C, 1, kh, kw), got {tuple(weight.shape)}")
+        p = same_padding((weight.shape[2], weight.shape[3]), d)
+    else:
+        p = _pair(padding, "padding")
+    return list(s), list(p), list(d)
+
+
+def fold_bn(bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
+            running_mean: torch.Tensor, running_var: torch.Tensor, eps: float,
+            conv_bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold eval-mode BatchNorm (and an optional conv bias) into per-channel (scale, shift) such
+    that ``bn(conv(x)) = conv_nobias(x) * scale + shift``. Differentiable w.r.t. the BN affine
+    parameters. The result is float32 (float64 when the statistics are float64)."""
+    dt = torch.float64 if running_var.dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(running_var.to(dt) + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(dt)
+    mean = running_mean.to(dt)
+    if conv_bias is not None:
+        mean = mean - conv_bias.to(dt)
+    shift = -mean * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(dt)
+    return scale, shift
+
+
+def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                  stride: IntPair = 1, padding: Union[IntPair, str, None] = None, dilation: IntPair = 1,
+                  activation: str = "relu") -> torch.Tensor:
+    """Eval-mode fused layer: ``act(depthwise_conv2d(x, weight) * scale + shift)``.
+
+    ``weight`` is (C, 1, kh, kw); ``scale``/``shift`` are (C,) (BN folded, see :func:`fold_bn`);
+    ``padding=None`` or ``"same"`` means ``(k - 1) // 2 * dilation``. NCHW or channels_last input
+    (the output keeps the layout); fp32/fp16/bf16/fp64."""
+    s, p, d = _conv_args(weight, stride, padding, dilation)
+    _common.check_activation(activation)
+    if _USE_OPS:
+        return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
+    return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
+
+
+def _check_batch(z_shape) -> None:
+    if z_shape[0] * z_shape[2] * z_shape[3] == 1:
+        # Same message and type as torch.nn.functional.batch_norm.
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size(z_shape)}")
+
+
+def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor],
+                        bn_bias: Optional[torch.Tensor], eps: float = 1e-5, stride: IntPair = 1,
+                        padding: Union[IntPair, str, None] = None, dilation: IntPair = 1,
+                        activation: str = "relu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train-mode fused layer: depthwise conv, BatchNorm with batch statistics, activation.
+
+    Returns ``(y, batch_mean, batch_var)`` with the *biased* variance (what normalizes); the caller
+    updates running statistics (``torchcv_ext.nn.DWConvBNAct`` does it exactly like BatchNorm2d).
+    Raises ValueError like BatchNorm when there is only one value per channel."""
+    s, p, d = _conv_args(weight, stride, padding, dilation)
+    _common.check_activation(activation)
+    if x.dim() == 4 and weight.dim() == 4:
+        ho = ref.out_size(x.shape[2], weight.shape[2], s[0], p[0], d[0])
+        wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
+        if ho >= 1 and wo >= 1:
+            _check_batch((x.shape[0], x.shape[1], ho, wo))
+    if _USE_OPS:
+        z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
+    else:
+        z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
+    scale = torch.rsqrt(var + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.to(scale.dtype)
+    shift = -mean * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.to(scale.dtype)
+    if _USE_OPS:
+        y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
+    else:
+        y = ref.scale_shift_act(z, scale, shift, activation)
+    return y, mean, var
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatcher registrations (only when the compiled extension defined the schemas).
+# ----------------------------------------------------------------------------------------------
+_OPS = ("dwconv_bn_act", "dwconv_bn_stats", "scale_shift_act", "_scale_shift_act_backward",
+        "_dwconv_bn_stats_backward")
+
+
+def _schemas_defined() -> bool:
+    if not _common.ops_available():
+        return False
+    try:
+        for name in _OPS:
+            getattr(torch.ops.torchcv_ext, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+_USE_OPS = _schemas_defined()
+
+
+def _like(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device).contiguous(
+        memory_format=_common.memory_format_of(like))
+
+
+def _fake_out_hw(op: str, x, weight, stride, padding, dilation):
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D (N, C, H, W)")
+    torch._check(weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1,
+                 lambda: f"{op}: weight must have shape (C, 1, kh, kw)")
+    ho = ref.out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    wo = ref.out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    torch._check(ho >= 1 and wo >= 1, lambda: f"{op}: the output would be empty")
+    return ho, wo
+
+
+def _register() -> None:
+    lib = "torchcv_ext::"
+    fresh = _common.fresh
+
+    # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
+    _common.register_reference_kernels("dwconv_bn_act", ref.dwconv_bn_act)
+
+    def _stats_ref(x, w, s, p, d):
+        z, mean, var = ref.dwconv_bn_stats(x, w, s, p, d)
+        return z, mean.contiguous(), var.contiguous()
+
+    def _ssa_bwd_ref(grad, z, scale, shift, act):
+        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act)
+        return gz, gs.contiguous(), gb.contiguous()
+
+    def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d):
+        gx, gw = ref.dwconv_bn_stats_backward(gz, gm, gv, x, z, mean, w, s, p, d)
+        return fresh(gx, x), gw.contiguous()
+
+    _common.register_reference_kernels("dwconv_bn_stats", _stats_ref)
+    _common.register_reference_kernels("scale_shift_act", ref.scale_shift_act)
+    _common.register_reference_kernels("_scale_shift_act_backward", _ssa_bwd_ref)
+    _common.register_reference_kernels("_dwconv_bn_stats_backward", _stats_bwd_ref)
+
+    # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
+    @torch.library.register_fake(lib + "dwconv_bn_act")
+    def _(x, weight, scale, shift, stride, padding, dilation, act):
+        ho, wo = _fake_out_hw("dwconv_bn_act", x, weight, stride, padding, dilation)
+        return _like((x.shape[0], x.shape[1], ho, wo), x)
+
+    @torch.library.register_fake(lib + "dwconv_bn_stats")
+    def _(x, weight, stride, padding, dilation):
+        ho, wo = _fake_out_hw("dwconv_bn_stats", x, weight, stride, padding, dilation)
+        a = ref.acc_dtype(x.dtype)
+        c = x.shape[1]
+        return (_like((x.shape[0], c, ho, wo), x), x.new_empty((c,), dtype=a),
+                x.new_empty((c,), dtype=a))
+
+    @torch.library.register_fake(lib + "scale_shift_act")
+    def _(z, scale, shift, act):
+        torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
+        return _like(z.shape, z)
+
+    @torch.library.register_fake(lib + "_scale_shift_act_backward")
+    def _(grad, z, scale, shift, act):
+        a = ref.acc_dtype(z.dtype)
+        c = z.shape[1]
+        return _like(z.shape, z), z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
+
+    @torch.library.register_fake(lib + "_dwconv_bn_stats_backward")
+    def _(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation):
+        return _like(x.shape, x), weight.new_empty(weight.shape, dtype=ref.acc_dtype(x.dtype))
+
+    # Autograd.
+    def _eval_setup(ctx, inputs, output):
+        x, weight, scale, shift, stride, padding, dilation, act = inputs
+        ctx.save_for_backward(x, weight, scale, shift)
+        ctx.conv = (stride, padding, dilation)
+        ctx.act = act
+
+    def _eval_bwd(ctx, grad):
+        x, weight, scale, shift = ctx.saved_tensors
+        s, p, d = ctx.conv
+        ops = torch.ops.torchcv_ext
+        # Recompute z (cheap: a depthwise conv) instead of keeping it alive from the forward.
+        z, mean, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
+        gz, g_scale, g_shift = ops._scale_shift_act_backward(grad, z, scale, shift, ctx.act)
+        gx, gw = ops._dwconv_bn_stats_backward(gz, None, None, x, z, mean, weight, s, p, d)
+        return (gx, gw.to(weight.dtype), g_scale.to(scale.dtype), g_shift.to(shift.dtype),
+                None, None, None, None)
+
+    torch.library.register_autograd(lib + "dwconv_bn_act", _eval_bwd, setup_context=_eval_setup)
+
+    def _stats_setup(ctx, inputs, output):
+        x, weight, stride, padding, dilation = inputs
+        z, mean, _ = output
+        ctx.save_for_backward(x, weight, z, mean)
+        ctx.conv = (stride, padding, dilation)
+
+    def _stats_bwd(ctx, gz, g_mean, g_var):
+        x, weight, z, mean = ctx.saved_tensors
+        s, p, d = ctx.conv
+        if gz is None:
+            gz = torch.zeros_like(z)
+        gx, gw = torch.ops.torchcv_ext._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
+                                                                 weight, s, p, d)
+        return gx, gw.to(weight.dtype), None, None, None
+
+    torch.library.register_autograd(lib + "dwconv_bn_stats", _stats_bwd, setup_context=_stats_setup)
+
+    def _ssa_setup(ctx, inputs, output):
+        z, scale, shift, act = inputs
+        ctx.save_for_backward(z, scale, shift)
+        ctx.act = act
+
+    def _ssa_bwd(ctx, grad):
+        z, scale, shift = ctx.saved_tensors
+        gz, g_scale, g_shift = torch.ops.torchcv_ext._scale_shift_act_backward(grad, z, scale, shift,
+                                                                               ctx.act)
+        return gz, g_scale.to(scale.dtype), g_shift.to(shift.dtype), None
+
+    torch.library.register_autograd(lib + "scale_shift_act", _ssa_bwd, setup_context=_ssa_setup)
+
+    # Autocast: x and weight (and z) go to the autocast dtype; the per-channel vectors stay in
+    # float32, as BatchNorm keeps its parameters and statistics in float32 under autocast.
+    _register_autocast("dwconv_bn_act", (0, 1))
+    _register_autocast("dwconv_bn_stats", (0, 1))
+    _register_autocast("scale_shift_act", (0,))
+
+
+def _register_autocast(name: str, cast_positions: Tuple[int, ...]) -> None:
+    op = getattr(torch.ops.torchcv_ext, name).default
+    for device_type in ("cpu", "cuda"):
+        if not torch._C._is_autocast_available(device_type):
+            continue
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def _cast_args(args, device_type=device_type):
+            dt = torch.get_autocast_dtype(device_type)
+            out = list(args)
+            for i in cast_positions:
+                t = out[i]
+                if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                        and t.device.type == device_type):
+                    out[i] = t.to(dt)
+            return out
+
+        def _impl(*args, key=key, _cast_args=_cast_args):
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+                return op(*_cast_args(args))
+
+        if op.has_kernel_for_dispatch_key(key):
+            op.py_kernels.pop(key, None)
+        op.py_impl(key)(_impl)
+        _autocast_lib().impl(name, lambda _ks, *args, _impl=_impl: _impl(*args), key_name,
+                             with_keyset=True)
+
+
+_AUTOCAST_LIB = None
+
+
+def _autocast_lib() -> torch.library.Library:
+    global _AUTOCAST_LIB
+    if _AUTOCAST_LIB is None:
+        _AUTOCAST_LIB = torch.library.Library("torchcv_ext", "IMPL")  # noqa: TOR901
+    return _AUTOCAST_LIB
+
+
+if _USE_OPS:
+    _register()
