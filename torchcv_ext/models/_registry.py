@@ -7,6 +7,7 @@ names are the same), or call ``torchcv_ext.convert(model)`` on the torchvision m
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from typing import Callable, Dict, List, Optional
 
@@ -44,8 +45,8 @@ def is_model(name: str) -> bool:
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
-        close = [n for n in _MODELS if n.split("_")[0] == name.split("_")[0]]
-        hint = f"; similar: {', '.join(sorted(close))}" if close else ""
+        close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"create_model: unknown model {name!r}{hint}. "
                          "torchcv_ext.models.list_models() lists them all")
     return _MODELS[name]
