@@ -27,9 +27,10 @@ def _tv_model(name):
     return getattr(tvm, name)(**kwargs)
 
 
-def _input(name, batch=2):
-    size = 32
-    return torch.randn(batch, 3, size, size)
+def _input(name, batch=4):
+    # Train-mode BatchNorm over a 1x1 map of 2 samples is ill-conditioned (var ~ 0 amplifies
+    # rounding differences); 64x64 and 4 samples keep >= 16 values per channel in the last stage.
+    return torch.randn(batch, 3, 64, 64)
 
 
 def _logits(out):
@@ -57,25 +58,35 @@ def _randomize_bn(model):
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
-def _check_parity(ours, tv, x, rtol=1e-4, atol=1e-5):
+def _check_parity(ours, tv, x):
+    # Eval, float32: the deployed precision.
     tv.eval(), ours.eval()
     with torch.no_grad():
         ref = tv(x)
-        torch.testing.assert_close(ours(x), ref, rtol=rtol, atol=atol * ref.abs().max().item())
-    w = torch.randn(x.shape[0], NUM_CLASSES)
+        torch.testing.assert_close(ours(x), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    # Train, float64: gradients through ReLU/ReLU6 masks are discontinuous, so float32 rounding
+    # differences (fused ops sum in another order) can flip single mask bits; in float64 they
+    # cannot, and the comparison can be tight.
+    tv.double(), ours.double()
+    x = x.double()
+    w = torch.randn(x.shape[0], NUM_CLASSES, dtype=torch.float64)
     out_tv, g_tv = _train_step(tv, x, w, seed=3)
     out_ours, g_ours = _train_step(ours, x, w, seed=3)
-    torch.testing.assert_close(out_ours, out_tv, rtol=rtol, atol=atol * out_tv.abs().max().item())
+    torch.testing.assert_close(out_ours, out_tv, rtol=1e-7, atol=1e-9 * out_tv.abs().max().item())
     assert g_ours.keys() == g_tv.keys()
+    # Some gradients are zero in exact arithmetic (a BN shift followed only by train-mode BN):
+    # absolute tolerance relative to the largest gradient of the model.
+    scale = max(g.abs().max().item() for g in g_tv.values())
     for name, g in g_tv.items():
         assert g_ours[name] is not None, f"{name}: no gradient"
-        scale = g.abs().max().item() + 1e-12
-        torch.testing.assert_close(g_ours[name], g, rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g_ours[name], g, rtol=1e-6, atol=1e-10 * scale, msg=lambda m: f"{name}: {m}")
     # The train step updated the BN running statistics identically.
     for (n1, b1), (n2, b2) in zip(ours.state_dict().items(), tv.state_dict().items()):
         assert n1 == n2
         if b2.is_floating_point():
-            torch.testing.assert_close(b1, b2, rtol=1e-4, atol=1e-5, msg=lambda m: f"{n1}: {m}")
+            torch.testing.assert_close(b1, b2, rtol=1e-7, atol=1e-9, msg=lambda m: f"{n1}: {m}")
+        else:
+            assert torch.equal(b1, b2), n1
 
 
 def _parity(name):
