@@ -12,11 +12,16 @@ from torchcv_ext.models import create_model
 
 tvm = pytest.importorskip("torchvision.models")
 
-FAST = ["resnet18", "resnet50", "vgg11_bn", "googlenet", "mobilenet_v2", "mobilenet_v3_small",
-        "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "efficientnet_b0", "efficientnet_b1"]
-SLOW = ["vgg11", "resnet34", "resnet101", "resnet152", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-        "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+# Full parity (eval outputs + float64 train-mode gradients and BN statistics): one or two models per
+# family in the default run, the rest in the `slow` set (CI runs both).
+FAST = ["resnet18", "googlenet", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0"]
+SLOW = ["resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
+        "vgg16_bn", "vgg19", "vgg19_bn", "mobilenet_v3_large", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+        "shufflenet_v2_x2_0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
         "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"]
+# Eval-only parity (strict state_dict load + float32 outputs) for every model but the largest.
+HUGE = {"resnet152", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "efficientnet_b5", "efficientnet_b6",
+        "efficientnet_b7"}
 NUM_CLASSES = 10
 
 
@@ -89,23 +94,39 @@ def _check_parity(ours, tv, x):
             assert torch.equal(b1, b2), n1
 
 
-def _parity(name):
+def _load(name):
     tv = _tv_model(name)
     _randomize_bn(tv)
     ours = create_model(name, num_classes=NUM_CLASSES)
     ours.load_state_dict(tv.state_dict(), strict=True)
     assert list(ours.state_dict()) == list(tv.state_dict())
+    return ours, tv
+
+
+def _parity(name):
+    ours, tv = _load(name)
     _check_parity(ours, tv, _input(name))
 
 
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HUGE else n
+                                  for n in sorted(FAST + SLOW)])
+def test_loads_torchvision_state_dict_and_matches_in_eval(name):
+    ours, tv = _load(name)
+    x = torch.randn(2, 3, 32, 32)
+    tv.eval(), ours.eval()
+    with torch.no_grad():
+        ref = tv(x)
+        torch.testing.assert_close(ours(x), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("name", FAST)
-def test_state_dict_and_outputs_match_torchvision(name):
+def test_outputs_gradients_and_bn_stats_match_torchvision(name):
     _parity(name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
-def test_state_dict_and_outputs_match_torchvision_large(name):
+def test_outputs_gradients_and_bn_stats_match_torchvision_large(name):
     _parity(name)
 
 

@@ -100,6 +100,8 @@ def convert(model: nn.Module, verbose: bool = False) -> nn.Module:
 
     def visit(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
+            if isinstance(child, DWConvBNAct):
+                continue  # already fused (e.g. a second convert)
             new = _convert_module(child, types, counts)
             if new is not None:
                 new.train(child.training)
