@@ -137,7 +137,7 @@ def test_every_torchvision_backed_model_is_covered():
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("mobilenet_v3_large", {"DWConvBNAct": 15, "SqueezeExcite": 8, "Hardswish": 2}),
+    ("mobilenet_v3_small", {"DWConvBNAct": 11, "SqueezeExcite": 9, "Hardswish": 2}),
     ("efficientnet_b0", {"DWConvBNAct": 16, "SqueezeExcite": 16}),
     ("mobilenet_v2", {"DWConvBNAct": 17}),
     ("shufflenet_v2_x0_5", {"ShuffleV2Block": 16}),
