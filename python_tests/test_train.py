@@ -67,3 +67,20 @@ def test_command_line_entry_point(tmp_path):
 def test_rejects_hyperspectral_model_on_images(tmp_path):
     with pytest.raises(SystemExit, match="hybridsn takes hyperspectral"):
         train.main(["--model", "hybridsn", "--epochs", "1", "--limit", "100", "--out", str(tmp_path), *COMMON])
+
+
+def test_imagefolder_directory(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    pytest.importorskip("torchvision")
+    root = tmp_path / "data"
+    g = torch.Generator().manual_seed(0)
+    for cls, level in (("dark", 40), ("light", 210)):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            px = (level + torch.randint(-30, 30, (40, 40, 3), generator=g)).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(px.numpy()).save(root / cls / f"{i}.png")
+    out = tmp_path / "run"
+    metrics = train.main(["--data", str(root), "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+                          "--val-split", "0.25", "--out", str(out), "--no-progress"])
+    assert metrics["classes"] == ["dark", "light"]
+    assert (out / "last.pt").exists() and len(metrics["history"]) == 1
