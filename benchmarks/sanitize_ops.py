@@ -4,6 +4,7 @@ in benchmarks/gpu_suite.sh, so it is short and touches every kernel.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_ops.py
 """
+import os
 import sys
 
 import torch
@@ -11,6 +12,7 @@ import torch
 import torchcv_ext
 from torchcv_ext import ops
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FAILURES = []
 
 
@@ -48,7 +50,59 @@ def case_channel_shuffle(dev):
                 check(f"shuffle_cat {dt} {mf}", ops.shuffle_cat(a, b), ref.shuffle_cat(a.detach(), b.detach()))
 
 
-CASES = {"channel_shuffle": case_channel_shuffle}
+def case_attention(dev):
+    import sanitize_attention  # benchmarks/sanitize_attention.py (runnable on its own too)
+
+    sanitize_attention.run_cases()
+    FAILURES.extend(sanitize_attention.FAILURES)
+
+
+def _grads_vs_reference(name, fn, ref_fn, inputs, tol):
+    """Forward and every input gradient of fn vs ref_fn run in float64 on the same inputs."""
+    ins = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*ins)
+    go = torch.randn_like(out)
+    grads = torch.autograd.grad(out, ins, go)
+    ins64 = [t.detach().double().requires_grad_() for t in inputs]
+    out64 = ref_fn(*ins64)
+    grads64 = torch.autograd.grad(out64, ins64, go.double())
+    check(name, (out, *grads), (out64, *grads64), atol=tol, rtol=tol)
+
+
+def case_squeeze_excite(dev):
+    from torchcv_ext.ops.reference import squeeze_excite as ref
+
+    for dt, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)):
+        for mf in (torch.contiguous_format, torch.channels_last):
+            for n, c, sq, h, w in ((2, 16, 4, 7, 7), (1, 13, 3, 1, 1), (3, 40, 10, 5, 9)):
+                for act, gate in (("relu", "sigmoid"), ("silu", "hardsigmoid")):
+                    x = torch.randn(n, c, h, w, device=dev, dtype=dt).contiguous(memory_format=mf)
+                    w1 = torch.randn(sq, c, device=dev, dtype=dt) * 0.3
+                    b1 = torch.randn(sq, device=dev, dtype=dt) * 0.1
+                    w2 = torch.randn(c, sq, device=dev, dtype=dt) * 0.3
+                    b2 = torch.randn(c, device=dev, dtype=dt) * 0.1
+                    _grads_vs_reference(
+                        f"squeeze_excite {dt} {mf} {(n, c, sq, h, w)} {act}/{gate}",
+                        lambda *t: ops.squeeze_excite(*t, act, gate),
+                        lambda *t: ref.squeeze_excite(*t, act, gate), (x, w1, b1, w2, b2), tol)
+
+
+def case_hardswish(dev):
+    from torchcv_ext.ops.reference import hardswish as ref
+
+    for dt, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)):
+        for shape in ((2, 8, 5, 7), (3, 1001), (1,)):
+            x = torch.randn(shape, device=dev, dtype=dt) * 4
+            _grads_vs_reference(f"hardswish {dt} {shape}", ops.hardswish, ref.hardswish, (x,), tol)
+            _grads_vs_reference(f"hardsigmoid {dt} {shape}", ops.hardsigmoid, ref.hardsigmoid, (x,), tol)
+
+
+CASES = {
+    "channel_shuffle": case_channel_shuffle,
+    "squeeze_excite": case_squeeze_excite,
+    "hardswish": case_hardswish,
+    "attention": case_attention,
+}
 
 
 def main() -> int:

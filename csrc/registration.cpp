@@ -25,6 +25,19 @@ TORCH_LIBRARY(torchcv_ext, m) {
   // ---- depthwise conv + BatchNorm + activation (op: dwconv_bn_act) ----
 
   // ---- squeeze-and-excitation (op: squeeze_excite) ----
+  // squeeze_excite(x, w1, b1, w2, b2, act, gate) = x * gate(w2 @ act(w1 @ mean_hw(x) + b1) + b2)
+  // x: (N, C, *spatial); w1: (S, C); b1: (S,); w2: (C, S); b2: (C,); act/gate: activation names.
+  m.def("squeeze_excite(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str act, str gate) -> Tensor",
+        pt2);
+  // Recomputes the pooled vector and the MLP from x; returns (dx, dw1, db1, dw2, db2).
+  m.def("_squeeze_excite_backward(Tensor grad, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+        "str act, str gate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+        pt2);
+  // Memory-efficient hardswish / hardsigmoid (autograd saves only x; op: hardswish).
+  m.def("hardswish(Tensor x) -> Tensor", pt2);
+  m.def("_hardswish_backward(Tensor grad, Tensor x) -> Tensor", pt2);
+  m.def("hardsigmoid(Tensor x) -> Tensor", pt2);
+  m.def("_hardsigmoid_backward(Tensor grad, Tensor x) -> Tensor", pt2);
 
   // ---- multi-head attention (op: attention) ----
   // attention(q, k, v, scale): q (B, H, Nq, D), k/v (B, H, Nk, D) -> out = softmax(q k^T * scale) v

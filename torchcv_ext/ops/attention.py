@@ -6,10 +6,15 @@ bookkeeping in csrc/include/torchcv_ext/attention.h. Reference: ops/reference/at
 Module: torchcv_ext.nn.MultiheadSelfAttention. Tests: python_tests/test_attention.py.
 Benchmark: benchmarks/bench_attention.py.
 
-The op returns ``(out, lse)``: lse (float32, (B, H, Nq)) is the row log-sum-exp the backward
-recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
+The op returns ``(out, lse)``: lse (float32, float64 for float64 inputs; (B, H, Nq)) is the row
+log-sum-exp the backward recomputes the attention probabilities from. ``out`` (and the gradients dq, dk, dv) are
 (B, H, N, D) tensors laid out as (B, N, H, D) in memory, like SDPA's flash backend, so
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
+
+Kernels: CUDA fp16/bf16 on tensor cores (mma.sync m16n8k16, sm_80+), fp32 SIMT, fp64 as explicit
+ATen math; head dims 32, 64, 128 on CUDA, any head dim on CPU (tiled C++ kernel, same algorithm).
+Inputs need unit stride along D only (views of a fused qkv projection are used in place).
+Not supported: attention masks, causal masking, dropout, double backward.
 """
 from __future__ import annotations
 
@@ -28,8 +33,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """``softmax(q @ k.transpose(-2, -1) * scale) @ v`` for q (B, H, Nq, D), k and v (B, H, Nk, D).
 
     Same result as ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (no mask, no
-    dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 (and float64 on
-    CPU); differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
+    dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 and float64;
+    differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
     """
     if _common.ops_available():
         return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
@@ -72,7 +77,8 @@ def _register() -> None:
         torch._check(q.dtype == k.dtype == v.dtype, lambda: "attention: q, k, v dtypes differ")
         torch._check(k.shape[2] == v.shape[2], lambda: "attention: k and v seq_len differ")
         b, h, n, _ = q.shape
-        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype),
+                                                    device=q.device)
 
     @torch.library.register_fake(lib + "_attention_backward")
     def _(grad_out, q, k, v, out, lse, scale=None):

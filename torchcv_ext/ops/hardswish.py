@@ -32,3 +32,59 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     if _have_op("hardsigmoid"):
         return torch.ops.torchcv_ext.hardsigmoid(x)
     return ref.hardsigmoid(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatcher registrations (only when the compiled extension defined the schemas).
+# ----------------------------------------------------------------------------------------------
+def _register() -> None:
+    lib = "torchcv_ext::"
+    ops = torch.ops.torchcv_ext
+
+    def _layout(x):
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(
+            memory_format=_common.memory_format_of(x))
+
+    for name, fwd, bwd in (("hardswish", ref.hardswish, ref.hardswish_backward),
+                           ("hardsigmoid", ref.hardsigmoid, ref.hardsigmoid_backward)):
+        _common.register_reference_kernels(name, (lambda f: lambda x: _common.fresh(f(x), x))(fwd))
+        _common.register_reference_kernels(
+            f"_{name}_backward", (lambda f: lambda g, x: _common.fresh(f(g, x), x))(bwd))
+        torch.library.register_fake(lib + name)(lambda x: _layout(x))
+        torch.library.register_fake(lib + f"_{name}_backward")(lambda g, x: _layout(x))
+
+    def _save_x(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def _save_grad_x(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    # First derivatives: only x is saved (no output, no mask).
+    def _hardswish_bwd(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return ops._hardswish_backward(grad, x)
+
+    def _hardsigmoid_bwd(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return ops._hardsigmoid_backward(grad, x)
+
+    # Second derivatives (double backward): hardswish'' = 1/3 on (-3, 3), hardsigmoid'' = 0.
+    def _hardswish_bwd_bwd(ctx, gg):
+        grad, x = ctx.saved_tensors
+        inner = (x > -3) & (x < 3)
+        return ops._hardswish_backward(gg, x), torch.where(inner, gg * grad / 3, torch.zeros_like(x))
+
+    def _hardsigmoid_bwd_bwd(ctx, gg):
+        grad, x = ctx.saved_tensors
+        return ops._hardsigmoid_backward(gg, x), torch.zeros_like(x)
+
+    torch.library.register_autograd(lib + "hardswish", _hardswish_bwd, setup_context=_save_x)
+    torch.library.register_autograd(lib + "hardsigmoid", _hardsigmoid_bwd, setup_context=_save_x)
+    torch.library.register_autograd(lib + "_hardswish_backward", _hardswish_bwd_bwd,
+                                    setup_context=_save_grad_x)
+    torch.library.register_autograd(lib + "_hardsigmoid_backward", _hardsigmoid_bwd_bwd,
+                                    setup_context=_save_grad_x)
+
+
+if _have_op("hardswish"):
+    _register()

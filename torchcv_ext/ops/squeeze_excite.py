@@ -52,4 +52,102 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     w2 = _as_matrix(w2, "w2")
     if _have_op():
         return torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        # The autocast rule of the op (see _autocast_kernel), for the reference path.
+        w1, b1, w2, b2 = (t.to(x.dtype) if t.is_floating_point() else t for t in (w1, b1, w2, b2))
     return ref.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatcher registrations (only when the compiled extension defined the schemas).
+# ----------------------------------------------------------------------------------------------
+# Kept alive for the life of the process: the autocast kernels.
+_autocast_lib = None
+
+
+def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(
+        memory_format=_common.memory_format_of(x))
+
+
+def _fake_check(x, w1, b1, w2, b2, op):
+    torch._check(x.dim() >= 3, lambda: f"{op}: x must have at least 3 dims (N, C, *spatial)")
+    torch._check(w1.dim() == 2 and w1.shape[1] == x.shape[1],
+                 lambda: f"{op}: w1 must have shape (S, C)")
+    torch._check(w2.dim() == 2 and w2.shape[0] == x.shape[1] and w2.shape[1] == w1.shape[0],
+                 lambda: f"{op}: w2 must have shape (C, S)")
+    torch._check(b1.dim() == 1 and b1.shape[0] == w1.shape[0], lambda: f"{op}: b1 must have shape (S,)")
+    torch._check(b2.dim() == 1 and b2.shape[0] == x.shape[1], lambda: f"{op}: b2 must have shape (C,)")
+    for t in (w1, b1, w2, b2):
+        torch._check(t.dtype == x.dtype, lambda: f"{op}: the parameters must have the dtype of x")
+
+
+def _autocast_kernel(device_type: str, key: str):
+    """Autocast rule. Eager SE under autocast runs the 1x1 convs in the autocast dtype and the final
+    multiply in x's dtype (fp32 input -> fp32 output, fp16/bf16 input -> fp16/bf16 output); the fused
+    op matches that output dtype by casting the parameters to x's dtype (the MLP accumulates in
+    float32 either way) and running with autocast excluded."""
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def run(x, w1, b1, w2, b2, act, gate):
+        def cast(t):
+            return t.to(x.dtype) if t.is_floating_point() and x.is_floating_point() else t
+
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return torch.ops.torchcv_ext.squeeze_excite(x, cast(w1), cast(b1), cast(w2), cast(b2),
+                                                        act, gate)
+
+    return run
+
+
+def _register() -> None:
+    global _autocast_lib
+    lib = "torchcv_ext::"
+
+    def _fwd_ref(x, w1, b1, w2, b2, act, gate):
+        return _common.fresh(ref.squeeze_excite(x, w1, b1, w2, b2, act, gate), x)
+
+    def _bwd_ref(grad, x, w1, b1, w2, b2, act, gate):
+        dx, dw1, db1, dw2, db2 = ref.squeeze_excite_backward(grad, x, w1, b1, w2, b2, act, gate)
+        return (_common.fresh(dx, x), dw1.contiguous().clone(), db1.clone(), dw2.contiguous().clone(),
+                db2.clone())
+
+    _common.register_reference_kernels("squeeze_excite", _fwd_ref)
+    _common.register_reference_kernels("_squeeze_excite_backward", _bwd_ref)
+
+    @torch.library.register_fake(lib + "squeeze_excite")
+    def _(x, w1, b1, w2, b2, act, gate):
+        _fake_check(x, w1, b1, w2, b2, "squeeze_excite")
+        return _empty_like_layout(x)
+
+    @torch.library.register_fake(lib + "_squeeze_excite_backward")
+    def _(grad, x, w1, b1, w2, b2, act, gate):
+        _fake_check(x, w1, b1, w2, b2, "_squeeze_excite_backward")
+        torch._check(grad.shape == x.shape, lambda: "_squeeze_excite_backward: grad must have the shape of x")
+        return (_empty_like_layout(x), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
+                w2.new_empty(w2.shape), b2.new_empty(b2.shape))
+
+    def _setup(ctx, inputs, output):
+        x, w1, b1, w2, b2, act, gate = inputs
+        ctx.save_for_backward(x, w1, b1, w2, b2)
+        ctx.act, ctx.gate = act, gate
+
+    def _backward(ctx, grad):
+        x, w1, b1, w2, b2 = ctx.saved_tensors
+        dx, dw1, db1, dw2, db2 = torch.ops.torchcv_ext._squeeze_excite_backward(
+            grad, x, w1, b1, w2, b2, ctx.act, ctx.gate)
+        return dx, dw1, db1, dw2, db2, None, None
+
+    torch.library.register_autograd(lib + "squeeze_excite", _backward, setup_context=_setup)
+
+    _autocast_lib = torch.library.Library(_common.NAMESPACE, "IMPL")  # noqa: TOR901
+    op = torch.ops.torchcv_ext.squeeze_excite.default
+    for device_type, key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
+        run = _autocast_kernel(device_type, key)
+        op.py_impl(getattr(torch._C.DispatchKey, key))(run)  # the Python dispatcher (torch.compile)
+        _autocast_lib.impl("squeeze_excite", (lambda r: lambda _ks, *args: r(*args))(run), key,
+                           with_keyset=True)
+
+
+if _have_op():
+    _register()

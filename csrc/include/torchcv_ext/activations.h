@@ -47,14 +47,14 @@ TCV_FN T act_forward(Act a, T x) {
 }
 
 // dy/dx at x, matching PyTorch's autograd conventions at the kinks:
-// relu'(0) = 0; relu6' = 1 on (0, 6) only; hardswish' = 0 for x < -3, (2x+3)/6 on [-3, 3], 1 above;
+// relu'(0) = 0; relu6' = 1 on (0, 6) only; hardswish' = 0 for x <= -3, (2x+3)/6 on (-3, 3), 1 from 3;
 // hardsigmoid' = 1/6 on (-3, 3) only.
 template <typename T>
 TCV_FN T act_backward(Act a, T x) {
   switch (a) {
     case Act::ReLU: return x > T(0) ? T(1) : T(0);
     case Act::ReLU6: return (x > T(0) && x < T(6)) ? T(1) : T(0);
-    case Act::Hardswish: return x < T(-3) ? T(0) : (x <= T(3) ? (T(2) * x + T(3)) / T(6) : T(1));
+    case Act::Hardswish: return x <= T(-3) ? T(0) : (x < T(3) ? (T(2) * x + T(3)) / T(6) : T(1));
     case Act::SiLU: {
       const T s = act_sigmoid(x);
       return s * (T(1) + x * (T(1) - s));

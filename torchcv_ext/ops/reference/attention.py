@@ -1,7 +1,7 @@
 """Reference scaled dot-product attention: the explicit softmax(Q K^T * scale) V.
 
 q: (B, H, Nq, D), k and v: (B, H, Nk, D). Returns ``(out, lse)`` with out (B, H, Nq, D) in the
-input dtype and lse = logsumexp(Q K^T * scale, -1) in float32, (B, H, Nq): the two tensors the
+input dtype and lse = logsumexp(Q K^T * scale, -1) in float32 (float64 for float64 inputs), (B, H, Nq): the two tensors the
 fused kernels produce (lse is what the flash-style backward recomputes the attention from).
 Written for clarity: it materializes the Nq x Nk matrix. Differentiable by autograd, any dtype.
 """
@@ -34,6 +34,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, op: str = "a
     if k.shape[2] != v.shape[2]:
         raise RuntimeError(f"{op}: k and v must have the same seq_len, got {k.shape[2]} and "
                            f"{v.shape[2]}")
+    if d == 0:
+        raise RuntimeError(f"{op}: head_dim must be positive, got shape {tuple(q.shape)}")
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of lse: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_scale(head_dim: int, scale: Optional[float]) -> float:
@@ -57,7 +64,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     else:
         p = torch.softmax(scores, dim=-1)
         out = torch.matmul(p, v.to(acc))
-    return out.to(q.dtype), lse.to(torch.float32)
+    return out.to(q.dtype), lse.to(stat_dtype(q.dtype))
 
 
 def attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

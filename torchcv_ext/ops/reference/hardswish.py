@@ -30,9 +30,9 @@ def _check_pair(grad: torch.Tensor, x: torch.Tensor, op: str) -> None:
 
 
 def hardswish_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """grad * hardswish'(x): 0 below -3, (2x + 3) / 6 on [-3, 3], 1 above."""
+    """grad * hardswish'(x): 0 up to -3, (2x + 3) / 6 on (-3, 3), 1 from 3 (PyTorch's values at the kinks)."""
     _check_pair(grad, x, "_hardswish_backward")
-    d = torch.where(x < -3, torch.zeros_like(x), torch.where(x <= 3, (2 * x + 3) / 6, torch.ones_like(x)))
+    d = torch.where(x <= -3, torch.zeros_like(x), torch.where(x < 3, (2 * x + 3) / 6, torch.ones_like(x)))
     return grad * d
 
 

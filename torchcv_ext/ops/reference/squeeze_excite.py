@@ -72,7 +72,7 @@ def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "relu6":
         return torch.where((x > 0) & (x < 6), one, zero)
     if name == "hardswish":
-        return torch.where(x < -3, zero, torch.where(x <= 3, (2 * x + 3) / 6, one))
+        return torch.where(x <= -3, zero, torch.where(x < 3, (2 * x + 3) / 6, one))
     if name == "hardsigmoid":
         return torch.where((x > -3) & (x < 3), one / 6, zero)
     s = torch.sigmoid(x)

@@ -1,0 +1,74 @@
+"""Run every attention CUDA kernel once (forward, Delta preprocess, dK/dV and dQ passes) for each
+dtype (fp16 / bf16 tensor cores, fp32 SIMT) and head dim (32, 64, 128), on small shapes with
+partial tiles, multiple tiles (so the double-buffered pipelines wrap) and strided / misaligned
+inputs, checking against the float64 reference. Meant for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python3 benchmarks/sanitize_attention.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_attention.py
+
+(the same checks as a case of benchmarks/sanitize_ops.py would do; kept next to the op's
+benchmark so it runs on its own).
+"""
+import sys
+
+import torch
+
+import torchcv_ext
+from torchcv_ext.ops import attention
+from torchcv_ext.ops.reference import attention as ref
+
+FAILURES = []
+
+
+def check(name, q, k, v):
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out = attention(q, k, v)
+    go = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    r_out = ref.attention(qd, kd, vd)[0]
+    r_grads = torch.autograd.grad(r_out, (qd, kd, vd), go.double())
+    tol = 2e-4 if q.dtype == torch.float32 else (5e-3 if q.dtype == torch.float16 else 4e-2)
+    for what, a, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (r_out, *r_grads)):
+        err = (a.double() - b).abs().max().item()
+        scale = max(1.0, b.abs().max().item())
+        if not (err <= tol * scale) or not torch.isfinite(a).all():
+            FAILURES.append(f"{name} {what}")
+            print(f"MISMATCH {name} {what}: max err {err:.3g} (allowed {tol * scale:.3g})")
+            return
+    print(f"ok {name}")
+
+
+def run_cases() -> None:
+    """Every case; mismatches are appended to FAILURES (also used by sanitize_ops.py)."""
+    torch.manual_seed(0)
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        for d in (32, 64, 128):
+            for b, h, nq, nk in ((1, 2, 1, 1), (2, 1, 70, 135), (1, 1, 130, 7)):
+                q = torch.randn(b, h, nq, d, device="cuda", dtype=dt)
+                k = torch.randn(b, h, nk, d, device="cuda", dtype=dt)
+                v = torch.randn(b, h, nk, d, device="cuda", dtype=dt)
+                check(f"{dt} D{d} B{b} H{h} Nq{nq} Nk{nk}", q, k, v)
+        # Strided qkv views (direct path) and a misaligned base (copy path).
+        qkv = torch.randn(2, 77, 3, 2, 64, device="cuda", dtype=dt)
+        check(f"{dt} qkv views", *qkv.permute(2, 0, 3, 1, 4).unbind(0))
+        base = torch.randn(1 + 2 * 40 * 64, device="cuda", dtype=dt)
+        x = base[1:].view(1, 2, 40, 64)
+        check(f"{dt} misaligned", x, x, x)
+    torch.cuda.synchronize()
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    if not torchcv_ext.cuda_kernels_compiled():
+        print("CUDA kernels not compiled")
+        return 2
+    run_cases()
+    print(f"{len(FAILURES)} mismatches")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
