@@ -9,6 +9,9 @@ torch.compile of torchvision, the same weights in all three.
 CPU fused eager inference >= 1.5x torchvision eager; GPU (AMP bf16, channels_last) train step
 >= 1.3x torchvision eager. FLOPs are counted on the torchvision model (same math) with
 torch.utils.flop_counter, x3 for a train step.
+
+--quick (the CI / GPU-suite setting, ~150 s budget) compiles only the first model: each
+torch.compile of a whole network costs tens of seconds.
 """
 import contextlib
 import os
@@ -49,7 +52,7 @@ def main(argv=None):
     args = bc.parse_args(__doc__.splitlines()[0], argv, extra=_extra)
     dev = args.device
     cuda = dev.startswith("cuda")
-    batch = args.batch or (128 if cuda else (4 if args.quick else 8))
+    batch = args.batch or ((64 if args.quick else 128) if cuda else (4 if args.quick else 8))
     size = args.size or (224 if cuda or not args.quick else 160)
     channels_last = cuda if args.channels_last is None else args.channels_last
     mf = torch.channels_last if channels_last else torch.contiguous_format
@@ -61,7 +64,8 @@ def main(argv=None):
 
     rows = []
     layout = "channels_last" if channels_last else "nchw"
-    for name in args.models.split(","):
+    for i, name in enumerate(args.models.split(",")):
+        use_compile = not args.no_compile and (i == 0 or not args.quick)
         torch.manual_seed(0)
         tv = getattr(tvm, name)(weights=None).to(dev, memory_format=mf)
         ours = create_model(name).to(dev, memory_format=mf)
@@ -77,7 +81,7 @@ def main(argv=None):
         for impl, model in (("torchcv_ext", ours), ("eager", tv)):
             model.eval()
             impls[impl] = (lambda m=model: _infer(m, x, autocast))
-        if not args.no_compile:
+        if use_compile:
             ctv = bc.compiled(tv.eval())
             impls["torch.compile"] = (lambda: _infer(ctv, x, autocast)) if ctv else None
         rows += bc.bench_impls(name, case, impls, args, flops=flops)
@@ -91,7 +95,7 @@ def main(argv=None):
             model.train()
             opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
             impls[impl] = (lambda m=model, o=opt: _train_step(m, o, x, target, autocast))
-        if not args.no_compile:
+        if use_compile:
             tv.train()
             ctv = bc.compiled(tv)
             opt = torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9)
