@@ -83,7 +83,7 @@ def main(argv=None):
             impls[impl] = (lambda m=model: _infer(m, x, autocast))
         if use_compile:
             ctv = bc.compiled(tv.eval())
-            impls["torch.compile"] = (lambda: _infer(ctv, x, autocast)) if ctv else None
+            impls["torch.compile"] = (lambda: _infer(ctv, x, autocast)) if ctv is not None else None
         rows += bc.bench_impls(name, case, impls, args, flops=flops)
 
         if args.no_train:
@@ -99,7 +99,7 @@ def main(argv=None):
             tv.train()
             ctv = bc.compiled(tv)
             opt = torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9)
-            impls["torch.compile"] = (lambda: _train_step(ctv, opt, x, target, autocast)) if ctv else None
+            impls["torch.compile"] = (lambda: _train_step(ctv, opt, x, target, autocast)) if ctv is not None else None
         rows += bc.bench_impls(name, case, impls, args, flops=3 * flops if flops else None)
         del tv, ours
     return bc.report("models", rows, args)
