@@ -149,14 +149,8 @@ def test_reference_path_without_extension(name, monkeypatch):
     assert all(p.grad is not None for p in model.parameters())
 
 
-_SE_AUTOCAST = pytest.mark.xfail(
-    raises=RuntimeError, strict=False,
-    reason="the SqueezeExcite interface (se branch) has no autocast handling yet on its reference path")
-
-
-@pytest.mark.parametrize("name", ["mobilenet_v2", "shufflenet_v2_x0_5", "vit_tiny_patch16",
-                                  pytest.param("mobilenet_v3_small", marks=_SE_AUTOCAST),
-                                  pytest.param("efficientnet_b0", marks=_SE_AUTOCAST)])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "shufflenet_v2_x0_5", "vit_tiny_patch16", "mobilenet_v3_small",
+                                  "efficientnet_b0", "seresnet18"])
 def test_channels_last_and_bf16_autocast(name):
     model = _build(name).eval()
     x = _input(name)

@@ -84,7 +84,7 @@ def _check_parity(ours, tv, x):
     scale = max(g.abs().max().item() for g in g_tv.values())
     for name, g in g_tv.items():
         assert g_ours[name] is not None, f"{name}: no gradient"
-        torch.testing.assert_close(g_ours[name], g, rtol=1e-6, atol=1e-10 * scale, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g_ours[name], g, rtol=1e-5, atol=1e-8 * scale, msg=lambda m: f"{name}: {m}")
     # The train step updated the BN running statistics identically.
     for (n1, b1), (n2, b2) in zip(ours.state_dict().items(), tv.state_dict().items()):
         assert n1 == n2
