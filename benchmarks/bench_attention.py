@@ -11,7 +11,6 @@ graph). Shapes: ViT-S/16 and ViT-B/16 at 224 (B=64, N=197, H=6/12, D=64), ViT-L/
 (N=577, D=64), and long sequences (N=1024 D=128, N=4096 D=64); small CPU-sized shapes on cpu.
 Target on a GPU: forward at parity with SDPA's best backend at N=197, backward within 1.3x.
 """
-import math
 import os
 import sys
 

@@ -128,7 +128,7 @@ def _measure_ceilings(args: argparse.Namespace) -> Dict:
     dst = torch.empty_like(src)
     ms = time_fn(lambda: dst.copy_(src), q, iters=20 if cuda else 5)
     out = {"device": device_name(dev), "copy_GBps": 2 * n_bytes / ms / 1e6}
-    del src, dst
+    src = dst = None  # free before the matmuls
     sizes = {torch.bfloat16: 8192 if cuda else 1024, torch.float32: 8192 if cuda else 1024}
     if cuda:
         sizes[torch.float16] = 8192

@@ -13,7 +13,6 @@ import sys
 
 import torch
 
-import torchcv_ext
 from torchcv_ext.ops import attention
 from torchcv_ext.ops.reference import attention as ref
 
@@ -59,11 +58,10 @@ def run_cases() -> None:
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
-        print("no CUDA device")
-        return 2
-    if not torchcv_ext.cuda_kernels_compiled():
-        print("CUDA kernels not compiled")
+    from sanitize_ops import cuda_unusable  # same folder
+
+    if cuda_unusable():
+        print(cuda_unusable())
         return 2
     run_cases()
     print(f"{len(FAILURES)} mismatches")

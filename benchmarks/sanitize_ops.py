@@ -97,20 +97,58 @@ def case_hardswish(dev):
             _grads_vs_reference(f"hardsigmoid {dt} {shape}", ops.hardsigmoid, ref.hardsigmoid, (x,), tol)
 
 
+def case_dwconv_bn_act(dev):
+    import torch.nn.functional as F
+
+    from torchcv_ext.ops._common import apply_activation
+
+    def eager_eval(x, w, scale, shift, s, act):
+        z = F.conv2d(x, w, None, s, w.shape[-1] // 2, 1, x.shape[1])
+        return apply_activation(act, z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+    def eager_train(x, w, g, b, s, act):
+        z = F.conv2d(x, w, None, s, w.shape[-1] // 2, 1, x.shape[1])
+        return apply_activation(act, F.batch_norm(z, None, None, g, b, True, 0.0, 1e-5))
+
+    for dt, tol in ((torch.float32, 1e-3), (torch.float16, 3e-2), (torch.bfloat16, 2e-1)):
+        for mf in (torch.contiguous_format, torch.channels_last):
+            for n, c, h, w_, k, s, act in ((2, 8, 9, 11, 3, 1, "relu6"), (1, 5, 7, 7, 5, 2, "hardswish"),
+                                          (3, 16, 1, 6, 7, 1, "silu"), (2, 24, 14, 14, 3, 2, "identity")):
+                x = torch.randn(n, c, h, w_, device=dev, dtype=dt).contiguous(memory_format=mf)
+                w = torch.randn(c, 1, k, k, device=dev, dtype=dt) * 0.3
+                scale = torch.rand(c, device=dev, dtype=dt) + 0.5
+                shift = torch.randn(c, device=dev, dtype=dt) * 0.1
+                tag = f"{dt} {mf} {(n, c, h, w_)} k{k} s{s} {act}"
+                _grads_vs_reference(f"dwconv_bn_act eval {tag}",
+                                    lambda *t: ops.dwconv_bn_act(*t, s, None, 1, act),
+                                    lambda *t: eager_eval(*t, s, act), (x, w, scale, shift), tol)
+                _grads_vs_reference(f"dwconv_bn_act train {tag}",
+                                    lambda *t: ops.dwconv_bn_act_train(t[0], t[1], t[2], t[3], 1e-5, s,
+                                                                       None, 1, act)[0],
+                                    lambda *t: eager_train(*t, s, act), (x, w, scale, shift), tol)
+
+
 CASES = {
     "channel_shuffle": case_channel_shuffle,
+    "dwconv_bn_act": case_dwconv_bn_act,
     "squeeze_excite": case_squeeze_excite,
     "hardswish": case_hardswish,
     "attention": case_attention,
 }
 
 
-def main() -> int:
+def cuda_unusable() -> str:
+    """Why the CUDA kernels cannot be exercised here ('' when they can)."""
     if not torch.cuda.is_available():
-        print("no CUDA device")
-        return 2
+        return "no CUDA device"
     if not torchcv_ext.cuda_kernels_compiled():
-        print("CUDA kernels not compiled")
+        return "CUDA kernels not compiled"
+    return ""
+
+
+def main() -> int:
+    if cuda_unusable():
+        print(cuda_unusable())
         return 2
     for name, fn in CASES.items():
         fn("cuda")

@@ -9,7 +9,6 @@ import datetime
 import glob
 import json
 import os
-import re
 import sys
 import xml.etree.ElementTree as ET
 

@@ -23,6 +23,24 @@ TORCH_LIBRARY(torchcv_ext, m) {
   m.def("_shuffle_cat_backward(Tensor grad_lo, Tensor grad_hi) -> (Tensor, Tensor)", pt2);
 
   // ---- depthwise conv + BatchNorm + activation (op: dwconv_bn_act) ----
+  // Depthwise conv (weight (C, 1, kh, kw)), per-channel scale/shift (BN folded), activation `act`
+  // (names of csrc/include/torchcv_ext/activations.h). Per-channel vectors in float32 (float64 for
+  // float64 x); x/weight/outputs in the input dtype.
+  // eval: y = act(dwconv(x) * scale + shift), one pass.
+  m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int[2] stride, "
+        "int[2] padding, int[2] dilation, str act) -> Tensor", pt2);
+  // train, pass 1: z = dwconv(x) and the per-channel batch mean / biased variance of z.
+  m.def("dwconv_bn_stats(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
+        "-> (Tensor z, Tensor mean, Tensor var)", pt2);
+  // train, pass 2: y = act(z * scale + shift).
+  m.def("scale_shift_act(Tensor z, Tensor scale, Tensor shift, str act) -> Tensor", pt2);
+  // -> (grad_z, grad_scale, grad_shift)
+  m.def("_scale_shift_act_backward(Tensor grad, Tensor z, Tensor scale, Tensor shift, str act) "
+        "-> (Tensor, Tensor, Tensor)", pt2);
+  // -> (grad_x, grad_weight); grad of z is grad_z + grad_mean / M + grad_var * 2 (z - mean) / M.
+  m.def("_dwconv_bn_stats_backward(Tensor grad_z, Tensor? grad_mean, Tensor? grad_var, Tensor x, "
+        "Tensor z, Tensor mean, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
+        "-> (Tensor, Tensor)", pt2);
 
   // ---- squeeze-and-excitation (op: squeeze_excite) ----
   // squeeze_excite(x, w1, b1, w2, b2, act, gate) = x * gate(w2 @ act(w1 @ mean_hw(x) + b1) + b2)

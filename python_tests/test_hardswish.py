@@ -7,7 +7,7 @@ from torch import nn
 
 import torchcv_ext
 from torchcv_ext.ops import hardsigmoid, hardswish
-from testing import DEVICES, DTYPES, TOL, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, requires_ext
 
 FUNCS = [(hardswish, F.hardswish, "hardswish"), (hardsigmoid, F.hardsigmoid, "hardsigmoid")]
 KINKS = [-4.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 2.5, 3.0, 4.0]

@@ -12,7 +12,7 @@ import torchcv_ext
 from torchcv_ext.nn import SqueezeExcite
 from torchcv_ext.ops import squeeze_excite
 from torchcv_ext.ops.reference import squeeze_excite as ref
-from testing import DEVICES, DTYPES, TOL, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, requires_ext
 
 ACT_PAIRS = [(nn.ReLU, nn.Sigmoid, "relu", "sigmoid"), (nn.SiLU, nn.Sigmoid, "silu", "sigmoid"),
              (nn.ReLU, nn.Hardsigmoid, "relu", "hardsigmoid"),

@@ -7,20 +7,8 @@ from typing import Callable, Optional, Type, Union
 import torch
 from torch import nn
 
-from torchcv_ext.ops import _common
+from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
 from torchcv_ext.ops.dwconv_bn_act import _pair, dwconv_bn_act, dwconv_bn_act_train, fold_bn, same_padding
-
-#: activation name -> module class ([2] of the Sequential); "identity" has no module.
-_ACT_MODULES = {
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "hardswish": nn.Hardswish,
-    "silu": nn.SiLU,
-    "hardsigmoid": nn.Hardsigmoid,
-    "sigmoid": nn.Sigmoid,
-}
-_ACT_NAMES = {cls: name for name, cls in _ACT_MODULES.items()}
-_ACT_NAMES[nn.Identity] = "identity"
 
 ActivationSpec = Union[str, Type[nn.Module], nn.Module, None]
 
@@ -30,24 +18,18 @@ def activation_name(activation: ActivationSpec) -> str:
     if activation is None:
         return "identity"
     if isinstance(activation, str):
-        name = activation.lower()
-        if name == "none":
-            name = "identity"
-        if name not in _ACT_MODULES and name != "identity":
-            raise ValueError(f"DWConvBNAct: unknown activation {activation!r}; expected one of "
-                             f"identity, {', '.join(_ACT_MODULES)} or the nn.Module class")
-        return name
-    cls = activation if isinstance(activation, type) else type(activation)
-    if cls not in _ACT_NAMES:
+        return parse_name(activation, "DWConvBNAct")
+    name = fused_name(activation)
+    if name is None:
         raise ValueError(f"DWConvBNAct: unsupported activation {activation!r}; supported: "
-                         f"{', '.join(c.__name__ for c in _ACT_NAMES)} or None")
-    return _ACT_NAMES[cls]
+                         f"{', '.join(c.__name__ for c in MODULES.values())} or None")
+    return name
 
 
 def _make_act_module(name: str) -> Optional[nn.Module]:
     if name == "identity":
         return None
-    cls = _ACT_MODULES[name]
+    cls = MODULES[name]
     # torchvision builds its activations with inplace=True where supported; no parameters.
     return cls(inplace=True) if cls is not nn.Sigmoid else cls()
 
@@ -113,11 +95,14 @@ class DWConvBNAct(nn.Sequential):
                              f"groups={conv.groups}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"DWConvBNAct: only zero padding is supported, got {conv.padding_mode!r}")
-        if isinstance(conv.padding, str):
-            if conv.padding == "same":
+        if isinstance(conv.padding, str):  # "same" (odd kernels) / "valid" as explicit padding
+            if conv.padding == "same" and all(k % 2 == 1 for k in conv.kernel_size):
                 conv.padding = same_padding(conv.kernel_size, conv.dilation)
+            elif conv.padding == "valid":
+                conv.padding = (0, 0)
             else:
-                raise ValueError(f"DWConvBNAct: unsupported conv padding {conv.padding!r}")
+                raise ValueError(f"DWConvBNAct: unsupported conv padding {conv.padding!r} for kernel "
+                                 f"{conv.kernel_size}")
         if not isinstance(bn, nn.BatchNorm2d):
             raise TypeError(f"DWConvBNAct: expected an nn.BatchNorm2d, got {type(bn).__name__}")
         if bn.num_features != c:
@@ -188,6 +173,3 @@ class DWConvBNAct(nn.Sequential):
 
 
 __all__ = ["DWConvBNAct", "activation_name"]
-
-# Keep the name list of the ops module and the module in sync.
-assert set(_ACT_MODULES) | {"identity"} <= set(_common.ACTIVATIONS)

@@ -2,48 +2,22 @@
 (torchcv_ext/ops/squeeze_excite.py)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import torch
 from torch import nn
 
-from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
+from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
 from torchcv_ext.ops.squeeze_excite import squeeze_excite
 
 __all__ = ["SqueezeExcite"]
-
-# Activation module classes the fused op implements, by the op's activation name.
-_MODULE_NAMES = {
-    nn.Identity: "identity",
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu6",
-    nn.Hardswish: "hardswish",
-    Hardswish: "hardswish",
-    nn.SiLU: "silu",
-    nn.Hardsigmoid: "hardsigmoid",
-    Hardsigmoid: "hardsigmoid",
-    nn.Sigmoid: "sigmoid",
-}
-_NAME_MODULES = {
-    "identity": nn.Identity,
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "hardswish": nn.Hardswish,
-    "silu": nn.SiLU,
-    "hardsigmoid": nn.Hardsigmoid,
-    "sigmoid": nn.Sigmoid,
-}
 
 ActivationArg = Union[str, Callable[..., nn.Module]]
 
 
 def _make_activation(arg: ActivationArg, what: str) -> nn.Module:
     if isinstance(arg, str):
-        key = arg.lower()
-        if key not in _NAME_MODULES:
-            raise ValueError(f"SqueezeExcite: unknown {what} {arg!r}; expected one of "
-                             f"{', '.join(sorted(_NAME_MODULES))} or an nn.Module class")
-        return _NAME_MODULES[key]()
+        return MODULES[parse_name(arg, f"SqueezeExcite {what}")]()
     if isinstance(arg, nn.Module):
         return arg
     if callable(arg):
@@ -52,11 +26,6 @@ def _make_activation(arg: ActivationArg, what: str) -> nn.Module:
             raise TypeError(f"SqueezeExcite: {what} must build an nn.Module, got {type(module)}")
         return module
     raise TypeError(f"SqueezeExcite: {what} must be a name or an nn.Module class, got {arg!r}")
-
-
-def _fused_name(module: nn.Module) -> Optional[str]:
-    """The op's name for an activation module, or None when the fused op cannot express it."""
-    return _MODULE_NAMES.get(type(module))
 
 
 class SqueezeExcite(nn.Module):
@@ -106,12 +75,12 @@ class SqueezeExcite(nn.Module):
         return self.scale_activation(self.fc2(s))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = _fused_name(self.activation)
-        gate = _fused_name(self.scale_activation)
+        act = fused_name(self.activation)
+        gate = fused_name(self.scale_activation)
         if act is None or gate is None:
             return self._scale(x) * x
         return squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
                               act, gate)
 
     def extra_repr(self) -> str:
-        return f"fused={_fused_name(self.activation) is not None and _fused_name(self.scale_activation) is not None}"
+        return f"fused={fused_name(self.activation) is not None and fused_name(self.scale_activation) is not None}"

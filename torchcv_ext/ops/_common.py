@@ -22,6 +22,23 @@ def ops_available() -> bool:
     return _loader.extension_loaded()
 
 
+def _defined_ops() -> frozenset:
+    if not ops_available():
+        return frozenset()
+    names = torch._C._dispatch_get_all_op_names()
+    return frozenset(n.split("::", 1)[1].split(".")[0] for n in names if n.startswith(NAMESPACE + "::"))
+
+
+#: Schemas the loaded extension defines (read once; a stale build may lack newer ops).
+DEFINED_OPS = _defined_ops()
+
+
+def op_available(op: str) -> bool:
+    """The compiled extension is loaded and defines ``op``: the gate every public function and
+    registration uses (monkeypatch ``ops_available`` to False to force the reference path)."""
+    return ops_available() and op in DEFINED_OPS
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """Memory format the ops compute in and return (mirrors csrc/include/torchcv_ext/checks.h).
 

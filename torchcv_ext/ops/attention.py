@@ -36,7 +36,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 and float64;
     differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
     """
-    if _common.ops_available():
+    if _common.op_available("attention"):
         return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
     return ref.attention(q, k, v, scale)[0]
 
@@ -126,5 +126,5 @@ def _register_autocast(device_type: str) -> None:
     _autocast_libs.append(lib)
 
 
-if _common.ops_available():
+if _common.op_available("attention"):
     _register()

@@ -24,14 +24,14 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Shuffle the channels of ``x`` (N, C, *) in ``groups`` groups, like
     ``torch.nn.functional.channel_shuffle``: output channel ``i * groups + j`` is input channel
     ``j * (C // groups) + i``. NCHW and channels_last; the result keeps the input's layout."""
-    if _common.ops_available():
+    if _common.op_available("channel_shuffle"):
         return torch.ops.torchcv_ext.channel_shuffle(x, groups)
     return ref.channel_shuffle(x, groups)
 
 
 def shuffle_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``channel_shuffle(torch.cat([a, b], 1), 2)`` in one memory pass (ShuffleNetV2 block tail)."""
-    if _common.ops_available():
+    if _common.op_available("shuffle_cat"):
         return torch.ops.torchcv_ext.shuffle_cat(a, b)
     return ref.shuffle_cat(a, b)
 
@@ -39,7 +39,7 @@ def shuffle_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def shuffle_cat_split(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``shuffle_cat(a, b).chunk(2, dim=1)`` as two separate tensors in one memory pass: the
     tail of one ShuffleNetV2 block fused with the split at the head of the next."""
-    if _common.ops_available():
+    if _common.op_available("shuffle_cat_split"):
         return torch.ops.torchcv_ext.shuffle_cat_split(a, b)
     return ref.shuffle_cat_split(a, b)
 
@@ -141,5 +141,5 @@ def _register() -> None:
                                     setup_context=_no_context)
 
 
-if _common.ops_available():
+if _common.op_available("channel_shuffle"):
     _register()

@@ -24,6 +24,7 @@ x, weight and the outputs use the input dtype (fp32/fp16/bf16/fp64), accumulatio
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -84,6 +85,21 @@ def fold_bn(bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
     return scale, shift
 
 
+def _ref_autocast(x: torch.Tensor, weight: torch.Tensor):
+    """Reference path (no compiled extension): apply the ops' autocast rule by hand -- x and weight
+    to the autocast dtype, per-channel vectors kept in float32 -- and return a context that
+    disables autocast inside (the reference casts to float32 itself)."""
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        if x.is_floating_point() and x.dtype != torch.float64:
+            x = x.to(dt)
+        if weight.is_floating_point() and weight.dtype != torch.float64:
+            weight = weight.to(dt)
+        return x, weight, torch.autocast(dev, enabled=False)
+    return x, weight, contextlib.nullcontext()
+
+
 def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                   stride: IntPair = 1, padding: Union[IntPair, str, None] = None, dilation: IntPair = 1,
                   activation: str = "relu") -> torch.Tensor:
@@ -94,9 +110,11 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     (the output keeps the layout); fp32/fp16/bf16/fp64."""
     s, p, d = _conv_args(weight, stride, padding, dilation)
     _common.check_activation(activation)
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
-    return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
+    x, weight, ctx = _ref_autocast(x, weight)
+    with ctx:
+        return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
 
 
 def _check_batch(z_shape) -> None:
@@ -122,42 +140,29 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
     else:
-        z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
+        x, weight, ctx = _ref_autocast(x, weight)
+        with ctx:
+            z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
     scale = torch.rsqrt(var + eps)
     if bn_weight is not None:
         scale = scale * bn_weight.to(scale.dtype)
     shift = -mean * scale
     if bn_bias is not None:
         shift = shift + bn_bias.to(scale.dtype)
-    if _USE_OPS:
+    if _common.op_available("dwconv_bn_act"):
         y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
     else:
-        y = ref.scale_shift_act(z, scale, shift, activation)
+        with torch.autocast(z.device.type, enabled=False):
+            y = ref.scale_shift_act(z, scale, shift, activation)
     return y, mean, var
 
 
 # ----------------------------------------------------------------------------------------------
 # Dispatcher registrations (only when the compiled extension defined the schemas).
 # ----------------------------------------------------------------------------------------------
-_OPS = ("dwconv_bn_act", "dwconv_bn_stats", "scale_shift_act", "_scale_shift_act_backward",
-        "_dwconv_bn_stats_backward")
-
-
-def _schemas_defined() -> bool:
-    if not _common.ops_available():
-        return False
-    try:
-        for name in _OPS:
-            getattr(torch.ops.torchcv_ext, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-_USE_OPS = _schemas_defined()
 
 
 def _like(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -324,5 +329,5 @@ def _autocast_lib() -> torch.library.Library:
     return _AUTOCAST_LIB
 
 
-if _USE_OPS:
+if _common.op_available("dwconv_bn_act"):
     _register()

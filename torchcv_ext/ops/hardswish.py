@@ -16,20 +16,16 @@ from torchcv_ext.ops.reference import hardswish as ref
 __all__ = ["hardswish", "hardsigmoid"]
 
 
-def _have_op(name: str) -> bool:
-    return _common.ops_available() and hasattr(torch.ops.torchcv_ext, name)
-
-
 def hardswish(x: torch.Tensor) -> torch.Tensor:
     """``torch.nn.functional.hardswish``: x * relu6(x + 3) / 6. Any float dtype and layout."""
-    if _have_op("hardswish"):
+    if _common.op_available("hardswish"):
         return torch.ops.torchcv_ext.hardswish(x)
     return ref.hardswish(x)
 
 
 def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     """``torch.nn.functional.hardsigmoid``: relu6(x + 3) / 6. Any float dtype and layout."""
-    if _have_op("hardsigmoid"):
+    if _common.op_available("hardsigmoid"):
         return torch.ops.torchcv_ext.hardsigmoid(x)
     return ref.hardsigmoid(x)
 
@@ -86,5 +82,5 @@ def _register() -> None:
                                     setup_context=_save_grad_x)
 
 
-if _have_op("hardswish"):
+if _common.op_available("hardswish"):
     _register()

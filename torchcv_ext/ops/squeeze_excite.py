@@ -12,7 +12,6 @@ parameters.
 """
 from __future__ import annotations
 
-from typing import Tuple
 
 import torch
 
@@ -34,10 +33,6 @@ def _as_matrix(w: torch.Tensor, name: str) -> torch.Tensor:
     return w
 
 
-def _have_op() -> bool:
-    return _common.ops_available() and hasattr(torch.ops.torchcv_ext, _OP)
-
-
 def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                    b2: torch.Tensor, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
     """Squeeze-and-excitation of ``x`` (N, C, *spatial) in one fused op.
@@ -50,7 +45,7 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     """
     w1 = _as_matrix(w1, "w1")
     w2 = _as_matrix(w2, "w2")
-    if _have_op():
+    if _common.op_available(_OP):
         return torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, act, gate)
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         # The autocast rule of the op (see _autocast_kernel), for the reference path.
@@ -149,5 +144,5 @@ def _register() -> None:
                            with_keyset=True)
 
 
-if _have_op():
+if _common.op_available(_OP):
     _register()

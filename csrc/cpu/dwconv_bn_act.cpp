@@ -1,0 +1,633 @@
+// CPU kernels of the dwconv_bn_act family. Schemas: csrc/registration.cpp. Front end (checks,
+// layouts, outputs): csrc/include/torchcv_ext/dwconv_bn_act_host.h. Per-element math:
+// csrc/include/torchcv_ext/dwconv_bn_act.h. Autograd / fake / autocast: torchcv_ext/ops/dwconv_bn_act.py.
+//
+// eval / stats forward (the fast paths):
+//   NCHW: one task per (n, c) plane; the plane is copied once into a zero-padded float buffer
+//         (per task), stored phase-split by the stride so that every tap reads a unit-stride
+//         segment; each output row accumulates its kh*kw segments in registers (32 outputs at a
+//         time, AVX-512 / AVX2 / baseline clones picked at load time) and the whole plane then goes
+//         through the epilogue (BN fold + activation with a vectorizable exp for SiLU/sigmoid, or
+//         Welford statistics) while it is still in L1/L2.
+//   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
+//         channel register blocks, then the row's epilogue.
+// One read of x and one write of y. float64 uses the same loops without the float clones.
+// Train-mode and backward kernels are straightforward loops over the shared per-element math
+// (dwconv_bn_act.h) -- they exist to run (and test) exactly the math the CUDA kernels run.
+// Reductions (statistics, weight/BN gradients) are combined in a fixed order that does not depend
+// on the number of threads: deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "torchcv_ext/dwconv_bn_act_host.h"
+
+namespace torchcv_ext {
+namespace dwconv {
+namespace {
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Run f(std::integral_constant<Act, A>) for the runtime activation: the epilogue loops are
+// compiled once per activation, so the switch is hoisted out of them.
+template <typename F>
+void with_act(Act a, F&& f) {
+  switch (a) {
+    case Act::Identity: return f(std::integral_constant<Act, Act::Identity>{});
+    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
+    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
+    case Act::Hardswish: return f(std::integral_constant<Act, Act::Hardswish>{});
+    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
+    case Act::Hardsigmoid: return f(std::integral_constant<Act, Act::Hardsigmoid>{});
+    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
+  }
+}
+
+// ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline and picked at load time -------
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TCV_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TCV_CPU_CLONES
+#endif
+
+// 16 floats: one AVX-512 register in the avx512f clone, split by the compiler elsewhere. Explicit
+// vector variables keep the accumulators in registers (a float[] accumulator was spilled).
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
+
+// Unaligned 16-float load/store (macros: inlined into every clone, no vector-ABI calls).
+#define load16(p) (*reinterpret_cast<const f32x16u*>(p))
+#define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
+
+constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
+
+// One NCHW output row: out[ow] = sum_t w[t] * in[off[t] + ow] for ow in [0, roundup(Wo, 32)).
+// `in` is the row's base in the phase-split padded plane (see NchwScratch): every tap reads a
+// unit-stride segment whatever the conv stride. Whole blocks are computed (the buffer has the
+// slack); the caller keeps the first Wo values.
+TCV_CPU_CLONES void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps,
+                                 int64_t Wo, float* out) {
+  // Taps alternate between two accumulator sets: independent FMA chains hide the FMA latency.
+  if (Wo <= 16) {  // narrow rows (late MobileNet stages): one register wide
+    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int t = 0;
+    for (; t + 4 <= taps; t += 4) {
+      a0 += w[t] * load16(in + off[t]);
+      a1 += w[t + 1] * load16(in + off[t + 1]);
+      a2 += w[t + 2] * load16(in + off[t + 2]);
+      a3 += w[t + 3] * load16(in + off[t + 3]);
+    }
+    for (; t < taps; ++t) a0 += w[t] * load16(in + off[t]);
+    store16(out, (a0 + a1) + (a2 + a3));
+    return;
+  }
+  for (int64_t ow = 0; ow < Wo; ow += kRowBlock) {
+    f32x16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
+    int t = 0;
+    for (; t + 2 <= taps; t += 2) {
+      const float* p = in + off[t] + ow;
+      const float* q = in + off[t + 1] + ow;
+      a0 += w[t] * load16(p);
+      a1 += w[t] * load16(p + 16);
+      b0 += w[t + 1] * load16(q);
+      b1 += w[t + 1] * load16(q + 16);
+    }
+    if (t < taps) {
+      const float* p = in + off[t] + ow;
+      a0 += w[t] * load16(p);
+      a1 += w[t] * load16(p + 16);
+    }
+    store16(out + ow, a0 + b0);
+    store16(out + ow + 16, a1 + b1);
+  }
+}
+
+// Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
+#define TCV_CL_BLOCK(NV)                                                                   \
+  for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                           \
+    f32x16 a[NV] = {}, b[NV] = {}; /* even / odd taps: independent FMA chains */            \
+    for (int i = 0; i < kh; ++i) {                                                         \
+      const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                \
+      if (ih < 0 || ih >= H) continue;                                                     \
+      for (int j = 0; j < kw; ++j) {                                                       \
+        const int64_t iw = w0 + static_cast<int64_t>(j) * dw;                              \
+        if (iw < 0 || iw >= W) continue;                                                   \
+        const float* xs = xn + (ih * W + iw) * C + c0;                                     \
+        const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                  \
+        if (j & 1) {                                                                       \
+          for (int v = 0; v < (NV); ++v) b[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+        } else {                                                                           \
+          for (int v = 0; v < (NV); ++v) a[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    for (int v = 0; v < (NV); ++v) store16(out + ow * C + c0 + 16 * v, a[v] + b[v]);       \
+  }
+
+// One channels_last output row (n, oh): out[ow * C + c]. xn = x[n] (H, W, C), wt = (kh*kw, C).
+TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W, int64_t C,
+                               int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                               int64_t oh, int64_t Wo, float* out) {
+  const int64_t h0 = oh * sh - ph;
+  for (int64_t ow = 0; ow < Wo; ++ow) {
+    const int64_t w0 = ow * sw - pw;
+    int64_t c0 = 0;
+    TCV_CL_BLOCK(4)
+    TCV_CL_BLOCK(2)
+    TCV_CL_BLOCK(1)
+    if (c0 < C) {  // < 16 channels left
+      float acc[16] = {};
+      const int64_t cb = C - c0;
+      for (int i = 0; i < kh; ++i) {
+        const int64_t ih = h0 + static_cast<int64_t>(i) * dh;
+        if (ih < 0 || ih >= H) continue;
+        for (int j = 0; j < kw; ++j) {
+          const int64_t iw = w0 + static_cast<int64_t>(j) * dw;
+          if (iw < 0 || iw >= W) continue;
+          const float* xs = xn + (ih * W + iw) * C + c0;
+          const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;
+          for (int64_t c = 0; c < cb; ++c) acc[c] += ws[c] * xs[c];
+        }
+      }
+      for (int64_t c = 0; c < cb; ++c) out[ow * C + c0 + c] = acc[c];
+    }
+  }
+}
+#undef TCV_CL_BLOCK
+
+// exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
+// x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
+// std::exp it vectorizes. Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39: sigmoid's tails
+// are exactly 0 / 1 in float anyway).
+__attribute__((always_inline)) inline float exp_f32(float x) {
+  x = x < -88.0f ? -88.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+// Activation for the float epilogues: activations.h except that SiLU / sigmoid use exp_f32.
+template <Act A>
+__attribute__((always_inline)) inline float act_f32(float x) {
+  if constexpr (A == Act::SiLU) {
+    return x / (1.0f + exp_f32(-x));
+  } else if constexpr (A == Act::Sigmoid) {
+    return 1.0f / (1.0f + exp_f32(-x));
+  } else {
+    return act_forward(A, x);
+  }
+}
+
+// Epilogues y = act(acc * scale + shift) in float, vectorized per clone.
+#define TCV_ACT_CASES(LOOP)                                        \
+  switch (act) {                                                   \
+    case Act::Identity: { constexpr Act kA = Act::Identity; LOOP; } break;       \
+    case Act::ReLU: { constexpr Act kA = Act::ReLU; LOOP; } break;               \
+    case Act::ReLU6: { constexpr Act kA = Act::ReLU6; LOOP; } break;             \
+    case Act::Hardswish: { constexpr Act kA = Act::Hardswish; LOOP; } break;     \
+    case Act::SiLU: { constexpr Act kA = Act::SiLU; LOOP; } break;               \
+    case Act::Hardsigmoid: { constexpr Act kA = Act::Hardsigmoid; LOOP; } break; \
+    case Act::Sigmoid: { constexpr Act kA = Act::Sigmoid; LOOP; } break;         \
+  }
+
+// NCHW row: one channel, scalar scale/shift.
+TCV_CPU_CLONES void epi_row_f32(Act act, const float* in, float* out, int64_t n, float s, float b) {
+  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) out[i] = act_f32<kA>(in[i] * s + b))
+}
+
+// channels_last: npix pixels of C channels.
+TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t npix, int64_t C,
+                                const float* sc, const float* sh) {
+  TCV_ACT_CASES(for (int64_t q = 0; q < npix; ++q) {
+    const float* a = in + q * C;
+    float* o = out + q * C;
+    _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = act_f32<kA>(a[c] * sc[c] + sh[c]);
+  })
+}
+
+// ---- conv forward, NCHW -----------------------------------------------------------------------
+// Per-task scratch: the padded plane, stored "phase-split" so that strided taps read unit-stride
+// segments: padded (row r, col q) lives at r * rs + (q % sw) * Lp + q / sw, so output ow of tap
+// (i, j) reads row oh*sh + i*dh at in[off[t] + ow] with off[t] = i*dh*rs + (j*dw % sw)*Lp + j*dw/sw.
+// Padding cells are zeroed once (same geometry for every plane) and never written.
+template <typename acc_t>
+struct NchwScratch {
+  int64_t Hn, Wn, Lp, rs;
+  std::vector<acc_t> buf, plane;
+  std::vector<int64_t> off;
+  // Per phase: first padded data column q0 (q0 % sw == phase) and its slot q0 / sw.
+  std::vector<int64_t> q0, slot;
+  int64_t lo, hi;  // data columns [lo, hi) in padded coordinates
+  explicit NchwScratch(const Geom& g) {
+    Hn = (g.Ho - 1) * g.sh + static_cast<int64_t>(g.kh - 1) * g.dh + 1;
+    Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
+    Lp = (Wn + g.sw - 1) / g.sw + kRowBlock;  // >= every index a whole row block reads, + 1
+    rs = g.sw * Lp;
+    buf.assign(static_cast<size_t>(Hn * rs), acc_t(0));
+    // Output plane (rows of Wo) + slack: a row's last block may spill into the next rows, which
+    // are computed afterwards, or into the slack.
+    plane.assign(static_cast<size_t>(g.Ho * g.Wo + kRowBlock), acc_t(0));
+    off.resize(static_cast<size_t>(g.kh) * g.kw);
+    for (int i = 0; i < g.kh; ++i) {
+      for (int j = 0; j < g.kw; ++j) {
+        const int64_t q = static_cast<int64_t>(j) * g.dw;
+        off[i * g.kw + j] = static_cast<int64_t>(i) * g.dh * rs + (q % g.sw) * Lp + q / g.sw;
+      }
+    }
+    lo = std::min<int64_t>(g.pw, Wn);
+    hi = std::min<int64_t>(Wn, g.pw + g.W);
+    for (int ph = 0; ph < g.sw; ++ph) {
+      const int64_t q = lo + ((ph - lo % g.sw) + g.sw) % g.sw;
+      q0.push_back(q);
+      slot.push_back(ph * Lp + q / g.sw);
+    }
+  }
+};
+
+// Computes plane (n, c) of z (input plane xp, NCHW rows of W) into s.plane (Ho x Wo, acc_t)
+// and hands it to epi(plane).
+template <typename T, typename acc_t, typename Epi>
+void conv_plane_nchw(const T* xp, const acc_t* w, const Geom& g, NchwScratch<acc_t>& s, Epi&& epi) {
+  for (int64_t r = 0; r < s.Hn; ++r) {
+    const int64_t ih = r - g.ph;
+    if (ih < 0 || ih >= g.H) continue;  // padding row: stays zero
+    const T* xr = xp + ih * g.W - g.pw;  // xr[q] = x[ih, q - pw]
+    acc_t* b = s.buf.data() + r * s.rs;
+    if (g.sw == 1) {
+      for (int64_t q = s.lo; q < s.hi; ++q) b[q] = static_cast<acc_t>(xr[q]);
+    } else {
+      for (int ph = 0; ph < g.sw; ++ph) {
+        acc_t* d = b + s.slot[ph];
+        for (int64_t q = s.q0[ph]; q < s.hi; q += g.sw) *d++ = static_cast<acc_t>(xr[q]);
+      }
+    }
+  }
+  const int taps = g.kh * g.kw;
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const acc_t* in = s.buf.data() + oh * g.sh * s.rs;
+    acc_t* out = s.plane.data() + oh * g.Wo;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      nchw_row_f32(in, s.off.data(), w, taps, g.Wo, out);
+    } else {
+      std::fill(out, out + g.Wo, acc_t(0));
+      for (int t = 0; t < taps; ++t) {
+        const acc_t wv = w[t];
+        const acc_t* p = in + s.off[t];
+        for (int64_t ow = 0; ow < g.Wo; ++ow) out[ow] += wv * p[ow];
+      }
+    }
+  }
+  epi(static_cast<const acc_t*>(s.plane.data()));
+}
+
+// ---- conv forward, channels_last --------------------------------------------------------------
+// Output row (n, oh): row[ow * C + c]. wt is the weight transposed to (kh*kw, C).
+template <typename T, typename acc_t>
+void conv_row_cl(const T* x, const acc_t* wt, const Geom& g, int64_t n, int64_t oh, acc_t* row) {
+  const int64_t C = g.C;
+  if constexpr (std::is_same_v<T, float>) {
+    cl_row_f32(x + n * g.H * g.W * C, wt, g.H, g.W, C, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh,
+               g.dw, oh, g.Wo, row);
+    return;
+  }
+  std::fill(row, row + g.Wo * C, acc_t(0));
+  for (int i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + static_cast<int64_t>(i) * g.dh;
+    if (ih < 0 || ih >= g.H) continue;
+    const T* xr = x + (n * g.H + ih) * g.W * C;
+    for (int j = 0; j < g.kw; ++j) {
+      const acc_t* wj = wt + (i * g.kw + j) * C;
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const int64_t iw = ow * g.sw - g.pw + static_cast<int64_t>(j) * g.dw;
+        if (iw < 0 || iw >= g.W) continue;
+        const T* xs = xr + iw * C;
+        acc_t* r = row + ow * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) r[c] += wj[c] * static_cast<acc_t>(xs[c]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void eval_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+               const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+  using acc_t = acc_of<T>;
+  const T* xd = x.const_data_ptr<T>();
+  T* yd = y.mutable_data_ptr<T>();
+  const acc_t* sc = scale.const_data_ptr<acc_t>();
+  const acc_t* sh = shift.const_data_ptr<acc_t>();
+  if (!(x.is_contiguous() && y.is_contiguous())) {  // channels_last (both are, see host.h)
+    const at::Tensor wt_t = w.t().contiguous();
+    const acc_t* wt = wt_t.const_data_ptr<acc_t>();
+    const int64_t C = g.C;
+    at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(static_cast<size_t>(g.Wo * C)), tmp;
+      for (int64_t r = begin; r < end; ++r) {
+        conv_row_cl(xd, wt, g, r / g.Ho, r % g.Ho, row.data());
+        T* yr = yd + r * g.Wo * C;
+        if constexpr (std::is_same_v<T, float>) {
+          epi_pix_f32(act, row.data(), yr, g.Wo, C, sc, sh);
+        } else if constexpr (std::is_same_v<acc_t, float>) {
+          tmp.resize(row.size());
+          epi_pix_f32(act, row.data(), tmp.data(), g.Wo, C, sc, sh);
+          for (size_t i = 0; i < tmp.size(); ++i) yr[i] = static_cast<T>(tmp[i]);
+        } else {
+          for (int64_t q = 0; q < g.Wo; ++q) {
+            for (int64_t c = 0; c < C; ++c) {
+              yr[q * C + c] = static_cast<T>(bn_act<acc_t>(act, row[q * C + c], sc[c], sh[c]));
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  const acc_t* wd = w.const_data_ptr<acc_t>();
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    NchwScratch<acc_t> scratch(g);
+    const int64_t HWo = g.Ho * g.Wo;
+    std::vector<acc_t> tmp(static_cast<size_t>(HWo));
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.C;
+      const acc_t s = sc[c], b = sh[c];
+      T* o = yd + p * HWo;
+      conv_plane_nchw(xd + p * g.H * g.W, wd + c * kk, g, scratch, [&](const acc_t* a) {
+        if constexpr (std::is_same_v<T, float>) {
+          epi_row_f32(act, a, o, HWo, s, b);
+        } else if constexpr (std::is_same_v<acc_t, float>) {
+          epi_row_f32(act, a, tmp.data(), HWo, s, b);
+          for (int64_t i = 0; i < HWo; ++i) o[i] = static_cast<T>(tmp[i]);
+        } else {
+          for (int64_t i = 0; i < HWo; ++i) o[i] = static_cast<T>(bn_act<acc_t>(act, a[i], s, b));
+        }
+      });
+    }
+  });
+}
+
+// z = conv(x) and per-channel statistics: Welford partials per (n, c) plane (NCHW) or per output
+// row (channels_last), merged per channel in increasing order.
+template <typename T>
+void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
+                at::Tensor& mean, at::Tensor& var) {
+  using acc_t = acc_of<T>;
+  const T* xd = x.const_data_ptr<T>();
+  T* zd = z.mutable_data_ptr<T>();
+  const int64_t C = g.C;
+  std::vector<Welford<acc_t>> part;
+  int64_t nparts;
+  if (!(x.is_contiguous() && z.is_contiguous())) {  // channels_last: part[r * C + c], r = output row
+    nparts = g.N * g.Ho;
+    part.assign(static_cast<size_t>(nparts * C), welford_init<acc_t>());
+    const at::Tensor wt_t = w.t().contiguous();
+    const acc_t* wt = wt_t.const_data_ptr<acc_t>();
+    at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(static_cast<size_t>(g.Wo * C));
+      for (int64_t r = begin; r < end; ++r) {
+        conv_row_cl(xd, wt, g, r / g.Ho, r % g.Ho, row.data());
+        T* zr = zd + r * g.Wo * C;
+        Welford<acc_t>* pr = part.data() + r * C;
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = row[ow * C + c];
+            zr[ow * C + c] = static_cast<T>(v);
+            welford_push(pr[c], v);
+          }
+        }
+      }
+    });
+    // part is indexed [r][c]; merge below reads part[r * C + c].
+  } else {  // NCHW: part[n * C + c]
+    nparts = g.N;
+    part.assign(static_cast<size_t>(g.N * C), welford_init<acc_t>());
+    const acc_t* wd = w.const_data_ptr<acc_t>();
+    const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+    at::parallel_for(0, g.N * C, 1, [&](int64_t begin, int64_t end) {
+      NchwScratch<acc_t> scratch(g);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        T* zp = zd + p * g.Ho * g.Wo;
+        Welford<acc_t> st = welford_init<acc_t>();
+        conv_plane_nchw(xd + p * g.H * g.W, wd + c * kk, g, scratch, [&](const acc_t* a) {
+          for (int64_t i = 0; i < g.Ho * g.Wo; ++i) {
+            zp[i] = static_cast<T>(a[i]);
+            welford_push(st, a[i]);
+          }
+        });
+        part[p] = st;
+      }
+    });
+  }
+  acc_t* md = mean.mutable_data_ptr<acc_t>();
+  acc_t* vd = var.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      Welford<acc_t> s = welford_init<acc_t>();
+      for (int64_t r = 0; r < nparts; ++r) s = welford_merge(s, part[r * C + c]);
+      md[c] = s.mean;
+      vd[c] = welford_var(s);
+    }
+  });
+}
+
+// Index helpers for a contiguous NCHW or channels_last tensor of logical shape (N, C, H, W).
+struct Layout {
+  int64_t N, C, HW;
+  bool cl;
+};
+
+template <typename T>
+void ssa_impl(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
+              at::Tensor& y) {
+  using acc_t = acc_of<T>;
+  const T* zd = z.const_data_ptr<T>();
+  T* yd = y.mutable_data_ptr<T>();
+  const acc_t* sc = scale.const_data_ptr<acc_t>();
+  const acc_t* sh = shift.const_data_ptr<acc_t>();
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const bool cl = !z.is_contiguous();
+  with_act(act, [&](auto A) {
+    constexpr Act kA = decltype(A)::value;
+    if (cl) {
+      at::parallel_for(0, N * HW, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+        for (int64_t q = b; q < e; ++q) {
+          for (int64_t c = 0; c < C; ++c) {
+            yd[q * C + c] = static_cast<T>(bn_act<acc_t>(kA, static_cast<acc_t>(zd[q * C + c]), sc[c], sh[c]));
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t c = p % C;
+          const acc_t s = sc[c], t = sh[c];
+          for (int64_t i = p * HW; i < (p + 1) * HW; ++i) {
+            yd[i] = static_cast<T>(bn_act<acc_t>(kA, static_cast<acc_t>(zd[i]), s, t));
+          }
+        }
+      });
+    }
+  });
+}
+
+// Per-channel reductions below run with one task per channel (strided access in channels_last:
+// fine for the CPU train path), summing (n, h, w) in increasing order: deterministic.
+template <typename T>
+void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
+                       const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
+                       at::Tensor& gsh) {
+  using acc_t = acc_of<T>;
+  const T* gd = grad.const_data_ptr<T>();
+  const T* zd = z.const_data_ptr<T>();
+  T* gzd = gz.mutable_data_ptr<T>();
+  const acc_t* sc = scale.const_data_ptr<acc_t>();
+  const acc_t* sh = shift.const_data_ptr<acc_t>();
+  acc_t* gscd = gsc.mutable_data_ptr<acc_t>();
+  acc_t* gshd = gsh.mutable_data_ptr<acc_t>();
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  const bool cl = !z.is_contiguous();
+  const int64_t sc_c = cl ? 1 : HW, sc_s = cl ? C : 1, sc_n = C * HW;
+  with_act(act, [&](auto A) {
+    constexpr Act kA = decltype(A)::value;
+    at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const acc_t s = sc[c], t = sh[c];
+        acc_t sum_u = 0, sum_uz = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          acc_t pu = 0, puz = 0;  // per-plane partials
+          const int64_t base = n * sc_n + c * sc_c;
+          for (int64_t q = 0; q < HW; ++q) {
+            const int64_t i = base + q * sc_s;
+            const acc_t zv = static_cast<acc_t>(zd[i]);
+            const acc_t gu = bn_act_grad_u<acc_t>(kA, static_cast<acc_t>(gd[i]), zv, s, t);
+            gzd[i] = static_cast<T>(gu * s);
+            pu += gu;
+            puz += gu * zv;
+          }
+          sum_u += pu;
+          sum_uz += puz;
+        }
+        gscd[c] = sum_uz;
+        gshd[c] = sum_u;
+      }
+    });
+  });
+}
+
+template <typename T>
+void stats_backward_impl(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
+                         const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
+                         const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+  using acc_t = acc_of<T>;
+  const T* gzd = gz.const_data_ptr<T>();
+  const T* zd = z.const_data_ptr<T>();
+  const T* xd = x.const_data_ptr<T>();
+  T* gxd = gx.mutable_data_ptr<T>();
+  const acc_t* ad = a.const_data_ptr<acc_t>();
+  const acc_t* bd = b.const_data_ptr<acc_t>();
+  const acc_t* md = mean.const_data_ptr<acc_t>();
+  const acc_t* wd = w.const_data_ptr<acc_t>();
+  acc_t* gwd = gw.mutable_data_ptr<acc_t>();
+  const Strides4 xs = strides_of(x), zs = strides_of(z);
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  // Total gradient of z at (n, c, oh, ow).
+  auto dz_at = [&](int64_t n, int64_t c, int64_t oh, int64_t ow) -> acc_t {
+    const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
+    const acc_t zv = use_b ? static_cast<acc_t>(zd[i]) : acc_t(0);
+    return stats_grad<acc_t>(static_cast<acc_t>(gzd[i]), zv, md[c], ad[c], bd[c]);
+  };
+  // grad x: one task per (n, c) plane.
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t b0, int64_t e0) {
+    for (int64_t p = b0; p < e0; ++p) {
+      const int64_t n = p / g.C, c = p % g.C;
+      auto dz = [&](int64_t oh, int64_t ow) { return dz_at(n, c, oh, ow); };
+      for (int64_t ih = 0; ih < g.H; ++ih) {
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          gxd[n * xs.n + c * xs.c + ih * xs.h + iw * xs.w] =
+              static_cast<T>(input_grad_at<acc_t>(dz, wd + c * kk, 1, g, ih, iw));
+        }
+      }
+    }
+  });
+  // grad weight: one task per channel, per-plane partials added in increasing n.
+  at::parallel_for(0, g.C, 1, [&](int64_t b0, int64_t e0) {
+    std::vector<acc_t> part(static_cast<size_t>(kk));
+    for (int64_t c = b0; c < e0; ++c) {
+      acc_t* out = gwd + c * kk;
+      for (int64_t n = 0; n < g.N; ++n) {
+        std::fill(part.begin(), part.end(), acc_t(0));
+        const T* xp = xd + n * xs.n + c * xs.c;
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const acc_t d = dz_at(n, c, oh, ow);
+            for (int i = 0; i < g.kh; ++i) {
+              for (int j = 0; j < g.kw; ++j) {
+                part[i * g.kw + j] += d * tap_input<acc_t>(xp, xs.h, xs.w, g, oh, ow, i, j);
+              }
+            }
+          }
+        }
+        for (int64_t t = 0; t < kk; ++t) out[t] += part[t];
+      }
+    }
+  });
+}
+
+#define TCV_DW_DISPATCH(T, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
+
+struct CpuBackend {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+  static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                   const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+    TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_act", [&] { eval_impl<scalar_t>(x, w, scale, shift, g, act, y); });
+  }
+  static void stats(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
+                    at::Tensor& mean, at::Tensor& var) {
+    TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_stats", [&] { stats_impl<scalar_t>(x, w, g, z, mean, var); });
+  }
+  static void ssa(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
+                  at::Tensor& y) {
+    TCV_DW_DISPATCH(z.scalar_type(), "scale_shift_act", [&] { ssa_impl<scalar_t>(z, scale, shift, act, y); });
+  }
+  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
+                           const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
+                           at::Tensor& gsh) {
+    TCV_DW_DISPATCH(z.scalar_type(), "_scale_shift_act_backward", [&] {
+      ssa_backward_impl<scalar_t>(grad, z, scale, shift, act, gz, gsc, gsh);
+    });
+  }
+  static void stats_backward(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
+                             const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
+                             const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+    TCV_DW_DISPATCH(x.scalar_type(), "_dwconv_bn_stats_backward", [&] {
+      stats_backward_impl<scalar_t>(gz, a, b, use_b, x, z, mean, w, g, gx, gw);
+    });
+  }
+};
+
+}  // namespace
+}  // namespace dwconv
+
+TORCH_LIBRARY_IMPL(torchcv_ext, CPU, m) { dwconv::register_kernels<dwconv::CpuBackend>(m); }
+
+}  // namespace torchcv_ext

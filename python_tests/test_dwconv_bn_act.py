@@ -1,0 +1,413 @@
+"""Fused depthwise conv + BatchNorm + activation (torchcv_ext.ops.dwconv_bn_act, nn.DWConvBNAct)."""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import torchcv_ext
+from torchcv_ext.nn import DWConvBNAct
+from torchcv_ext.ops import dwconv_bn_act, dwconv_bn_act_train, fold_bn
+from torchcv_ext.ops.reference import dwconv_bn_act as ref
+
+from testing import DEVICES, DTYPES, TOL, assert_close, requires_ext
+
+OPS = getattr(torch.ops, "torchcv_ext", None)
+ACTS = ["identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid"]
+ACT_MODULES = {"identity": None, "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
+               "silu": nn.SiLU, "hardsigmoid": nn.Hardsigmoid}
+# (kernel, stride, padding, dilation)
+GEOMS = [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (7, 1, 3, 1), (3, 1, 2, 2), (3, 2, 0, 1)]
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+def _eager(c, k, s, p, d, act, eps=1e-5, momentum=0.1, **bn_kw):
+    layers = [nn.Conv2d(c, c, k, s, p, d, groups=c, bias=False),
+              nn.BatchNorm2d(c, eps=eps, momentum=momentum, **bn_kw)]
+    if ACT_MODULES[act] is not None:
+        layers.append(ACT_MODULES[act]())
+    return nn.Sequential(*layers)
+
+
+def _randomize(m: nn.Module) -> None:
+    with torch.no_grad():
+        m[0].weight.normal_(0, 0.5)
+        if m[1].weight is not None:
+            m[1].weight.uniform_(0.5, 1.5)
+            m[1].bias.normal_(0, 0.5)
+        if m[1].running_mean is not None:
+            m[1].running_mean.normal_(0, 0.5)
+            m[1].running_var.uniform_(0.5, 2.0)
+
+
+def _vecs(c, device):
+    return torch.randn(c, device=device), torch.randn(c, device=device) * 0.5
+
+
+# ---- forward of the ops vs the float64 reference ---------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("geom", GEOMS)
+def test_eval_forward(device, dtype, layout, geom):
+    k, s, p, d = geom
+    x = torch.randn(2, 19, 13, 11, device=device).to(dtype).contiguous(memory_format=layout)
+    w = (torch.randn(19, 1, k, k, device=device) * 0.3).to(dtype)
+    scale, shift = _vecs(19, device)
+    for act in ACTS:
+        y = dwconv_bn_act(x, w, scale, shift, s, p, d, act)
+        expected = ref.dwconv_bn_act(x.double(), w.double(), scale.double(), shift.double(),
+                                     [s, s], [p, p], [d, d], act)
+        assert y.dtype == dtype and y.shape == expected.shape
+        assert y.is_contiguous(memory_format=layout)
+        # the output is rounded to dtype: compare with the dtype's tolerance (x k*k terms)
+        assert_close(y, expected, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_stats_forward(device, dtype, layout):
+    for k, s, p, d in GEOMS[:4]:
+        x = (torch.randn(3, 20, 12, 9, device=device) + 2.0).to(dtype).contiguous(memory_format=layout)
+        w = (torch.randn(20, 1, k, k, device=device) * 0.3).to(dtype)
+        y, mean, var = dwconv_bn_act_train(x, w, None, None, 1e-5, s, p, d, "identity")
+        z, m_ref, v_ref = ref.dwconv_bn_stats(x.double(), w.double(), [s, s], [p, p], [d, d])
+        acc = torch.float32
+        assert mean.dtype == acc and var.dtype == acc and y.dtype == dtype
+        assert_close(mean, m_ref, torch.float32, scale=10.0)
+        assert_close(var, v_ref, torch.float32, scale=10.0)
+        y_ref = (z - m_ref.view(1, -1, 1, 1)) / torch.sqrt(v_ref.view(1, -1, 1, 1) + 1e-5)
+        assert_close(y, y_ref, dtype, scale=8.0)
+        assert y.is_contiguous(memory_format=layout)
+
+
+def test_stats_numerically_stable():
+    # Large mean, small spread: float32 sum / sum-of-squares would cancel completely (E[z^2] ~ 1e6,
+    # var ~ 1e-4); Welford partials stay within float32 rounding of the values themselves.
+    x = 1000.0 + 0.01 * torch.randn(4, 3, 32, 32)
+    w = torch.zeros(3, 1, 3, 3)
+    w[:, 0, 1, 1] = 1.0
+    _, mean, var = dwconv_bn_act_train(x, w, None, None, 1e-5, 1, 1, 1, "identity")
+    xd = x.double()
+    torch.testing.assert_close(var.double(), xd.var(dim=(0, 2, 3), unbiased=False), rtol=1e-2, atol=1e-9)
+    torch.testing.assert_close(mean.double(), xd.mean(dim=(0, 2, 3)), rtol=1e-6, atol=0)
+
+
+# ---- module parity with the eager layers -------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act,geom", [("relu", (3, 1, 1, 1)), ("hardswish", (5, 2, 2, 1)),
+                                      ("silu", (3, 2, 1, 1)), ("relu6", (7, 1, 3, 1)),
+                                      ("identity", (3, 1, 1, 1)), ("hardsigmoid", (5, 1, 2, 1))])
+def test_module_parity_train_eval(device, layout, act, geom):
+    k, s, p, d = geom
+    c = 12
+    eager = _eager(c, k, s, p, d, act).to(device)
+    _randomize(eager)
+    fused = DWConvBNAct(c, k, s, p, d, activation=act).to(device)
+    fused.load_state_dict(eager.state_dict())
+    for step in range(3):  # several training steps: identical running statistics
+        x = torch.randn(4, c, 15, 14, device=device).contiguous(memory_format=layout)
+        xe = x.clone().requires_grad_(True)
+        xf = x.clone().requires_grad_(True)
+        ye, yf = eager(xe), fused(xf)
+        assert yf.is_contiguous(memory_format=layout)
+        assert_close(yf, ye.detach(), torch.float32, scale=4.0)
+        g = torch.randn_like(ye)
+        ge = torch.autograd.grad(ye, [xe, *eager.parameters()], g)
+        gf = torch.autograd.grad(yf, [xf, *fused.parameters()], g)
+        for a, b in zip(gf, ge):
+            assert_close(a, b, torch.float32, scale=20.0)
+        for name, buf in eager[1].named_buffers():
+            torch.testing.assert_close(getattr(fused[1], name), buf, rtol=1e-5, atol=1e-6)
+    eager.eval()
+    fused.eval()
+    x = torch.randn(3, c, 10, 9, device=device, requires_grad=True)
+    ye, yf = eager(x), fused(x)
+    assert_close(yf, ye.detach(), torch.float32, scale=4.0)
+    g = torch.randn_like(ye)
+    ge = torch.autograd.grad(ye, [x, *eager.parameters()], g)
+    gf = torch.autograd.grad(yf, [x, *fused.parameters()], g)
+    for a, b in zip(gf, ge):
+        assert_close(a, b, torch.float32, scale=20.0)
+
+
+@pytest.mark.parametrize("bn_kw", [dict(momentum=None), dict(track_running_stats=False),
+                                   dict(affine=False)])
+def test_module_bn_variants(bn_kw):
+    c = 6
+    momentum = bn_kw.pop("momentum", 0.1)
+    eager = _eager(c, 3, 1, 1, 1, "relu", momentum=momentum, **bn_kw).double()
+    _randomize(eager)
+    norm = functools.partial(nn.BatchNorm2d, momentum=momentum, **bn_kw)
+    fused = DWConvBNAct(c, 3, 1, None, 1, nn.ReLU, norm_layer=norm).double()
+    fused.load_state_dict(eager.state_dict())
+    for mode in ("train", "train", "train", "eval"):
+        eager.train(mode == "train")
+        fused.train(mode == "train")
+        x = torch.randn(2, c, 7, 8, dtype=torch.float64, requires_grad=True)
+        ye, yf = eager(x), fused(x)
+        torch.testing.assert_close(yf, ye)
+        ge = torch.autograd.grad(ye.square().sum(), [x, *eager.parameters()])
+        gf = torch.autograd.grad(yf.square().sum(), [x, *fused.parameters()])
+        for a, b in zip(gf, ge):
+            torch.testing.assert_close(a, b)
+        for name, buf in eager[1].named_buffers():
+            torch.testing.assert_close(getattr(fused[1], name), buf)
+
+
+def test_torchvision_state_dict_and_from_modules():
+    tv_ops = pytest.importorskip("torchvision.ops.misc")
+    norm = functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+    for act_cls in (nn.Hardswish, nn.ReLU, None, nn.SiLU):
+        tv = tv_ops.Conv2dNormActivation(16, 16, 5, 2, groups=16, norm_layer=norm,
+                                         activation_layer=act_cls)
+        _randomize(tv)
+        m = DWConvBNAct(16, 5, 2, activation=act_cls, eps=1e-3, momentum=0.01)
+        assert list(m.state_dict()) == list(tv.state_dict())
+        m.load_state_dict(tv.state_dict())  # strict
+        x = torch.randn(2, 16, 17, 17)
+        tv.eval()
+        m.eval()
+        torch.testing.assert_close(m(x), tv(x), rtol=1e-5, atol=1e-5)
+        w = DWConvBNAct.from_modules(tv[0], tv[1], tv[2] if len(tv) > 2 else None)
+        assert w[0] is tv[0] and w[1] is tv[1]
+        torch.testing.assert_close(w(x), tv(x), rtol=1e-5, atol=1e-5)
+    assert DWConvBNAct(4, 3, activation="relu6")[2].__class__ is nn.ReLU6
+    assert len(DWConvBNAct(4, 3, activation=None)) == 2
+    assert DWConvBNAct(4, 7, padding="same")[0].padding == (3, 3)
+    assert DWConvBNAct(4, 3, dilation=2)[0].padding == (2, 2)
+
+
+# ---- gradients ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act,geom,layout", [
+    ("silu", (3, 2, 1, 1), torch.contiguous_format),
+    ("hardswish", (5, 1, 2, 1), torch.channels_last),
+    ("relu6", (3, 1, 2, 2), torch.contiguous_format)])
+def test_gradcheck(device, layout, act, geom):
+    k, s, p, d = geom
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device=device).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    w = torch.randn(3, 1, k, k, dtype=torch.float64, device=device, requires_grad=True)
+    scale = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    shift = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    gamma = torch.rand(3, dtype=torch.float64, device=device).add(0.5).requires_grad_(True)
+    beta = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: dwconv_bn_act(*a, s, p, d, act), (x, w, scale, shift))
+    assert torch.autograd.gradcheck(
+        lambda *a: dwconv_bn_act_train(*a, 1e-5, s, p, d, act), (x, w, gamma, beta))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_grads_low_precision(device, dtype):
+    x = torch.randn(4, 8, 12, 12, device=device)
+    w = torch.randn(8, 1, 3, 3, device=device) * 0.3
+    gamma = torch.rand(8, device=device) + 0.5
+    beta = torch.randn(8, device=device)
+    args64 = [t.double().requires_grad_(True) for t in (x, w, gamma, beta)]
+    argsd = [x.to(dtype).requires_grad_(True), w.to(dtype).requires_grad_(True),
+             gamma.clone().requires_grad_(True), beta.clone().requires_grad_(True)]
+    y64 = dwconv_bn_act_train(*args64, 1e-5, 1, 1, 1, "hardswish")[0]
+    yd = dwconv_bn_act_train(*argsd, 1e-5, 1, 1, 1, "hardswish")[0]
+    g = torch.randn_like(y64)
+    g64 = torch.autograd.grad(y64, args64, g)
+    gd = torch.autograd.grad(yd, argsd, g.to(dtype))
+    assert_close(yd, y64.detach(), dtype, scale=8.0)
+    for a, b, inp in zip(gd, g64, argsd):
+        assert a.dtype == inp.dtype
+        scale = max(1.0, b.abs().max().item())
+        assert_close(a, b, dtype, scale=16.0 * scale)
+
+
+def test_deterministic_grads():
+    torch.use_deterministic_algorithms(True)
+    try:
+        m = DWConvBNAct(24, 5, 1, activation="silu")
+        x = torch.randn(8, 24, 20, 20).contiguous(memory_format=torch.channels_last)
+        grads = []
+        for _ in range(2):
+            m.zero_grad()
+            m(x).square().sum().backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# ---- dispatcher integration ------------------------------------------------------------------
+
+@requires_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(device, layout):
+    x = torch.randn(2, 4, 7, 9, device=device).contiguous(memory_format=layout).requires_grad_(True)
+    w = torch.randn(4, 1, 3, 3, device=device, requires_grad=True)
+    sc = torch.randn(4, device=device, requires_grad=True)
+    sh = torch.randn(4, device=device, requires_grad=True)
+    conv = ([2, 1], [1, 1], [1, 1])
+    torch.library.opcheck(OPS.dwconv_bn_act, (x, w, sc, sh, *conv, "hardswish"))
+    torch.library.opcheck(OPS.dwconv_bn_stats, (x, w, *conv))
+    z, mean, _ = OPS.dwconv_bn_stats(x.detach(), w.detach(), *conv)
+    zr = z.clone().requires_grad_(True)
+    torch.library.opcheck(OPS.scale_shift_act, (zr, sc, sh, "silu"))
+    g = torch.randn_like(z)
+    torch.library.opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "relu"))
+    gm, gv = torch.randn(4, device=device), torch.randn(4, device=device)
+    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+                          (g, gm, gv, x.detach(), z, mean, w.detach(), *conv))
+    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+                          (g, None, None, x.detach(), z, mean, w.detach(), *conv))
+
+
+@requires_ext
+def test_torch_compile():
+    torch._dynamo.reset()
+    m = DWConvBNAct(8, 3, 2, activation="hardswish")
+    x = torch.randn(2, 8, 11, 11).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    m_ref = DWConvBNAct(8, 3, 2, activation="hardswish")
+    m_ref.load_state_dict(m.state_dict())
+    y = compiled(x)  # train mode: batch stats + running-stat update inside the graph
+    torch.testing.assert_close(y, m_ref(x))
+    torch.testing.assert_close(m[1].running_mean, m_ref[1].running_mean)
+    m.eval()
+    m_ref.eval()
+    torch.testing.assert_close(compiled(x), m_ref(x))
+
+
+def test_autocast_cpu():
+    m = DWConvBNAct(8, 3, 1, activation="relu").eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    assert_close(y, m(x).double(), torch.bfloat16, scale=4.0)
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and m[0].weight.grad.dtype == torch.float32
+
+
+# ---- odd shapes and layouts ------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,geom", [((2, 3, 1, 9), (3, 1, 1, 1)), ((2, 3, 9, 1), (3, 2, 1, 1)),
+                                        ((1, 1, 7, 7), (5, 2, 2, 1)), ((3, 5, 9, 11), (3, 2, 1, 1)),
+                                        ((2, 4, 1, 1), (3, 1, 1, 1)), ((1, 2, 3, 2), (7, 1, 3, 1))])
+def test_odd_shapes(device, shape, geom):
+    k, s, p, d = geom
+    c = shape[1]
+    eager = _eager(c, k, s, p, d, "relu6").double().to(device)
+    _randomize(eager)
+    fused = DWConvBNAct(c, k, s, p, d, activation="relu6").double().to(device)
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
+    out_hw = (ref.out_size(shape[2], k, s, p, d), ref.out_size(shape[3], k, s, p, d))
+    if shape[0] * out_hw[0] * out_hw[1] > 1:
+        torch.testing.assert_close(fused(x), eager(x))
+    else:
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+            fused(x)
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+            eager(x)
+    eager.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x), eager(x))
+
+
+def test_batch_one_train_raises_like_batchnorm():
+    m = DWConvBNAct(1, 3, 1)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        m(torch.randn(1, 1, 1, 1))
+    m.eval()
+    assert m(torch.randn(1, 1, 1, 1)).shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_empty(device):
+    base = torch.randn(2, 10, 12, 16, device=device)
+    x = base[:, 1:7, :, ::2]  # channel slice, strided W
+    w = torch.randn(6, 1, 3, 3, device=device)
+    sc, sh = _vecs(6, device)
+    y = dwconv_bn_act(x, w, sc, sh, 1, 1, 1, "relu")
+    torch.testing.assert_close(y, dwconv_bn_act(x.contiguous(), w, sc, sh, 1, 1, 1, "relu"))
+    xcl = base.contiguous(memory_format=torch.channels_last)[:, 2:8]  # channel slice of NHWC
+    y = dwconv_bn_act(xcl, w, sc, sh, 1, 1, 1, "relu")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, dwconv_bn_act(xcl.contiguous(), w, sc, sh, 1, 1, 1, "relu"))
+    empty = torch.randn(0, 6, 5, 5, device=device)
+    assert dwconv_bn_act(empty, w, sc, sh, 1, 1, 1, "relu").shape == (0, 6, 5, 5)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+def test_bad_input():
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(4, 1, 3, 3)
+    sc, sh = _vecs(4, "cpu")
+    with pytest.raises(RuntimeError, match="x must be 4-D"):
+        dwconv_bn_act(x[0], w, sc, sh)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(C, 1, kh, kw\)"):
+        dwconv_bn_act(x, torch.randn(4, 2, 3, 3), sc, sh)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(C, 1, kh, kw\)"):
+        dwconv_bn_act(x, torch.randn(8, 1, 3, 3), sc, sh)
+    with pytest.raises(RuntimeError, match=r"scale must have shape \(4,\)"):
+        dwconv_bn_act(x, w, torch.randn(3), sh)
+    with pytest.raises(RuntimeError, match="x must be float32, float16, bfloat16 or float64"):
+        dwconv_bn_act(x.int(), w, sc, sh)
+    with pytest.raises(RuntimeError, match="output would be empty"):
+        dwconv_bn_act(torch.randn(1, 4, 2, 2), w, sc, sh, 1, 0, 1)
+    with pytest.raises(RuntimeError, match="stride >= 1"):
+        dwconv_bn_act(x, w, sc, sh, 0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        dwconv_bn_act(x, w, sc, sh, activation="gelu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        DWConvBNAct(4, 3, activation="gelu")
+    with pytest.raises(ValueError, match="unsupported activation"):
+        DWConvBNAct(4, 3, activation=nn.GELU)
+    with pytest.raises(ValueError, match="depthwise"):
+        DWConvBNAct.from_modules(nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8), None)
+    with pytest.raises(ValueError, match="expected a 4-D input"):
+        DWConvBNAct(4, 3)(torch.randn(4, 8, 8))
+    if torchcv_ext.extension_loaded():
+        with pytest.raises(RuntimeError, match="unknown activation"):
+            OPS.dwconv_bn_act(x, w, sc, sh, [1, 1], [1, 1], [1, 1], "gelu")
+        with pytest.raises(RuntimeError, match="_dwconv_bn_stats_backward: grad_z must have shape"):
+            OPS._dwconv_bn_stats_backward(torch.randn(2, 4, 7, 7), None, None, x, x, sc, w,
+                                          [1, 1], [1, 1], [1, 1])
+
+
+def test_fold_bn_matches_batchnorm():
+    bn = nn.BatchNorm2d(5, eps=1e-3).eval()
+    _randomize(nn.Sequential(nn.Conv2d(5, 5, 1), bn))
+    scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+    z = torch.randn(2, 5, 4, 4)
+    torch.testing.assert_close(z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), bn(z))
+
+
+def test_from_modules_conv_bias_and_string_padding():
+    eager = nn.Sequential(nn.Conv2d(5, 5, 3, padding="same", groups=5, bias=True), nn.BatchNorm2d(5),
+                          nn.SiLU()).double()
+    _randomize(eager)
+    fused = DWConvBNAct.from_modules(*copy.deepcopy(eager))
+    assert fused[0].padding == (1, 1)
+    for train in (True, True, False):
+        eager.train(train)
+        fused.train(train)
+        x = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+        torch.testing.assert_close(fused(x), eager(x))
+        torch.testing.assert_close(fused[1].running_mean, eager[1].running_mean)
+        torch.testing.assert_close(fused[1].running_var, eager[1].running_var)
+    valid = DWConvBNAct.from_modules(nn.Conv2d(5, 5, 3, padding="valid", groups=5), nn.BatchNorm2d(5))
+    assert valid.eval()(torch.randn(1, 5, 6, 6)).shape == (1, 5, 4, 4)

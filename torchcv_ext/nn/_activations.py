@@ -1,0 +1,44 @@
+"""Activation specs shared by the fused modules: the op's activation names
+(torchcv_ext/ops/_common.py ACTIVATIONS, csrc/include/torchcv_ext/activations.h) and the
+nn.Module classes they stand for."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
+from torchcv_ext.ops import _common
+
+#: op activation name -> the torch.nn module class it computes.
+MODULES = {
+    "identity": nn.Identity,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hardswish": nn.Hardswish,
+    "silu": nn.SiLU,
+    "hardsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid,
+}
+assert set(MODULES) == set(_common.ACTIVATIONS)
+
+# Exact module types the fused ops can compute (a user subclass may change the math: not fused).
+_NAMES = {cls: name for name, cls in MODULES.items()}
+_NAMES[Hardswish] = "hardswish"
+_NAMES[Hardsigmoid] = "hardsigmoid"
+
+
+def parse_name(name: str, owner: str) -> str:
+    """Validate an activation given by name ("none" means identity); case-insensitive."""
+    key = name.lower()
+    key = "identity" if key == "none" else key
+    if key not in MODULES:
+        raise ValueError(f"{owner}: unknown activation {name!r}; expected one of "
+                         f"{', '.join(MODULES)} or an nn.Module class")
+    return key
+
+
+def fused_name(module_or_cls) -> Optional[str]:
+    """The op's name for an activation module (or class), None when the fused op cannot compute it."""
+    cls = module_or_cls if isinstance(module_or_cls, type) else type(module_or_cls)
+    return _NAMES.get(cls)
