@@ -3,7 +3,6 @@ gives every parameter a gradient; registry errors; transfer-learning API (featur
 reset_classifier / freeze_backbone); the no-extension (reference) path; channels_last + AMP."""
 import pytest
 import torch
-from torch import nn
 
 import torchcv_ext
 from torchcv_ext.models import create_model, list_models

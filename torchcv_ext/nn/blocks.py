@@ -19,7 +19,7 @@ ViTBlock                      ViT-Tiny/Small (fused MultiheadSelfAttention)     
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
