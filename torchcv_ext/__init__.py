@@ -7,6 +7,8 @@
 from torchcv_ext import _loader
 from torchcv_ext._loader import cuda_kernels_compiled, extension_loaded
 from torchcv_ext import ops, nn  # noqa: E402  (after the loader registered the ops)
+from torchcv_ext import models  # noqa: E402
+from torchcv_ext.convert import convert  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ops", "nn", "extension_loaded", "cuda_kernels_compiled", "__version__"]

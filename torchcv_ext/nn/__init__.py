@@ -4,6 +4,7 @@ from torchcv_ext.nn.channel_shuffle import ChannelShuffle
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.nn.squeeze_excite import SqueezeExcite
+from torchcv_ext.nn.blocks import *  # noqa: F401,F403,E402  (network blocks: InvertedResidual, ShuffleV2Block, ...)
 
 __all__ = [
     "ChannelShuffle",
