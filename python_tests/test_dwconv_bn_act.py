@@ -13,7 +13,7 @@ from torchcv_ext.nn import DWConvBNAct
 from torchcv_ext.ops import dwconv_bn_act, dwconv_bn_act_train, fold_bn
 from torchcv_ext.ops.reference import dwconv_bn_act as ref
 
-from testing import DEVICES, DTYPES, TOL, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, requires_ext
 
 OPS = getattr(torch.ops, "torchcv_ext", None)
 ACTS = ["identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid"]
@@ -48,6 +48,14 @@ def _vecs(c, device):
 
 
 # ---- forward of the ops vs the float64 reference ---------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _cpu_train_kernels(monkeypatch):
+    """These tests check the C++ train kernels (the CUDA kernels' math on the CPU); the default
+    CPU train backend (eager composition) is compared with them in test_cpu_train_backends_agree."""
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "kernels")
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -411,3 +419,19 @@ def test_from_modules_conv_bias_and_string_padding():
         torch.testing.assert_close(fused[1].running_var, eager[1].running_var)
     valid = DWConvBNAct.from_modules(nn.Conv2d(5, 5, 3, padding="valid", groups=5), nn.BatchNorm2d(5))
     assert valid.eval()(torch.randn(1, 5, 6, 6)).shape == (1, 5, 4, 4)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_train_backends_agree(monkeypatch, layout):
+    x = torch.randn(3, 8, 9, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    w = torch.randn(8, 1, 3, 3, dtype=torch.float64) * 0.3
+    gamma, beta = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
+    results = []
+    for backend in ("eager", "kernels"):
+        monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", backend)
+        args = [t.clone().requires_grad_(True) for t in (x, w, gamma, beta)]
+        y, mean, var = dwconv_bn_act_train(*args, 1e-5, 2, 1, 1, "hardswish")
+        grads = torch.autograd.grad(y, args, torch.ones_like(y))
+        results.append((y, mean, var, *grads))
+    for a, b in zip(*results):
+        assert_close(a, b, torch.float64)

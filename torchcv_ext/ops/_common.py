@@ -2,6 +2,7 @@
 memory-format rule of the C++ kernels, and registration of the reference as a kernel."""
 from __future__ import annotations
 
+import types
 from typing import Callable, Dict, Iterable
 
 import torch
@@ -9,6 +10,14 @@ import torch
 from torchcv_ext import _loader
 
 NAMESPACE = "torchcv_ext"
+
+#: Run-time switches (exported as ``torchcv_ext.ops.config``).
+#:   dwconv_cpu_train_backend: the CPU path of train-mode DWConvBNAct / dwconv_bn_act_train.
+#:     "eager" (default): the reference composition of eager PyTorch ops under autograd, which is
+#:     faster on the CPU than the plain-loop C++ train kernels; "kernels": the C++ kernels, which
+#:     mirror the CUDA kernels' math (the tests run both). Eval mode always uses the fused C++
+#:     kernel, CUDA always the CUDA kernels.
+config = types.SimpleNamespace(dwconv_cpu_train_backend="eager")
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}

@@ -124,6 +124,11 @@ def _check_batch(z_shape) -> None:
                          f"{torch.Size(z_shape)}")
 
 
+def _train_uses_ops(x: torch.Tensor) -> bool:
+    return _common.op_available("dwconv_bn_stats") and (
+        x.device.type != "cpu" or _common.config.dwconv_cpu_train_backend == "kernels")
+
+
 def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor],
                         bn_bias: Optional[torch.Tensor], eps: float = 1e-5, stride: IntPair = 1,
                         padding: Union[IntPair, str, None] = None, dilation: IntPair = 1,
@@ -140,7 +145,8 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
-    if _common.op_available("dwconv_bn_act"):
+    use_ops = _train_uses_ops(x)
+    if use_ops:
         z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
     else:
         x, weight, ctx = _ref_autocast(x, weight)
@@ -152,7 +158,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
     shift = -mean * scale
     if bn_bias is not None:
         shift = shift + bn_bias.to(scale.dtype)
-    if _common.op_available("dwconv_bn_act"):
+    if use_ops:
         y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
     else:
         with torch.autocast(z.device.type, enabled=False):
