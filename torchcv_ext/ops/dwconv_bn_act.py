@@ -152,12 +152,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         x, weight, ctx = _ref_autocast(x, weight)
         with ctx:
             z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
-    scale = torch.rsqrt(var + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(scale.dtype)
-    shift = -mean * scale
-    if bn_bias is not None:
-        shift = shift + bn_bias.to(scale.dtype)
+    scale, shift = ref.batch_scale_shift(mean, var, bn_weight, bn_bias, eps)
     if use_ops:
         y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
     else:

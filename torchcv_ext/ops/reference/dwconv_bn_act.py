@@ -170,10 +170,18 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
                         dilation: Pair, act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode layer from the pieces above: returns (y, batch mean, biased batch variance)."""
     z, mean, var = dwconv_bn_stats(x, weight, stride, padding, dilation)
+    scale, shift = batch_scale_shift(mean, var, bn_weight, bn_bias, eps)
+    return scale_shift_act(z, scale, shift, act), mean, var
+
+
+def batch_scale_shift(mean: torch.Tensor, var: torch.Tensor, bn_weight: Optional[torch.Tensor],
+                      bn_bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) that normalize with the batch statistics and apply BN's affine:
+    y = z * scale + shift (differentiable in mean, var, bn_weight and bn_bias)."""
     scale = torch.rsqrt(var + eps)
     if bn_weight is not None:
         scale = scale * bn_weight.to(scale.dtype)
     shift = -mean * scale
     if bn_bias is not None:
         shift = shift + bn_bias.to(scale.dtype)
-    return scale_shift_act(z, scale, shift, act), mean, var
+    return scale, shift
