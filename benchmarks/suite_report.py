@@ -46,7 +46,8 @@ def main():
     steps = []
     for line in _read(os.path.join(a.work, "steps.tsv")).splitlines():
         name, rc, secs = line.split("\t")
-        status = "ok" if rc == "0" else ("TIMEOUT" if rc in ("124", "137") else f"FAIL (rc {rc})")
+        status = "ok" if rc == "0" else ("TIMEOUT" if rc in ("124", "137") else (
+            rc if not rc.lstrip("-").isdigit() else f"FAIL (rc {rc})"))
         steps.append((name, status, secs))
     docs = []
     for path in sorted(glob.glob(os.path.join(a.work, "bench", "*.json"))):
