@@ -1,21 +1,11 @@
 """Package plumbing: loader, build info, python -m torchcv_ext.info."""
 import json
-import os
-import subprocess
-import sys
 
 import torch
 
 import torchcv_ext
 from torchcv_ext import _loader, info
-
-
-def _run(args, tmp_path):
-    """Run python in a clean directory, importing the same torchcv_ext this process tested."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(torchcv_ext.__file__)))
-    env = dict(os.environ, PYTHONPATH=root)
-    return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True,
-                          cwd=tmp_path, env=env).stdout
+from testing import run_python
 
 
 def test_version_mismatch_message():
@@ -37,7 +27,7 @@ def test_build_info_matches_running_torch():
 
 
 def test_info_cli_json(tmp_path):
-    doc = json.loads(_run(["-m", "torchcv_ext.info", "--json"], tmp_path))
+    doc = json.loads(run_python(["-m", "torchcv_ext.info", "--json"], tmp_path))
     assert doc["location"] == torchcv_ext.__file__
     assert doc["torchcv_ext"] == torchcv_ext.__version__
     assert doc["extension_loaded"] == torchcv_ext.extension_loaded()
@@ -53,4 +43,4 @@ def test_arch_coverage_rule():
 
 def test_import_does_not_initialize_cuda(tmp_path):
     code = "import torch, torchcv_ext; print(torch.cuda.is_initialized())"
-    assert _run(["-c", code], tmp_path).strip() == "False"
+    assert run_python(["-c", code], tmp_path).strip() == "False"

@@ -2,15 +2,13 @@
 checkpoint, metrics and plot; resume continues the run; transfer learning trains only the head;
 a short full run reaches > 90% validation accuracy."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("sklearn")
 from torchcv_ext import train  # noqa: E402
+from testing import run_python  # noqa: E402
 
 COMMON = ["--no-progress", "--batch-size", "64", "--seed", "0"]
 
@@ -58,10 +56,8 @@ def test_reaches_90_percent_on_digits(tmp_path):
 
 
 def test_command_line_entry_point(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-m", "torchcv_ext.train", "--help"], cwd=root, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0 and "--freeze-backbone" in r.stdout and "--resume" in r.stdout
+    out = run_python(["-m", "torchcv_ext.train", "--help"], tmp_path)
+    assert "--freeze-backbone" in out and "--resume" in out
 
 
 def test_rejects_hyperspectral_model_on_images(tmp_path):

@@ -1,6 +1,10 @@
 """Test helpers shared by the op tests: devices, dtypes and the per-dtype tolerance table."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -28,3 +32,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     tol = TOL[dtype]
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(),
                                atol=tol["atol"] * scale, rtol=tol["rtol"] * scale)
+
+
+def run_python(args, cwd) -> str:
+    """Run ``python *args`` in ``cwd`` (not the repo root, whose source tree would shadow an
+    installed package), importing the same torchcv_ext this test process imported; returns stdout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torchcv_ext.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=300)
+    assert r.returncode == 0, f"python {' '.join(args)} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
