@@ -161,11 +161,14 @@ TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int6
 
 // exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
 // x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
-// std::exp it vectorizes. Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39: sigmoid's tails
-// are exactly 0 / 1 in float anyway).
+// std::exp it vectorizes. Everything is branch-free arithmetic: the clamps become min/max and n
+// is rounded to nearest with the 1.5 * 2^23 trick (no floorf, which is a library call -- and
+// stops vectorization -- below SSE4.1). Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39:
+// sigmoid's tails are exactly 0 / 1 in float anyway).
 __attribute__((always_inline)) inline float exp_f32(float x) {
-  x = x < -88.0f ? -88.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  x = x < -88.0f ? -88.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
