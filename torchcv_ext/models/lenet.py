@@ -7,6 +7,7 @@ from torch import nn
 
 from torchcv_ext.models._base import ClassifierModel, init_weights_
 from torchcv_ext.models._registry import register_model
+from torchcv_ext.nn.conv_bn import FusedSequential
 
 __all__ = ["LeNet"]
 
@@ -14,7 +15,7 @@ __all__ = ["LeNet"]
 class LeNet(ClassifierModel):
     def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
-        self.features = nn.Sequential(
+        self.features = FusedSequential(
             nn.Conv2d(in_chans, 6, 5), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.avgpool = nn.AdaptiveAvgPool2d(5)

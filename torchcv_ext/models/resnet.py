@@ -11,6 +11,7 @@ from torch import nn
 from torchcv_ext.models._base import ClassifierModel, FeatureView
 from torchcv_ext.models._registry import register_model
 from torchcv_ext.nn.blocks import BasicBlock, Bottleneck
+from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward
 
 __all__ = ["ResNet"]
 
@@ -62,7 +63,7 @@ class ResNet(ClassifierModel):
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+            downsample = FusedSequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                                        nn.BatchNorm2d(planes * block.expansion))
         layers = [block(self.inplanes, planes, stride, downsample, se_reduction=self.se_reduction)]
         self.inplanes = planes * block.expansion
@@ -76,7 +77,7 @@ class ResNet(ClassifierModel):
                            self.layer1, self.layer2, self.layer3, self.layer4)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(conv_bn_act_forward(self.conv1, self.bn1, self.relu, x))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

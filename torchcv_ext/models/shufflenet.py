@@ -13,6 +13,7 @@ from torch import nn
 from torchcv_ext.models._base import ClassifierModel, FeatureView, init_weights_
 from torchcv_ext.models._registry import register_model
 from torchcv_ext.nn.blocks import ConvBNAct, ShuffleV1Unit, ShuffleV2Block
+from torchcv_ext.nn.conv_bn import FusedSequential
 
 __all__ = ["ShuffleNetV1", "ShuffleNetV2", "fuse_shufflenet_v2_splits"]
 
@@ -34,7 +35,7 @@ class ShuffleNetV2(ClassifierModel):
             raise ValueError("ShuffleNetV2: expected 3 stage repeats and 5 channel counts")
         self._stage_out_channels = stages_out_channels
         c = stages_out_channels[0]
-        self.conv1 = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.conv1 = FusedSequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         for name, repeats, out in zip(("stage2", "stage3", "stage4"), stages_repeats, stages_out_channels[1:4]):
             stage = nn.Sequential(ShuffleV2Block(c, out, 2), *[ShuffleV2Block(out, out, 1) for _ in range(repeats - 1)])
@@ -42,7 +43,7 @@ class ShuffleNetV2(ClassifierModel):
             setattr(self, name, stage)
             c = out
         last = stages_out_channels[-1]
-        self.conv5 = nn.Sequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
+        self.conv5 = FusedSequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
         self.fc = nn.Linear(last, num_classes)
 
     @property

@@ -8,6 +8,7 @@ from torch import nn
 
 from torchcv_ext.models._base import ClassifierModel
 from torchcv_ext.models._registry import register_model
+from torchcv_ext.nn.conv_bn import FusedSequential
 
 __all__ = ["VGG"]
 
@@ -31,7 +32,7 @@ def _make_features(cfg: List[Union[int, str]], batch_norm: bool, in_chans: int =
             layers.append(nn.BatchNorm2d(v))
         layers.append(nn.ReLU(inplace=True))
         c = v
-    return nn.Sequential(*layers)
+    return FusedSequential(*layers)
 
 
 class VGG(ClassifierModel):

@@ -1,6 +1,7 @@
 """Drop-in nn.Modules built on the fused ops (names of the torchvision layers they replace)."""
 from torchcv_ext.nn.attention import MultiheadSelfAttention
 from torchcv_ext.nn.channel_shuffle import ChannelShuffle
+from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward, fold_conv_bn
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.nn.squeeze_excite import SqueezeExcite
@@ -9,8 +10,11 @@ from torchcv_ext.nn.blocks import *  # noqa: F401,F403,E402  (network blocks: In
 __all__ = [
     "ChannelShuffle",
     "DWConvBNAct",
+    "FusedSequential",
     "Hardsigmoid",
     "Hardswish",
     "MultiheadSelfAttention",
     "SqueezeExcite",
+    "conv_bn_act_forward",
+    "fold_conv_bn",
 ]

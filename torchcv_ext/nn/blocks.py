@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from torchcv_ext.nn.attention import MultiheadSelfAttention
+from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.nn.squeeze_excite import SqueezeExcite
@@ -70,9 +71,10 @@ def get_activation(act: ActLike) -> Optional[nn.Module]:
     return act()
 
 
-class ConvBNAct(nn.Sequential):
+class ConvBNAct(FusedSequential):
     """Conv2d (no bias) -> BatchNorm2d -> activation, as ``[0] [1] [2]`` (the state_dict layout of
-    torchvision's ``Conv2dNormActivation``). ``activation=None`` leaves out ``[2]``."""
+    torchvision's ``Conv2dNormActivation``). ``activation=None`` leaves out ``[2]``. Eval mode folds
+    BN into the conv and fuses the activation (see torchcv_ext/nn/conv_bn.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: Optional[int] = None, groups: int = 1, dilation: int = 1,
@@ -176,15 +178,24 @@ class InvertedResidual(nn.Module):
                                         scale_activation=_factory(se_scale_activation)))
         if layout == "conv":
             layers += [nn.Conv2d(expanded_channels, out_channels, 1, bias=False), norm_layer(out_channels)]
-            self.conv = nn.Sequential(*layers)
+            self.conv = FusedSequential(*layers)
         else:
             layers.append(ConvBNAct(expanded_channels, out_channels, 1, activation=None, norm_layer=norm_layer))
-            self.block = nn.Sequential(*layers)
+            self.block = FusedSequential(*layers)
         self._layout = layout
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row") if stochastic_depth_prob > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x) if self._layout == "conv" else self.block(x)
+        seq = self.conv if self._layout == "conv" else self.block
+        if self.use_res_connect and not self.training:
+            # Eval: the residual add rides on the projection conv (folded BN, one fused call).
+            head = len(seq) - 2 if self._layout == "conv" else len(seq) - 1
+            h = x
+            for i in range(head):
+                h = seq[i](h)
+            conv, bn = (seq[head], seq[head + 1]) if self._layout == "conv" else (seq[head][0], seq[head][1])
+            return conv_bn_act_forward(conv, bn, None, h, residual=x)
+        out = seq(x)
         if self.use_res_connect:
             if self.stochastic_depth is not None:
                 out = self.stochastic_depth(out)
@@ -264,13 +275,13 @@ class ShuffleV2Block(nn.Module):
         if stride == 1 and inp != branch_features << 1:
             raise ValueError(f"ShuffleV2Block: with stride 1, inp ({inp}) must equal oup ({oup})")
         if stride > 1:
-            self.branch1 = nn.Sequential(
+            self.branch1 = FusedSequential(
                 nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
                 nn.Conv2d(inp, branch_features, 1, bias=False), nn.BatchNorm2d(branch_features),
                 nn.ReLU(inplace=True))
         else:
-            self.branch1 = nn.Sequential()
-        self.branch2 = nn.Sequential(
+            self.branch1 = FusedSequential()
+        self.branch2 = FusedSequential(
             nn.Conv2d(inp if stride > 1 else branch_features, branch_features, 1, bias=False),
             nn.BatchNorm2d(branch_features), nn.ReLU(inplace=True),
             nn.Conv2d(branch_features, branch_features, 3, stride, 1, groups=branch_features, bias=False),
@@ -284,7 +295,8 @@ class ShuffleV2Block(nn.Module):
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.stride, new.split_output = m.stride, split_output
-        new.branch1, new.branch2 = m.branch1, m.branch2
+        # Same children (shared weights, same state_dict keys) in fusing Sequentials.
+        new.branch1, new.branch2 = FusedSequential(*m.branch1), FusedSequential(*m.branch2)
         return new
 
     def forward(self, x: TensorOrPair) -> TensorOrPair:
@@ -325,10 +337,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
+        out = conv_bn_act_forward(self.conv1, self.bn1, self.relu, x)
+        if self.se is None:  # relu(bn2(conv2(out)) + identity), one fused call in eval
+            return conv_bn_act_forward(self.conv2, self.bn2, self.relu, out, residual=identity)
+        out = self.se(conv_bn_act_forward(self.conv2, self.bn2, None, out))
         return self.relu(out + identity)
 
 
@@ -357,11 +369,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
+        out = conv_bn_act_forward(self.conv1, self.bn1, self.relu, x)
+        out = conv_bn_act_forward(self.conv2, self.bn2, self.relu, out)
+        if self.se is None:  # relu(bn3(conv3(out)) + identity), one fused call in eval
+            return conv_bn_act_forward(self.conv3, self.bn3, self.relu, out, residual=identity)
+        out = self.se(conv_bn_act_forward(self.conv3, self.bn3, None, out))
         return self.relu(out + identity)
 
 
@@ -390,7 +402,7 @@ class BasicConv2d(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
+        return conv_bn_act_forward(self.conv, self.bn, "relu", x)
 
 
 class Inception(nn.Module):

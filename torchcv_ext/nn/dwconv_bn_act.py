@@ -141,35 +141,43 @@ class DWConvBNAct(nn.Sequential):
         return f"activation={self.activation!r} (fused)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv: nn.Conv2d = self[0]
-        bn: nn.BatchNorm2d = self[1]
-        if x.dim() != 4:
-            raise ValueError(f"DWConvBNAct: expected a 4-D input (N, C, H, W), got {x.dim()}-D")
-        args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                    activation=self.activation)
-
-        # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
-        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        if not use_batch_stats:
-            scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps,
-                                   conv.bias)
-            return dwconv_bn_act(x, conv.weight, scale, shift, **args)
-
-        y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
-        if bn.training and bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                if bn.num_batches_tracked is not None:
-                    bn.num_batches_tracked.add_(1)
-                if bn.momentum is None:  # cumulative moving average
-                    factor = 1.0 / float(bn.num_batches_tracked)
-                else:
-                    factor = bn.momentum
-                m = y.shape[0] * y.shape[2] * y.shape[3]
-                batch_mean = mean if conv.bias is None else mean + conv.bias.to(mean.dtype)
-                unbiased = var * (m / (m - 1))
-                bn.running_mean.mul_(1.0 - factor).add_(batch_mean.to(bn.running_mean.dtype), alpha=factor)
-                bn.running_var.mul_(1.0 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
-        return y
+        return dwconv_bn_act_forward(self[0], self[1], self.activation, x)
 
 
-__all__ = ["DWConvBNAct", "activation_name"]
+def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
+                          x: torch.Tensor) -> torch.Tensor:
+    """``act(bn(conv(x)))`` for a depthwise ``conv`` (channel multiplier 1) through the fused ops,
+    following nn.BatchNorm2d's rules: eval mode folds BN into a per-channel scale/shift; training
+    mode (or no running stats) uses batch statistics and updates the running statistics exactly
+    like nn.BatchNorm2d. ``activation`` is an op activation name. DWConvBNAct.forward and
+    FusedSequential (torchcv_ext/nn/conv_bn.py) both run this."""
+    if x.dim() != 4:
+        raise ValueError(f"DWConvBNAct: expected a 4-D input (N, C, H, W), got {x.dim()}-D")
+    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                activation=activation)
+
+    # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    if not use_batch_stats:
+        scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps,
+                               conv.bias)
+        return dwconv_bn_act(x, conv.weight, scale, shift, **args)
+
+    y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(bn.num_batches_tracked)
+            else:
+                factor = bn.momentum
+            m = y.shape[0] * y.shape[2] * y.shape[3]
+            batch_mean = mean if conv.bias is None else mean + conv.bias.to(mean.dtype)
+            unbiased = var * (m / (m - 1))
+            bn.running_mean.mul_(1.0 - factor).add_(batch_mean.to(bn.running_mean.dtype), alpha=factor)
+            bn.running_var.mul_(1.0 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+    return y
+
+
+__all__ = ["DWConvBNAct", "activation_name", "dwconv_bn_act_forward"]

@@ -17,7 +17,11 @@ NAMESPACE = "torchcv_ext"
 #:     faster on the CPU than the plain-loop C++ train kernels; "kernels": the C++ kernels, which
 #:     mirror the CUDA kernels' math (the tests run both). Eval mode always uses the fused C++
 #:     kernel, CUDA always the CUDA kernels.
-config = types.SimpleNamespace(dwconv_cpu_train_backend="eager")
+#:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
+#:     float32 without autograd (torchcv_ext/nn/conv_bn.py): True (default) runs one oneDNN call
+#:     with BN folded, weights pre-packed and the activation / residual add as post-ops; False runs
+#:     F.conv2d with the folded BN, then the activation.
+config = types.SimpleNamespace(dwconv_cpu_train_backend="eager", cpu_onednn_conv_bn=True)
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}
