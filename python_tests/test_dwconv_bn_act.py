@@ -435,3 +435,23 @@ def test_cpu_train_backends_agree(monkeypatch, layout):
         results.append((y, mean, var, *grads))
     for a, b in zip(*results):
         assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_module_cpu_train_backends_agree(monkeypatch, layout):
+    """DWConvBNAct in training mode: the default CPU backend (torch's modules) and the C++ train
+    kernels give the same outputs, gradients and running statistics over several steps."""
+    torch.manual_seed(0)
+    base = DWConvBNAct(8, 3, stride=2, activation="silu").double()
+    x = torch.randn(3, 8, 9, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    results = []
+    for backend in ("eager", "kernels"):
+        monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", backend)
+        m = copy.deepcopy(base).train()
+        for _ in range(3):
+            xi = x.clone().requires_grad_(True)
+            y = m(xi)
+            grads = torch.autograd.grad(y, [xi, *m.parameters()], torch.ones_like(y))
+        results.append((y, *grads, m[1].running_mean, m[1].running_var, m[1].num_batches_tracked))
+    for a, b in zip(*results):
+        assert_close(a, b, torch.float64)

@@ -13,10 +13,10 @@ NAMESPACE = "torchcv_ext"
 
 #: Run-time switches (exported as ``torchcv_ext.ops.config``).
 #:   dwconv_cpu_train_backend: the CPU path of train-mode DWConvBNAct / dwconv_bn_act_train.
-#:     "eager" (default): the reference composition of eager PyTorch ops under autograd, which is
-#:     faster on the CPU than the plain-loop C++ train kernels; "kernels": the C++ kernels, which
-#:     mirror the CUDA kernels' math (the tests run both). Eval mode always uses the fused C++
-#:     kernel, CUDA always the CUDA kernels.
+#:     "eager" (default): eager PyTorch, faster on the CPU than the plain-loop C++ train kernels --
+#:     the modules (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition
+#:     in the functional op; "kernels": the C++ kernels, which mirror the CUDA kernels' math (the
+#:     tests run both). Eval mode always uses the fused C++ kernel, CUDA always the CUDA kernels.
 #:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
 #:     float32 without autograd (torchcv_ext/nn/conv_bn.py): True (default) runs one oneDNN call
 #:     with BN folded, weights pre-packed and the activation / residual add as post-ops; False runs
