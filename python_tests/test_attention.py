@@ -398,3 +398,60 @@ def test_cuda_autocast_module():
     y.float().sum().backward()
     assert y.dtype == torch.bfloat16
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+# ---- FusedMultiheadAttention: the nn.MultiheadAttention subclass convert() swaps in ----
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_nn_mha_subclass_matches_parent(device, bias):
+    from torchcv_ext.nn import FusedMultiheadAttention
+    m = _mha(96, 3, bias=bias).to(device)
+    f = FusedMultiheadAttention.from_nn_mha(m)
+    assert f.in_proj_weight is m.in_proj_weight and list(f.state_dict()) == list(m.state_dict())
+    x = torch.randn(2, 17, 96, dtype=torch.float64, device=device, requires_grad=True)
+    calls = []
+    orig = torchcv_ext.nn.attention.attention
+    try:  # the fused call goes through the op (spy on it)
+        torchcv_ext.nn.attention.attention = lambda *a: calls.append(1) or orig(*a)
+        out, w = f(x, x, x, need_weights=False)
+    finally:
+        torchcv_ext.nn.attention.attention = orig
+    assert calls and w is None
+    expect = m(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(out, expect, atol=1e-10, rtol=1e-8)
+    g = torch.randn_like(out)
+    params = [p for p in m.parameters()]
+    ga = torch.autograd.grad(out, [x, *params], g)
+    gb = torch.autograd.grad(expect, [x, *params], g)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+    # Calls the fused op does not cover fall back to the parent: weights, masks, cross-attention.
+    y = torch.randn(2, 5, 96, dtype=torch.float64, device=device)
+    mask = torch.zeros(17, 17, dtype=torch.bool, device=device)
+    mask[:, 0] = True
+    for args, kw in [((x, x, x), {}), ((x, x, x), dict(need_weights=False, attn_mask=mask)),
+                     ((x, y, y), dict(need_weights=False))]:
+        got, want = f(*args, **kw), m(*args, **kw)
+        torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-8)
+
+
+def test_convert_torchvision_vit_uses_fused_attention():
+    import copy
+
+    import torchvision.models as tvm
+    torch.manual_seed(0)
+    tv = tvm.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                               mlp_dim=128, num_classes=10)
+    conv = torchcv_ext.convert(copy.deepcopy(tv))
+    assert conv._torchcv_ext_converted.get("FusedMultiheadAttention") == 2
+    assert list(conv.state_dict()) == list(tv.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    tv.eval(), conv.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), tv(x), atol=1e-5, rtol=1e-4)
+    tv.train(), conv.train()
+    tv(x).sum().backward()
+    conv(x).sum().backward()
+    for (n, a), b in zip(conv.named_parameters(), tv.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"{n}: {m}")
+    assert torchcv_ext.convert(conv)._torchcv_ext_converted == {}

@@ -137,10 +137,13 @@ def test_every_torchvision_backed_model_is_covered():
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("mobilenet_v3_small", {"DWConvBNAct": 11, "SqueezeExcite": 9, "Hardswish": 2}),
-    ("efficientnet_b0", {"DWConvBNAct": 16, "SqueezeExcite": 16}),
-    ("mobilenet_v2", {"DWConvBNAct": 17}),
-    ("shufflenet_v2_x0_5", {"ShuffleV2Block": 16}),
+    ("mobilenet_v3_small", {"DWConvBNAct": 11, "SqueezeExcite": 9, "Hardswish": 2, "FusedSequential": 20}),
+    ("efficientnet_b0", {"DWConvBNAct": 16, "SqueezeExcite": 16, "FusedSequential": 33}),
+    ("mobilenet_v2", {"DWConvBNAct": 17, "FusedSequential": 35}),
+    ("shufflenet_v2_x0_5", {"ShuffleV2Block": 16, "FusedSequential": 2}),
+    ("resnet18", {"BasicBlock": 8, "FusedSequential": 3}),
+    ("resnet50", {"Bottleneck": 16, "FusedSequential": 4}),
+    ("googlenet", {"BasicConv2d": 57}),
 ])
 def test_convert_keeps_function_and_state_dict(name, expected):
     tv = _tv_model(name)

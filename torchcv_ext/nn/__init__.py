@@ -1,5 +1,5 @@
 """Drop-in nn.Modules built on the fused ops (names of the torchvision layers they replace)."""
-from torchcv_ext.nn.attention import MultiheadSelfAttention
+from torchcv_ext.nn.attention import FusedMultiheadAttention, MultiheadSelfAttention
 from torchcv_ext.nn.channel_shuffle import ChannelShuffle
 from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward, fold_conv_bn
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
@@ -10,6 +10,7 @@ from torchcv_ext.nn.blocks import *  # noqa: F401,F403,E402  (network blocks: In
 __all__ = [
     "ChannelShuffle",
     "DWConvBNAct",
+    "FusedMultiheadAttention",
     "FusedSequential",
     "Hardsigmoid",
     "Hardswish",

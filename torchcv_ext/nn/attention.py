@@ -90,3 +90,48 @@ class MultiheadSelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, qkv_bias={self.qkv.bias is not None}"
+
+
+class FusedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose self-attention calls run the fused op: a drop-in subclass
+    (same constructor, parameters, state_dict and call signature) that ``torchcv_ext.convert``
+    swaps in, e.g. into torchvision's VisionTransformer.
+
+    The fused path is taken for ``batch_first=True`` self-attention (``query is key is value``)
+    with ``need_weights=False``, no masks, ``is_causal=False``, equal q/k/v dims, no bias_k/bias_v
+    or zero attention and no active dropout; every other call runs ``nn.MultiheadAttention``'s
+    own forward unchanged. Returns ``(output, None)`` like the parent with ``need_weights=False``.
+    """
+
+    @classmethod
+    def from_nn_mha(cls, m: nn.MultiheadAttention) -> "FusedMultiheadAttention":
+        """Wrap ``m``'s own parameters (shared, not copied) in the fused subclass."""
+        if not isinstance(m, nn.MultiheadAttention):
+            raise TypeError(f"FusedMultiheadAttention.from_nn_mha: expected nn.MultiheadAttention, "
+                            f"got {type(m).__name__}")
+        new = cls.__new__(cls)
+        new.__dict__.update(m.__dict__)
+        for k in ("_parameters", "_buffers", "_modules"):
+            new.__dict__[k] = type(m.__dict__[k])(m.__dict__[k])
+        return new
+
+    def _fusable(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
+        return (query is key and key is value and self.batch_first and query.dim() == 3
+                and not need_weights and key_padding_mask is None and attn_mask is None and not is_causal
+                and self._qkv_same_embed_dim and self.bias_k is None and self.bias_v is None
+                and not self.add_zero_attn and (self.dropout == 0.0 or not self.training))
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not self._fusable(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+        b, n, c = query.shape
+        h = self.num_heads
+        qkv = nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        out = attention(q, k, v, (c // h) ** -0.5)
+        out = nn.functional.linear(out.transpose(1, 2).reshape(b, n, c), self.out_proj.weight,
+                                   self.out_proj.bias)
+        return out, None
