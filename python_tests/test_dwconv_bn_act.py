@@ -76,6 +76,25 @@ def test_eval_forward(device, dtype, layout, geom):
         assert_close(y, expected, dtype, scale=4.0)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("c", [16, 40, 64])
+@pytest.mark.parametrize("hw", [(7, 5), (13, 20), (24, 9)])
+def test_eval_forward_cpu_fast_paths(layout, c, hw):
+    """The float32 CPU eval kernel's special paths: channels_last interior pixels in blocks of 4
+    (whole 32/16-channel register blocks plus a < 16-channel tail), and NCHW with narrow output
+    rows (< 16), which runs through the channels_last kernel."""
+    for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1)]:
+        x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
+        w = torch.randn(c, 1, k, k) * 0.3
+        scale, shift = _vecs(c, "cpu")
+        for act in ("identity", "silu"):
+            y = dwconv_bn_act(x, w, scale, shift, s, p, d, act)
+            expected = ref.dwconv_bn_act(x.double(), w.double(), scale.double(), shift.double(),
+                                         [s, s], [p, p], [d, d], act)
+            assert y.is_contiguous(memory_format=layout)
+            assert_close(y, expected, torch.float32, scale=4.0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -128,36 +128,87 @@ TCV_CPU_CLONES void nchw_row_f32(const float* in, const int64_t* off, const floa
     for (int v = 0; v < (NV); ++v) store16(out + ow * C + c0 + 16 * v, a[v] + b[v]);       \
   }
 
+// Channels [c0, C) (< 16 of them) of one channels_last output pixel (top-left input (h0, w0)).
+__attribute__((always_inline)) inline void cl_pixel_tail_f32(const float* xn, const float* wt, int64_t H,
+                                                             int64_t W, int64_t C, int kh, int kw, int dh,
+                                                             int dw, int64_t h0, int64_t w0, int64_t c0,
+                                                             float* out_pixel) {
+  float acc[16] = {};
+  const int64_t cb = C - c0;
+  for (int i = 0; i < kh; ++i) {
+    const int64_t ih = h0 + static_cast<int64_t>(i) * dh;
+    if (ih < 0 || ih >= H) continue;
+    for (int j = 0; j < kw; ++j) {
+      const int64_t iw = w0 + static_cast<int64_t>(j) * dw;
+      if (iw < 0 || iw >= W) continue;
+      const float* xs = xn + (ih * W + iw) * C + c0;
+      const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;
+      for (int64_t c = 0; c < cb; ++c) acc[c] += ws[c] * xs[c];
+    }
+  }
+  for (int64_t c = 0; c < cb; ++c) out_pixel[c0 + c] = acc[c];
+}
+
+// Interior outputs, kOwBlock pixels at a time: every tap of the block is inside the row, so each
+// weight register is loaded once per tap and reused for kOwBlock pixels (the per-pixel loop
+// below loads one weight per FMA). 16 * NV channels from c0 per pass.
+constexpr int64_t kOwBlock = 4;
+#define TCV_CL_OWBLOCK(NV)                                                                      \
+  for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                                \
+    f32x16 a[kOwBlock][NV] = {};                                                                \
+    for (int i = 0; i < kh; ++i) {                                                              \
+      const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                     \
+      if (ih < 0 || ih >= H) continue;                                                          \
+      const float* xr = xn + ih * W * C + c0;                                                   \
+      for (int j = 0; j < kw; ++j) {                                                            \
+        const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                       \
+        f32x16 wv[NV];                                                                          \
+        for (int v = 0; v < (NV); ++v) wv[v] = load16(ws + 16 * v);                             \
+        const float* xs = xr + (ow * sw - pw + static_cast<int64_t>(j) * dw) * C;               \
+        for (int q = 0; q < kOwBlock; ++q) {                                                    \
+          for (int v = 0; v < (NV); ++v) a[q][v] += wv[v] * load16(xs + q * sw * C + 16 * v);  \
+        }                                                                                       \
+      }                                                                                         \
+    }                                                                                           \
+    for (int q = 0; q < kOwBlock; ++q) {                                                        \
+      for (int v = 0; v < (NV); ++v) store16(out + (ow + q) * C + c0 + 16 * v, a[q][v]);        \
+    }                                                                                           \
+  }
+
 // One channels_last output row (n, oh): out[ow * C + c]. xn = x[n] (H, W, C), wt = (kh*kw, C).
 TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W, int64_t C,
                                int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                                int64_t oh, int64_t Wo, float* out) {
   const int64_t h0 = oh * sh - ph;
+  // Outputs [ow_lo, ow_hi) read only columns inside [0, W) for every tap.
+  const int64_t ow_lo = (pw + sw - 1) / sw;
+  const int64_t last = W - 1 + pw - static_cast<int64_t>(kw - 1) * dw;  // max ow * sw
+  const int64_t ow_hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / sw + 1);
   for (int64_t ow = 0; ow < Wo; ++ow) {
     const int64_t w0 = ow * sw - pw;
     int64_t c0 = 0;
+    if (ow >= ow_lo && ow + kOwBlock <= ow_hi) {
+      TCV_CL_OWBLOCK(2)
+      TCV_CL_OWBLOCK(1)
+      if (c0 == C) {  // all channels of the kOwBlock pixels done
+        ow += kOwBlock - 1;
+        continue;
+      }
+      // < 16 channels left: finish them pixel by pixel.
+      for (int64_t q = 0; q < kOwBlock; ++q) {
+        cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, (ow + q) * sw - pw, c0, out + (ow + q) * C);
+      }
+      ow += kOwBlock - 1;
+      continue;
+    }
     TCV_CL_BLOCK(4)
     TCV_CL_BLOCK(2)
     TCV_CL_BLOCK(1)
-    if (c0 < C) {  // < 16 channels left
-      float acc[16] = {};
-      const int64_t cb = C - c0;
-      for (int i = 0; i < kh; ++i) {
-        const int64_t ih = h0 + static_cast<int64_t>(i) * dh;
-        if (ih < 0 || ih >= H) continue;
-        for (int j = 0; j < kw; ++j) {
-          const int64_t iw = w0 + static_cast<int64_t>(j) * dw;
-          if (iw < 0 || iw >= W) continue;
-          const float* xs = xn + (ih * W + iw) * C + c0;
-          const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;
-          for (int64_t c = 0; c < cb; ++c) acc[c] += ws[c] * xs[c];
-        }
-      }
-      for (int64_t c = 0; c < cb; ++c) out[ow * C + c0 + c] = acc[c];
-    }
+    if (c0 < C) cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, w0, c0, out + ow * C);
   }
 }
 #undef TCV_CL_BLOCK
+#undef TCV_CL_OWBLOCK
 
 // exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
 // x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
@@ -602,6 +653,16 @@ struct CpuBackend {
   };
   static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+    if (x.scalar_type() == at::kFloat && x.is_contiguous() && g.Wo < 16 && g.C >= 16) {
+      // NCHW with narrow rows (late MobileNet / EfficientNet stages): the per-plane row kernel
+      // wastes most of its 16-wide registers there, while the channels_last kernel vectorizes
+      // over channels. The planes are small, so two layout copies cost less than the waste.
+      const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
+      at::Tensor y_cl = at::empty_like(y, y.options().memory_format(at::MemoryFormat::ChannelsLast));
+      eval_impl<float>(x_cl, w, scale, shift, g, act, y_cl);
+      y.copy_(y_cl);
+      return;
+    }
     TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_act", [&] { eval_impl<scalar_t>(x, w, scale, shift, g, act, y); });
   }
   static void stats(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
