@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.ops import _common
@@ -42,3 +44,20 @@ def fused_name(module_or_cls) -> Optional[str]:
     """The op's name for an activation module (or class), None when the fused op cannot compute it."""
     cls = module_or_cls if isinstance(module_or_cls, type) else type(module_or_cls)
     return _NAMES.get(cls)
+
+
+def apply(name: str, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """The eager computation of the op activation ``name`` on ``y`` (in place if asked; only
+    when autograd does not need ``y``)."""
+    if name == "identity":
+        return y
+    if name == "sigmoid":
+        return y.sigmoid_() if inplace else y.sigmoid()
+    fn = _FUNCTIONS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(MODULES)}")
+    return fn(y, inplace=inplace)
+
+
+_FUNCTIONS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
+              "hardsigmoid": F.hardsigmoid}

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchcv_ext.nn import _activations as activations
 from torchcv_ext.nn._activations import fused_name
 from torchcv_ext.nn.dwconv_bn_act import dwconv_bn_act_forward
 from torchcv_ext.ops import _common
@@ -144,23 +145,9 @@ def _is_depthwise(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
 
 def _apply_act(name: Optional[str], module: Optional[nn.Module], y: torch.Tensor,
                inplace: bool) -> torch.Tensor:
-    if module is not None and name is None:  # an activation the fused paths do not know
+    if name is None:  # an activation the fused paths do not know: the module itself
         return module(y)
-    if name == "identity":
-        return y
-    if name == "relu":
-        return F.relu(y, inplace=inplace)
-    if name == "relu6":
-        return F.relu6(y, inplace=inplace)
-    if name == "hardswish":
-        return F.hardswish(y, inplace=inplace)
-    if name == "silu":
-        return F.silu(y, inplace=inplace)
-    if name == "hardsigmoid":
-        return F.hardsigmoid(y, inplace=inplace)
-    if name == "sigmoid":
-        return y.sigmoid_() if inplace else y.sigmoid()
-    raise ValueError(f"conv_bn_act_forward: unknown activation {name!r}")
+    return activations.apply(name, y, inplace)
 
 
 def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.Module, None],

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Type, Union
 import torch
 from torch import nn
 
+from torchcv_ext.nn import _activations as activations
 from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.dwconv_bn_act import _pair, dwconv_bn_act, dwconv_bn_act_train, fold_bn, same_padding
@@ -145,14 +146,6 @@ class DWConvBNAct(nn.Sequential):
         return dwconv_bn_act_forward(self[0], self[1], self.activation, x)
 
 
-#: op activation name -> the eager function (not in place: autograd may need its input).
-_ACT_FN = {
-    "identity": lambda t: t, "relu": torch.relu, "relu6": nn.functional.relu6,
-    "hardswish": nn.functional.hardswish, "silu": nn.functional.silu, "sigmoid": torch.sigmoid,
-    "hardsigmoid": nn.functional.hardsigmoid,
-}
-
-
 def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
                           x: torch.Tensor) -> torch.Tensor:
     """``act(bn(conv(x)))`` for a depthwise ``conv`` (channel multiplier 1) through the fused ops,
@@ -175,7 +168,7 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     if x.device.type == "cpu" and _common.config.dwconv_cpu_train_backend == "eager":
         # CPU training: torch's own modules (oneDNN conv, one-kernel batch_norm and its backward)
         # are the fastest composition there, and BatchNorm2d keeps its own running statistics.
-        return _ACT_FN[activation](bn(conv(x)))
+        return activations.apply(activation, bn(conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
