@@ -199,3 +199,22 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ours_name,timm_name", [("vit_tiny_patch16", "vit_tiny_patch16_224"),
+                                                 ("vit_small_patch16", "vit_small_patch16_224")])
+def test_vit_loads_timm_state_dict_and_matches(ours_name, timm_name):
+    """Our ViT uses timm's names and math: a timm ViT state_dict loads strictly and gives timm's
+    outputs (fused attention vs timm's attention)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    t = timm.create_model(timm_name, pretrained=False, num_classes=10, img_size=64).eval()
+    with torch.no_grad():  # timm zero-inits these: make every parameter matter
+        for p in (t.cls_token, t.pos_embed, *t.head.parameters()):
+            p.normal_(0, 0.3)
+    ours = create_model(ours_name, num_classes=10, img_size=64).eval()
+    ours.load_state_dict(t.state_dict())  # strict
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = t(x)
+        torch.testing.assert_close(ours(x), want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
