@@ -15,8 +15,9 @@ covers, and the depthwise ones, which go to the fused ``dwconv_bn_act`` ops.
     pre-packed once per input shape -- ``torch.ops.mkldnn._reorder_convolution_weight`` and
     ``_convolution_pointwise``, the kernels torch.compile's CPU backend (freezing) lowers this
     pattern to; checked once at first use, ``torchcv_ext.ops.config.cpu_onednn_conv_bn = False``
-    turns it off. Otherwise ``F.conv2d`` with the folded bias, then the activation (in place
-    when autograd does not need its input). Gradients through the fold are exact.
+    turns it off, as does ``torch.backends.mkldnn.flags(enabled=False)``. Otherwise
+    ``F.conv2d`` with the folded bias, then the activation (in place when autograd does not need
+    its input). Gradients through the fold are exact.
     Memory: the cache holds one folded (and per input shape, one packed) copy of each weight.
 
 * ``FusedSequential``: an ``nn.Sequential`` (same children, same state_dict keys) whose forward
@@ -174,6 +175,7 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         w, b = f.weight, f.bias
         if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
                 and x.dim() == 4 and name in _ONEDNN_ACT and _common.config.cpu_onednn_conv_bn
+                and torch.backends.mkldnn.enabled
                 and not torch.is_autocast_enabled("cpu") and _onednn_available()
                 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
                 and (residual is None or (residual.dtype == torch.float32
