@@ -353,6 +353,30 @@ def test_odd_shapes(device, shape, geom):
     torch.testing.assert_close(fused(x), eager(x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("k", [9, 17])
+def test_large_kernels_train_grads(device, layout, k):
+    """Any odd kernel size: 17 x 17 = 289 taps is more than one CUDA block of threads, so the
+    NCHW weight-gradient kernel splits the taps over several blocks."""
+    c = 3
+    eager = _eager(c, k, 1, k // 2, 1, "silu").double().to(device)
+    _randomize(eager)
+    fused = DWConvBNAct(c, k, 1, k // 2, 1, activation="silu").double().to(device)
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(2, c, 19, 21, dtype=torch.float64, device=device).contiguous(memory_format=layout)
+    xe, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn(2, c, 19, 21, dtype=torch.float64, device=device)
+    ye, yf = eager(xe), fused(xf)
+    torch.testing.assert_close(yf, ye)
+    ye.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xe.grad)
+    for (name, pe), pf in zip(eager.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(pf.grad, pe.grad, msg=name)
+    torch.testing.assert_close(fused[1].running_var, eager[1].running_var)
+
+
 def test_batch_one_train_raises_like_batchnorm():
     m = DWConvBNAct(1, 3, 1)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):

@@ -585,8 +585,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dw: block (channel c, chunk of kQB outputs of that channel); thread (tap, lane) sums its tap over
-// the chunk's outputs lane, lane + L, ...; lanes are then summed in order. part [C * kk][chunks].
+// dw: block (channel c, chunk of kQB outputs of that channel, group blockIdx.y of up to kThreads
+// taps); thread (tap, lane) sums its tap over the chunk's outputs lane, lane + L, ...; lanes are
+// then summed in order. Kernels of more than kThreads taps (k > 15) use several tap groups.
+// part [C * kk][chunks].
 constexpr int64_t kQB = 4096;
 
 template <typename T>
@@ -595,13 +597,15 @@ __global__ void __launch_bounds__(kThreads)
                        const Geom g, const int64_t chunks, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   __shared__ acc_t red[kThreads];
-  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;  // <= kThreads (host check)
-  const int64_t L = kThreads / kk;
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t TG = kk < kThreads ? kk : kThreads;  // taps per group
+  const int64_t L = kThreads / TG;
   const int64_t c = static_cast<int64_t>(blockIdx.x) / chunks, chunk = blockIdx.x % chunks;
-  const int64_t tap = threadIdx.x / L, lane = threadIdx.x % L;
+  const int64_t lt = threadIdx.x / L, lane = threadIdx.x % L;  // lt: tap within the group
+  const int64_t tap = static_cast<int64_t>(blockIdx.y) * TG + lt;
   const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
   acc_t acc = acc_t(0);
-  if (tap < kk) {
+  if (lt < TG && tap < kk) {
     const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
     const int64_t qend = (chunk + 1) * kQB < P ? (chunk + 1) * kQB : P;
     int64_t q = chunk * kQB + lane;
@@ -623,9 +627,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   red[threadIdx.x] = acc;
   __syncthreads();
-  if (lane == 0 && tap < kk) {
+  if (lane == 0 && lt < TG && tap < kk) {
     acc_t s = acc_t(0);
-    for (int64_t l = 0; l < L; ++l) s += red[tap * L + l];
+    for (int64_t l = 0; l < L; ++l) s += red[lt * L + l];
     part[(c * kk + tap) * chunks + chunk] = s;
   }
 }
@@ -903,8 +907,6 @@ struct CudaBackend {
                              const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
                              const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
     const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
-    TORCH_CHECK(kk <= kThreads, "_dwconv_bn_stats_backward: the CUDA kernel supports kh * kw <= ",
-                kThreads, ", got ", g.kh, "x", g.kw);
     TORCH_CHECK(gz.strides() == z.strides(), "_dwconv_bn_stats_backward: internal layout mismatch");
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const bool cl = !(x.is_contiguous() && gx.is_contiguous());
@@ -942,7 +944,8 @@ struct CudaBackend {
       } else {
         chunks = ceil_div(Pix, kQB);
         part = at::empty({g.C * kk * chunks}, w.options());
-        grad_weight_kernel<scalar_t><<<g.C * chunks, kThreads, 0, stream>>>(
+        const dim3 grid(static_cast<unsigned>(g.C * chunks), static_cast<unsigned>(ceil_div(kk, int64_t{kThreads})));
+        grad_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
             dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
