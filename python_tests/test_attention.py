@@ -7,6 +7,7 @@ fused result is at most twice that of eager PyTorch in the same precision (outpu
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -241,10 +242,21 @@ def test_bad_inputs(device):
 
 @pytest.mark.cuda
 @requires_ext
-def test_bad_head_dim_cuda():
+def test_other_head_dims_cuda():
+    """The op raises for head dims the CUDA kernels lack; ops.attention and the modules fall back
+    to SDPA for them (ViT-H/14: 80, dim 768 with 16 heads: 48)."""
     q = torch.randn(1, 2, 5, 48, device="cuda")
     with pytest.raises(RuntimeError, match="head_dim must be 32, 64 or 128 on CUDA"):
-        attention(q, q, q)
+        torch.ops.torchcv_ext.attention(q, q, q, None)
+    for d in (48, 80):
+        q, k, v = (torch.randn(2, 3, 37, d, device="cuda", requires_grad=True) for _ in range(3))
+        out = attention(q, k, v)
+        torch.testing.assert_close(out, ref.attention(q, k, v)[0], atol=1e-5, rtol=1e-4)
+        out.sum().backward()
+        assert q.grad is not None and k.grad is not None and v.grad is not None
+    m = MultiheadSelfAttention(96, 2).cuda()
+    x = torch.randn(2, 9, 96, device="cuda")
+    torch.testing.assert_close(m(x), copy.deepcopy(m).cpu()(x.cpu()).cuda(), atol=1e-5, rtol=1e-4)
 
 
 @requires_ext

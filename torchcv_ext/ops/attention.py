@@ -21,11 +21,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.reference import attention as ref
 
-__all__ = ["attention"]
+__all__ = ["attention", "CUDA_HEAD_DIMS"]
+
+# Head dims the CUDA kernels are instantiated for (csrc/cuda/attention.cu: check_head_dim).
+CUDA_HEAD_DIMS = (32, 64, 128)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -34,8 +38,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Same result as ``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (no mask, no
     dropout); ``scale`` defaults to ``1 / sqrt(D)``. float32, float16, bfloat16 and float64;
-    differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}.
+    differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}; other
+    head dims (e.g. 80 in ViT-H/14, 48 in dim 768 / 16 heads) run
+    ``F.scaled_dot_product_attention`` instead, so modules and converted models work for any
+    head dim (``torch.ops.torchcv_ext.attention`` itself raises for them).
     """
+    if q.is_cuda and q.dtype != torch.float64 and q.shape[-1] not in CUDA_HEAD_DIMS:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if _common.op_available("attention"):
         return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
     return ref.attention(q, k, v, scale)[0]
