@@ -52,6 +52,23 @@ def test_other_ranks(device, shape):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_strided_views_with_size_one_dims(device):
+    """Spatial dims that cannot be flattened, with a size-1 dim between them (strides 256, 64, 16,
+    16, 1 after slicing the last dim): the ops must copy, not walk the view with one stride."""
+    x = torch.randn(2, 4, 4, 1, 16, device=device)[..., :8]
+    assert torch.equal(ops.channel_shuffle(x, 2), F.channel_shuffle(x.contiguous(), 2))
+    b = torch.randn(2, 4, 4, 1, 8, device=device)
+    expected = F.channel_shuffle(torch.cat([x, b], 1).contiguous(), 2)
+    assert torch.equal(ops.shuffle_cat(x, b), expected)
+    lo, hi = ops.shuffle_cat_split(b, x)
+    expected = F.channel_shuffle(torch.cat([b, x], 1).contiguous(), 2)
+    assert torch.equal(lo, expected[:, :4]) and torch.equal(hi, expected[:, 4:])
+    # A size-1 dim with an arbitrary stride between collapsible dims needs no copy and is exact.
+    y = torch.randn(2, 4, 3, 5, device=device).unsqueeze(3).expand(2, 4, 3, 1, 5)
+    assert torch.equal(ops.channel_shuffle(y, 2), F.channel_shuffle(y.contiguous(), 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch(device):
     x = torch.randn(0, 6, 4, 4, device=device)
     assert ops.channel_shuffle(x, 2).shape == x.shape

@@ -15,12 +15,14 @@
 
 namespace torchcv_ext::shuffle {
 
-// Can dims 2.. be flattened into one spatial index with a single stride?
+// Can dims 2.. be flattened into one spatial index with a single stride? Size-1 dims may carry
+// any stride and are skipped: each dim of size > 1 is compared with the next dim of size > 1.
 inline bool spatial_collapsible(const at::Tensor& t) {
-  for (int64_t d = t.dim() - 2; d >= 2; --d) {
-    if (t.size(d) != 1 && t.size(d + 1) != 1 && t.stride(d) != t.stride(d + 1) * t.size(d + 1)) {
-      return false;
-    }
+  int64_t inner = -1;  // the innermost dim of size > 1 seen so far
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (t.size(d) == 1) continue;
+    if (inner >= 0 && t.stride(d) != t.stride(inner) * t.size(inner)) return false;
+    inner = d;
   }
   return true;
 }
