@@ -272,6 +272,26 @@ def test_cuda_large_shapes_match_cpu(layout, dtype):
                  ref.squeeze_excite(x.double(), *[t.double() for t in p], "relu", "sigmoid"), dtype)
 
 
+@pytest.mark.cuda
+@requires_ext
+def test_cuda_deterministic_parameter_grads():
+    """Parameter gradients: cuBLAS by default, the fixed-order kernel under
+    torch.use_deterministic_algorithms(True) (bitwise reproducible, same values)."""
+    x = torch.randn(32, 240, 14, 14, device="cuda")
+    p = [t.cuda() for t in _params(240, 60)]
+    g = torch.randn_like(x)
+    bwd = torch.ops.torchcv_ext._squeeze_excite_backward
+    fast = bwd(g, x, *p, "silu", "sigmoid")
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = [bwd(g, x, *p, "silu", "sigmoid") for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b, c in zip(det[0], det[1], fast):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+
+
 def test_module_interface():
     tv = torchvision.ops.SqueezeExcitation(32, 8)
     m = SqueezeExcite(32, 8)

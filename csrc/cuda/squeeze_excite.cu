@@ -10,9 +10,11 @@
 // Backward (4 launches; x read once, dy twice, dx written once):
 //   1. sums_* (dual)  partial sums of x and of dy * x
 //   2. mlp_kernel     also dz = dg * gate'(z), dh = (w2^T dz) * act'(h), shift = (w1^T dh) / HW
-//   3. param_grads    dw1 = sum_n dh p^T, db1 = sum_n dh, dw2 = sum_n dz a^T, db2 = sum_n dz
+//   3. parameters     dw1 = sum_n dh p^T, db1 = sum_n dh, dw2 = sum_n dz a^T, db2 = sum_n dz:
+//                     at::mm (cuBLAS) on the workspaces, or the fixed-order param_grads kernel
+//                     when torch.use_deterministic_algorithms(True) is set
 //   4. apply_*        dx = dy * g + shift
-// Every reduction has a fixed order (no atomics): results are deterministic.
+// Every reduction of our kernels has a fixed order (no atomics): results are deterministic.
 //
 // NCHW: one warp per (plane, spatial chunk); chunks are multiples of 16 elements so every chunk
 // starts with the same 16-byte misalignment as its plane; a scalar head reaches alignment, the
@@ -24,6 +26,7 @@
 // (2 x C x S elements, 4 x in the backward) from L2. For MobileNetV3-sized SE blocks (S = C / 4)
 // that can rival the two passes over x; a tiled kernel sharing weight tiles across samples would
 // remove it. Measure with benchmarks/bench_squeeze_excite.py --device cuda.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -677,13 +680,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
     out.dh = out.a + NS;
     launch_sums<T, A>(p, sp, x, dy, ws_x, ws_xy, stream);
     launch_mlp<T, A>(p, ws_x, ws_xy, sp.splits, /*backward=*/true, out, stream);
-    const int64_t total = 2 * p.S * p.C + p.S + p.C;
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, kThreads),
-                                                                  int64_t{sm_count()} * 32));
-    param_grads<T, A><<<blocks, kThreads, 0, stream>>>(
-        out.pm, out.dz, out.a, out.dh, p.N, p.C, p.S, dw1.mutable_data_ptr<T>(),
-        db1.mutable_data_ptr<T>(), dw2.mutable_data_ptr<T>(), db2.mutable_data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (at::globalContext().deterministicAlgorithms()) {
+      // Fixed summation order without cuBLAS (which would need CUBLAS_WORKSPACE_CONFIG).
+      const int64_t total = 2 * p.S * p.C + p.S + p.C;
+      const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, kThreads),
+                                                                    int64_t{sm_count()} * 32));
+      param_grads<T, A><<<blocks, kThreads, 0, stream>>>(
+          out.pm, out.dz, out.a, out.dh, p.N, p.C, p.S, dw1.mutable_data_ptr<T>(),
+          db1.mutable_data_ptr<T>(), dw2.mutable_data_ptr<T>(), db2.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      // Rank-N products over the (N, C) / (N, S) workspaces: cuBLAS, in the accumulation type.
+      const int64_t base = out.pm - ws_x;
+      const at::Tensor pm = ws.narrow(0, base, NC).view({p.N, p.C});
+      const at::Tensor dz = ws.narrow(0, base + NC, NC).view({p.N, p.C});
+      const at::Tensor a = ws.narrow(0, base + 2 * NC, NS).view({p.N, p.S});
+      const at::Tensor dh = ws.narrow(0, base + 2 * NC + NS, NS).view({p.N, p.S});
+      dw1.copy_(at::mm(dh.t(), pm));
+      dw2.copy_(at::mm(dz.t(), a));
+      db1.copy_(dh.sum(0));
+      db2.copy_(dz.sum(0));
+    }
     launch_apply<T, A>(p, sp, dy, dx.mutable_data_ptr<T>(), out.g, out.shift, stream);
   });
   return {dx, dw1, db1, dw2, db2};
