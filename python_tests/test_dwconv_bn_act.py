@@ -113,6 +113,30 @@ def test_stats_forward(device, dtype, layout):
         assert y.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_large_planes_forward(device, dtype, layout):
+    """Planes of more than 256 outputs: on CUDA the shared-memory tile kernel (K 3/5/7, stride
+    1/2, NCHW) and the chunked plane map (dilation 2); eval and batch-statistics forward."""
+    x = (torch.randn(2, 16, 40, 36, device=device) + 1.0).to(dtype).contiguous(memory_format=layout)
+    scale, shift = _vecs(16, device)
+    for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (7, 1, 3, 1),
+                       (7, 2, 3, 1), (3, 1, 2, 2)]:
+        w = (torch.randn(16, 1, k, k, device=device) * 0.3).to(dtype)
+        geom = ([s, s], [p, p], [d, d])
+        y = dwconv_bn_act(x, w, scale, shift, s, p, d, "silu")
+        expected = ref.dwconv_bn_act(x.double(), w.double(), scale.double(), shift.double(), *geom, "silu")
+        assert y.is_contiguous(memory_format=layout)
+        assert_close(y, expected, dtype, scale=4.0)
+        y, mean, var = dwconv_bn_act_train(x, w, None, None, 1e-5, s, p, d, "identity")
+        z, m_ref, v_ref = ref.dwconv_bn_stats(x.double(), w.double(), *geom)
+        assert_close(mean, m_ref, torch.float32, scale=10.0)
+        assert_close(var, v_ref, torch.float32, scale=10.0)
+        y_ref = (z - m_ref.view(1, -1, 1, 1)) / torch.sqrt(v_ref.view(1, -1, 1, 1) + 1e-5)
+        assert_close(y, y_ref, dtype, scale=8.0)
+
+
 def test_stats_numerically_stable():
     # Large mean, small spread: float32 sum / sum-of-squares would cancel completely (E[z^2] ~ 1e6,
     # var ~ 1e-4); Welford partials stay within float32 rounding of the values themselves.
@@ -235,16 +259,21 @@ def test_gradcheck(device, layout, act, geom):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_train_grads_low_precision(device, dtype):
-    x = torch.randn(4, 8, 12, 12, device=device)
+@pytest.mark.parametrize("layout", LAYOUTS)
+# 48 x 48: more than 4096 outputs per channel (several weight-gradient chunks on CUDA); silu there,
+# since among 9216 outputs per channel some fall within rounding of hardswish's kinks at +-3,
+# where the derivative jumps.
+@pytest.mark.parametrize("hw,act", [(12, "hardswish"), (48, "silu")])
+def test_train_grads_low_precision(device, dtype, layout, hw, act):
+    x = torch.randn(4, 8, hw, hw, device=device).contiguous(memory_format=layout)
     w = torch.randn(8, 1, 3, 3, device=device) * 0.3
     gamma = torch.rand(8, device=device) + 0.5
     beta = torch.randn(8, device=device)
     args64 = [t.double().requires_grad_(True) for t in (x, w, gamma, beta)]
-    argsd = [x.to(dtype).requires_grad_(True), w.to(dtype).requires_grad_(True),
+    argsd = [x.to(dtype).contiguous(memory_format=layout).requires_grad_(True), w.to(dtype).requires_grad_(True),
              gamma.clone().requires_grad_(True), beta.clone().requires_grad_(True)]
-    y64 = dwconv_bn_act_train(*args64, 1e-5, 1, 1, 1, "hardswish")[0]
-    yd = dwconv_bn_act_train(*argsd, 1e-5, 1, 1, 1, "hardswish")[0]
+    y64 = dwconv_bn_act_train(*args64, 1e-5, 1, 1, 1, act)[0]
+    yd = dwconv_bn_act_train(*argsd, 1e-5, 1, 1, 1, act)[0]
     g = torch.randn_like(y64)
     g64 = torch.autograd.grad(y64, args64, g)
     gd = torch.autograd.grad(yd, argsd, g.to(dtype))
@@ -375,6 +404,42 @@ def test_large_kernels_train_grads(device, layout, k):
     for (name, pe), pf in zip(eager.named_parameters(), fused.parameters()):
         torch.testing.assert_close(pf.grad, pe.grad, msg=name)
     torch.testing.assert_close(fused[1].running_var, eager[1].running_var)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_one_pixel_output_backward(device, train):
+    """channels_last x with a 1 x 1 output (a late MobileNet stage at low resolution): z is then
+    also NCHW-contiguous, so gradients may come back with other strides on the size-1 dims."""
+    eager = _eager(8, 3, 2, 1, 1, "hardswish").double().to(device)
+    _randomize(eager)
+    fused = DWConvBNAct(8, 3, 2, 1, activation="hardswish").double().to(device)
+    fused.load_state_dict(eager.state_dict())
+    eager.train(train)
+    fused.train(train)
+    x = torch.randn(2, 8, 2, 2, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last)
+    xe, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    eager(xe).sum().backward()
+    fused(xf).sum().backward()
+    torch.testing.assert_close(xf.grad, xe.grad)
+    torch.testing.assert_close(fused[0].weight.grad, eager[0].weight.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inf_input_eval_backward_stays_local(device):
+    """An inf in x gives inf outputs nearby; the input gradient elsewhere stays finite (as in
+    eager conv + BN + act), not NaN for the whole channel."""
+    eager = _eager(4, 3, 1, 1, 1, "relu6").to(device).eval()
+    _randomize(eager)
+    fused = DWConvBNAct(4, 3, 1, 1, activation="relu6").to(device).eval()
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 4, 6, 6, device=device)
+    x[0, 1, 2, 2] = float("inf")
+    xe, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    eager(xe).sum().backward()
+    fused(xf).sum().backward()
+    assert xe.grad.isfinite().all()
+    torch.testing.assert_close(xf.grad, xe.grad)
 
 
 def test_batch_one_train_raises_like_batchnorm():

@@ -604,7 +604,7 @@ void stats_backward_impl(const at::Tensor& gz, const at::Tensor& a, const at::Te
   auto dz_at = [&](int64_t n, int64_t c, int64_t oh, int64_t ow) -> acc_t {
     const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
     const acc_t zv = use_b ? static_cast<acc_t>(zd[i]) : acc_t(0);
-    return stats_grad<acc_t>(static_cast<acc_t>(gzd[i]), zv, md[c], ad[c], bd[c]);
+    return stats_grad<acc_t>(static_cast<acc_t>(gzd[i]), zv, md[c], ad[c], bd[c], use_b);
   };
   // grad x: one task per (n, c) plane.
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t b0, int64_t e0) {

@@ -43,6 +43,13 @@ constexpr int kRows = 8;    // channels_last: pixel rows per block
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// A 1-D grid of `blocks` blocks (gridDim.x is at most 2^31 - 1).
+inline unsigned grid_1d(int64_t blocks, const char* op) {
+  TORCH_CHECK(blocks <= int64_t{0x7fffffff}, op, ": problem too large for the CUDA kernels (",
+              blocks, " blocks)");
+  return static_cast<unsigned>(blocks);
+}
+
 // ---- NCHW plane map ---------------------------------------------------------------------------
 struct PlaneMap {
   int64_t NC, HWo;
@@ -546,7 +553,7 @@ struct DzLoader {
   __device__ __forceinline__ acc_t operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
     const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
     const acc_t zv = use_b ? static_cast<acc_t>(z[i]) : acc_t(0);
-    return stats_grad<acc_t>(static_cast<acc_t>(gz[i]), zv, mean[c], a[c], b[c]);
+    return stats_grad<acc_t>(static_cast<acc_t>(gz[i]), zv, mean[c], a[c], b[c], use_b);
   }
 };
 
@@ -804,7 +811,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (stats) {
-    welford_finalize_kernel<acc_t><<<g.C, kThreads, 0, stream>>>(
+    welford_finalize_kernel<acc_t><<<grid_1d(g.C, "dwconv_bn_stats"), kThreads, 0, stream>>>(
         reinterpret_cast<const Welford<acc_t>*>(part.const_data_ptr()), P,
         mean->mutable_data_ptr<acc_t>(), var->mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -895,7 +902,8 @@ struct CudaBackend {
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::Tensor sums = at::empty({2 * C}, scale.options());
-      sum_finalize_kernel<acc_t><<<2 * C, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), P,
+      const unsigned rows = grid_1d(2 * C, "_scale_shift_act_backward");
+      sum_finalize_kernel<acc_t><<<rows, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), P,
                                                                   sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       gsh.copy_(sums.narrow(0, 0, C));
@@ -907,7 +915,12 @@ struct CudaBackend {
                              const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
                              const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
     const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
-    TORCH_CHECK(gz.strides() == z.strides(), "_dwconv_bn_stats_backward: internal layout mismatch");
+    // DzLoader reads gz with z's strides: they must agree on every dim of size > 1 (a size-1 dim
+    // may carry any stride, e.g. channels_last z with a 1 x 1 output next to an NCHW-strided gz).
+    for (int64_t d = 0; d < z.dim(); ++d) {
+      TORCH_CHECK(z.size(d) == 1 || gz.stride(d) == z.stride(d),
+                  "_dwconv_bn_stats_backward: internal layout mismatch");
+    }
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const bool cl = !(x.is_contiguous() && gx.is_contiguous());
     TCV_DW_DISPATCH(x.scalar_type(), "_dwconv_bn_stats_backward", [&] {
@@ -944,12 +957,14 @@ struct CudaBackend {
       } else {
         chunks = ceil_div(Pix, kQB);
         part = at::empty({g.C * kk * chunks}, w.options());
-        const dim3 grid(static_cast<unsigned>(g.C * chunks), static_cast<unsigned>(ceil_div(kk, int64_t{kThreads})));
+        const dim3 grid(grid_1d(g.C * chunks, "_dwconv_bn_stats_backward"),
+                        static_cast<unsigned>(ceil_div(kk, int64_t{kThreads})));
         grad_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
             dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      sum_finalize_kernel<acc_t><<<g.C * kk, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), chunks,
+      const unsigned rows = grid_1d(g.C * kk, "_dwconv_bn_stats_backward");
+      sum_finalize_kernel<acc_t><<<rows, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), chunks,
                                                                     gw.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -115,9 +115,11 @@ TCV_FN acc_t bn_act_grad_u(Act a, acc_t g, acc_t z, acc_t scale, acc_t shift) {
 }
 
 // Total gradient of z from the gradients of (z, mean, var): a = dmean / M, b = 2 dvar / M.
+// use_b = false (no gradient reached var, e.g. the eval op): the b term is left out rather than
+// multiplied by 0, since an infinite z or mean would make it 0 * inf = NaN.
 template <typename acc_t>
-TCV_FN acc_t stats_grad(acc_t gz, acc_t z, acc_t mean, acc_t a, acc_t b) {
-  return gz + a + b * (z - mean);
+TCV_FN acc_t stats_grad(acc_t gz, acc_t z, acc_t mean, acc_t a, acc_t b, bool use_b) {
+  return use_b ? gz + a + b * (z - mean) : gz + a;
 }
 
 // Welford / Chan running statistics: count, mean and sum of squared deviations (M2). Merging
