@@ -24,13 +24,19 @@ print(f"PYTHON={sys.executable}")
 # CUDA headers/libraries shipped as pip packages next to torch (nvidia/cu13/{include,lib} for
 # CUDA 13 wheels; nvidia/<lib>/{include,lib} for older layouts). A minimal system toolkit
 # (nvcc + cudart only) lacks cublas/cusparse/... headers that ATen's CUDA headers include.
+# Torch's own site-packages first, then every other sys.path entry: a venv made with
+# --system-site-packages (or a user site) can hold torch in one place and the nvidia packages in
+# another. The first copy of each nvidia/<name>/include wins.
 site = os.path.dirname(torch_dir)
-nv = os.path.join(site, "nvidia")
-incs = []
-if os.path.isdir(nv):
+incs, seen = [], set()
+for root in [site] + [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(site)]:
+    nv = os.path.join(root, "nvidia")
+    if not os.path.isdir(nv):
+        continue
     for name in sorted(os.listdir(nv)):
         inc = os.path.join(nv, name, "include")
-        if os.path.isdir(inc):
+        if name not in seen and os.path.isdir(inc):
+            seen.add(name)
             incs.append(inc)
 print("NVIDIA_PIP_INCLUDE_DIRS=" + ";".join(incs))
 try:

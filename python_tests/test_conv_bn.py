@@ -77,6 +77,44 @@ def test_eval_geometries_and_devices(geom, device, onednn):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (2, 1)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_eval_tiny_spatial_with_residual(hw, residual, onednn):
+    """1x1 outputs (EfficientNet/ResNet tails at small resolutions): torch 2.11's oneDNN binary
+    conv raises on them; the fused path must fall back, not fail."""
+    conv, bn = _layers(k=1)
+    conv.eval(), bn.eval()
+    x = torch.randn(2, 12, *hw)
+    r = torch.randn(2, 20, *hw) if residual else None
+    with torch.no_grad():
+        want = _eager(conv, bn, nn.SiLU(), x, r)
+        got = conv_bn_act_forward(conv, bn, nn.SiLU(), x, residual=r)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_onednn_rejection_falls_back_once(monkeypatch):
+    """A oneDNN call that raises gives the plain conv's result, and that problem is not retried."""
+    from torchcv_ext.nn import conv_bn
+    monkeypatch.setattr(config, "cpu_onednn_conv_bn", True)
+    monkeypatch.setattr(conv_bn, "_onednn_rejected", set())
+    calls = []
+
+    def reject(*args):
+        calls.append(1)
+        raise RuntimeError("could not create a memory")
+
+    monkeypatch.setattr(conv_bn, "_onednn_conv", reject)
+    conv, bn = _layers()
+    conv.eval(), bn.eval()
+    x, r = torch.randn(2, 12, 5, 5), torch.randn(2, 20, 5, 5)
+    with torch.no_grad():
+        want = _eager(conv, bn, nn.ReLU(), x, r)
+        for _ in range(3):
+            torch.testing.assert_close(conv_bn_act_forward(conv, bn, "relu", x, residual=r), want,
+                                       atol=1e-5, rtol=1e-4)
+    assert len(calls) == (1 if conv_bn._onednn_available() else 0)
+
+
 def test_eval_with_autograd_gives_eager_gradients():
     conv, bn = _layers(bias=True)
     conv.eval(), bn.eval()

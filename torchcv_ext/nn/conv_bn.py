@@ -107,6 +107,7 @@ def _packed_weight(conv: nn.Conv2d, f: _Folded, x: torch.Tensor) -> torch.Tensor
 
 
 _onednn_ok: Optional[bool] = None
+_onednn_rejected: set = set()  # problem keys the oneDNN ops raised on (see conv_bn_act_forward)
 
 
 def _onednn_available() -> bool:
@@ -180,7 +181,18 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
                 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
                 and (residual is None or (residual.dtype == torch.float32
                                           and residual.shape == _out_shape(conv, x)))):
-            return _onednn_conv(conv, f, x, name, residual)
+            key = (tuple(x.shape), x.stride(), tuple(f.weight.shape), tuple(conv.stride),
+                   tuple(conv.padding), tuple(conv.dilation), conv.groups, residual is not None)
+            if key not in _onednn_rejected:
+                try:
+                    return _onednn_conv(conv, f, x, name, residual)
+                except RuntimeError:
+                    # Some torch builds' oneDNN refuse shapes the others take (torch 2.11: the
+                    # binary form with a 1x1 output, "could not create a memory"). Such a call
+                    # takes the plain path below, now and from then on.
+                    if len(_onednn_rejected) >= 1024:
+                        _onednn_rejected.clear()
+                    _onednn_rejected.add(key)
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
