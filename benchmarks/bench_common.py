@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -39,6 +41,9 @@ def parse_args(description: str, argv: Optional[List[str]] = None,
     p.add_argument("--out", default=os.environ.get("TORCHCV_BENCH_OUT", "bench_out"),
                    help="directory for <name>.json and <name>.png")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--only-compile", action="store_true",
+                   help="time only eager and torch.compile (the GPU suite's second pass); writes "
+                        "<out>/<name>_compile.json")
     p.add_argument("--no-plot", action="store_true")
     if extra is not None:
         extra(p)
@@ -48,7 +53,27 @@ def parse_args(description: str, argv: Optional[List[str]] = None,
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device == "cuda" else "float32"
     args.torch_dtype = DTYPES[args.dtype]
+    _STATE["args"] = args
     return args
+
+
+# The current run's arguments and the rows timed so far, for run_main's report when a run is cut
+# short (the GPU suite stops a step at its time limit with SIGINT).
+_STATE: Dict = {"args": None, "rows": []}
+
+
+def run_main(main: Callable[[], object], name: str) -> None:
+    """Run a benchmark's ``main()``; on SIGINT or SIGTERM still report (table, JSON) the rows timed
+    so far under ``name``, then exit with status 130."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        main()
+    except KeyboardInterrupt:
+        rows, args = _STATE["rows"], _STATE["args"]
+        print(f"interrupted: reporting the {len(rows)} rows timed so far", file=sys.stderr)
+        if args is not None and rows:
+            report(name, rows, args)
+        sys.exit(130)
 
 
 def sync(device: str) -> None:
@@ -85,7 +110,17 @@ def time_fn(fn: Callable[[], object], args: argparse.Namespace, warmup: Optional
 
 
 def compiled(fn: Callable, **kwargs) -> Optional[Callable]:
-    """torch.compile(fn), or None when compilation is unavailable (reported as a skipped row)."""
+    """torch.compile(fn), or None when compilation is unavailable (reported as a skipped row).
+
+    Every compiled module of one class shares one code object (``forward``), which dynamo
+    recompiles for each new instance; past its recompile limit (8) it silently runs eager, and the
+    "torch.compile" column would time eager code. The limits are raised so that it never does."""
+    import torch._dynamo
+
+    for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 1024))
     try:
         return torch.compile(fn, **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -103,16 +138,22 @@ def row(op: str, case: str, impl: str, ms: Optional[float], bytes: Optional[floa
 def bench_impls(op: str, case: str, impls: Dict[str, Optional[Callable]], args: argparse.Namespace,
                 bytes: Optional[float] = None, flops: Optional[float] = None) -> List[Dict]:
     """Time every implementation of one case; a None or failing implementation gives a row with
-    ms=None and the error, so a broken path shows up in the table instead of killing the run."""
+    ms=None and the error, so a broken path shows up in the table instead of killing the run.
+    With ``--only-compile``, only "eager" and "torch.compile*" (cases without the latter: none)."""
+    if getattr(args, "only_compile", False):
+        if not any(k.startswith("torch.compile") for k in impls):
+            return []
+        impls = {k: v for k, v in impls.items() if k == "eager" or k.startswith("torch.compile")}
     rows = []
     for impl, fn in impls.items():
         if fn is None:
             rows.append(row(op, case, impl, None, bytes, flops, error="unavailable"))
-            continue
-        try:
-            rows.append(row(op, case, impl, time_fn(fn, args), bytes, flops))
-        except Exception as e:  # noqa: BLE001
-            rows.append(row(op, case, impl, None, bytes, flops, error=f"{type(e).__name__}: {e}"[:200]))
+        else:
+            try:
+                rows.append(row(op, case, impl, time_fn(fn, args), bytes, flops))
+            except Exception as e:  # noqa: BLE001
+                rows.append(row(op, case, impl, None, bytes, flops, error=f"{type(e).__name__}: {e}"[:200]))
+        _STATE["rows"].append(rows[-1])
     return rows
 
 
@@ -168,7 +209,10 @@ def _fmt(v, nd=3):
 
 def report(name: str, rows: List[Dict], args: argparse.Namespace) -> Dict:
     """Add GB/s, TFLOP/s, % of ceiling and speedup vs eager to every row; print a table; write
-    <out>/<name>.json and (unless --no-plot) <out>/<name>.png. Returns the JSON document."""
+    <out>/<name>.json and (unless --no-plot) <out>/<name>.png. Returns the JSON document.
+    ``--only-compile`` runs report as ``<name>_compile``."""
+    if getattr(args, "only_compile", False) and not name.endswith("_compile"):
+        name += "_compile"
     ceil = ceilings(args)
     mm_key = f"matmul_TFLOPs_{args.dtype}"
     eager_ms = {(r["op"], r["case"]): r["ms"] for r in rows if r["impl"] == "eager" and r["ms"]}

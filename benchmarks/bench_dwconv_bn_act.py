@@ -122,4 +122,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    bc.run_main(main, "dwconv_bn_act")

@@ -120,4 +120,4 @@ def _train_step(model, opt, x, target, autocast):
 
 
 if __name__ == "__main__":
-    main()
+    bc.run_main(main, "models")

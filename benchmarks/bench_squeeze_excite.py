@@ -101,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    bc.run_main(main, "squeeze_excite")

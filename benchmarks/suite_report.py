@@ -25,15 +25,35 @@ def _read(path, tail=None):
 
 
 def _tests(work):
+    """(counts, [(test id, first lines of its failure)]) from the junit XML; (None, []) if none.
+    A partial file (pytest killed while writing it) counts as one error."""
     path = os.path.join(work, "tests.xml")
     if not os.path.exists(path):
         return None, []
-    root = ET.parse(path).getroot()
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        return {"tests": 0, "failures": 0, "errors": 1, "skipped": 0}, [("tests.xml", f"unreadable: {e}")]
     suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return None, []
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    failed = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
+    failed = []
+    for c in suite.iter("testcase"):
+        bad = c.find("failure") if c.find("failure") is not None else c.find("error")
+        if bad is not None:
+            msg = (bad.get("message") or bad.text or "").strip().splitlines()
+            failed.append((f"{c.get('classname')}::{c.get('name')}", " ".join(msg[:3])[:300]))
     return counts, failed
+
+
+def _load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"skipping {path}: {e}")
+        return None
 
 
 def main():
@@ -46,19 +66,19 @@ def main():
     steps = []
     for line in _read(os.path.join(a.work, "steps.tsv")).splitlines():
         name, rc, secs = line.split("\t")
-        status = "ok" if rc == "0" else ("TIMEOUT" if rc in ("124", "137") else (
+        status = "ok" if rc == "0" else ("TIMEOUT" if rc in ("124", "137", "130") else (
             rc if not rc.lstrip("-").isdigit() else f"FAIL (rc {rc})"))
         steps.append((name, status, secs))
     docs = []
     for path in sorted(glob.glob(os.path.join(a.work, "bench", "*.json"))):
         if os.path.basename(path).startswith("ceilings_"):
             continue
-        with open(path) as f:
-            docs.append(json.load(f))
+        d = _load_json(path)
+        if isinstance(d, dict) and "table_md" in d and "rows" in d:
+            docs.append(d)
     ceil = {}
     for path in glob.glob(os.path.join(a.work, "bench", "ceilings_*.json")):
-        with open(path) as f:
-            ceil = json.load(f)
+        ceil = _load_json(path) or ceil
     counts, failed = _tests(a.work)
     env = _read(os.path.join(a.work, "env.log"))
     gpu = ceil.get("device") or (env.splitlines()[1].split(",")[0] if len(env.splitlines()) > 1 else "gpu")
@@ -74,11 +94,13 @@ def main():
     if counts:
         md.append(f"{counts['tests']} tests, {counts['failures']} failures, {counts['errors']} errors, "
                   f"{counts['skipped']} skipped")
-        md += [f"- FAILED {t}" for t in failed[:50]]
+        md += [f"- FAILED {t}: {m}" for t, m in failed[:60]]
     else:
         md.append("(no test results)")
     md += ["", "```", _read(os.path.join(a.work, "tests.log"), tail=15), "```", ""]
-    for tool in ("memcheck", "racecheck"):
+    for tool in ("memcheck", "memcheck-nofilter", "racecheck", "racecheck-nofilter"):
+        if tool.endswith("nofilter") and not os.path.exists(os.path.join(a.work, f"{tool}.log")):
+            continue
         md += [f"## compute-sanitizer {tool}", "", "```", _read(os.path.join(a.work, f"{tool}.log"), tail=12),
                "```", ""]
     if ceil:
@@ -94,7 +116,10 @@ def main():
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"date": date, "gpu": gpu, "steps": steps, "tests": counts, "failed_tests": failed,
                    "ceilings": ceil, "benchmarks": docs}, f, indent=1)
-    bc.plot_many(docs, os.path.join(a.out, "plots.png"))
+    try:
+        bc.plot_many(docs, os.path.join(a.out, "plots.png"))
+    except Exception as e:  # noqa: BLE001 - report.md and results.json are written already
+        print(f"plots.png not written: {e}")
 
     # Short summary, printed last (the device tool returns the tail of the output).
     print("\n==== GPU suite summary ====")
@@ -105,13 +130,16 @@ def main():
     if counts:
         print(f"  tests: {counts['tests']} run, {counts['failures'] + counts['errors']} failed, "
               f"{counts['skipped']} skipped")
-    print("  best speedup vs eager per benchmark case (ours):")
+    for t, m in failed[:10]:
+        print(f"  FAILED {t}: {m[:120]}")
+    print("  speedup vs eager per benchmark case (ours; torch.compile from the second pass):")
     for d in docs:
         for r in d["rows"]:
-            if r["impl"] == "torchcv_ext" and r.get("speedup_vs_eager"):
+            if r["impl"] in ("torchcv_ext", "torch.compile") and r.get("speedup_vs_eager"):
                 bw = f"{r['pct_copy_bw']:.0f}% copy BW" if r.get("pct_copy_bw") else (
                     f"{r['TFLOPs']:.0f} TFLOP/s" if r.get("TFLOPs") else "")
-                print(f"    {r['op']:<18} {r['case'][:38]:<38} x{r['speedup_vs_eager']:.2f} {bw}")
+                print(f"    {r['op'][:18]:<18} {r['case'][:38]:<38} {r['impl'][:11]:<11} "
+                      f"x{r['speedup_vs_eager']:.2f} {bw}")
 
 
 if __name__ == "__main__":
