@@ -696,7 +696,7 @@ bool launch_tile(const at::Tensor& x, const at::Tensor& w, const acc_of<T>* sc, 
     tm.tiles_h = ceil_div(g.Ho, kTH);
     tm.tiles_w = ceil_div(g.Wo, kTW);
     tm.tiles = tm.tiles_h * tm.tiles_w;
-    const int64_t blocks = g.N * g.C * tm.tiles;
+    const unsigned blocks = grid_1d(g.N * g.C * tm.tiles, "dwconv_bn_act");
     P = g.N * tm.tiles;
     Welford<acc_t>* pp = nullptr;
     if (stats) {
@@ -797,15 +797,16 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
     // done: the shared-memory tile kernel ran
   } else {
     const PlaneMap m = plane_map(g.N * g.C, g.Ho * g.Wo);
+    const unsigned blocks = grid_1d(m.blocks, "dwconv_bn_act");
     P = g.N * m.chunks;
     Welford<acc_t>* pp = nullptr;
     if (stats) {
       part = at::empty({g.C * P * static_cast<int64_t>(sizeof(Welford<acc_t>))}, popt);
       pp = reinterpret_cast<Welford<acc_t>*>(part.data_ptr());
-      fwd_nchw_kernel<T, true><<<m.blocks, kThreads, 0, stream>>>(
+      fwd_nchw_kernel<T, true><<<blocks, kThreads, 0, stream>>>(
           x.const_data_ptr<T>(), w.const_data_ptr<acc_t>(), sc, sh, y.mutable_data_ptr<T>(), g, m, act, pp);
     } else {
-      fwd_nchw_kernel<T, false><<<m.blocks, kThreads, 0, stream>>>(
+      fwd_nchw_kernel<T, false><<<blocks, kThreads, 0, stream>>>(
           x.const_data_ptr<T>(), w.const_data_ptr<acc_t>(), sc, sh, y.mutable_data_ptr<T>(), g, m, act, pp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -893,9 +894,10 @@ struct CudaBackend {
             part.mutable_data_ptr<acc_t>());
       } else {
         const PlaneMap m = plane_map(N * C, HW);
+        const unsigned blocks = grid_1d(m.blocks, "_scale_shift_act_backward");
         P = N * m.chunks;
         part = at::empty({2 * C * P}, scale.options());
-        ssa_bwd_nchw_kernel<scalar_t><<<m.blocks, kThreads, 0, stream>>>(
+        ssa_bwd_nchw_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
             grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
             shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(), C, m, act,
             part.mutable_data_ptr<acc_t>());
