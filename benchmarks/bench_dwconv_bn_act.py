@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as bc  # noqa: E402
 
 from torchcv_ext.nn import DWConvBNAct  # noqa: E402
+from torchcv_ext.ops import config  # noqa: E402
 
 ACT = {"relu": nn.ReLU, "hardswish": nn.Hardswish, "silu": nn.SiLU}
 
@@ -64,6 +65,17 @@ def make_layers(c, k, s, act, dev, dt):
     return eager, ours
 
 
+def kernel_only(fn):
+    def f():
+        saved = config.dwconv_cpu_eval_backend
+        config.dwconv_cpu_eval_backend = "kernel"
+        try:
+            return fn()
+        finally:
+            config.dwconv_cpu_eval_backend = saved
+    return f
+
+
 def main(argv=None):
     args = bc.parse_args(__doc__.splitlines()[0], argv)
     dev, dt = args.device, args.torch_dtype
@@ -94,6 +106,10 @@ def main(argv=None):
                 return f
 
             impls = {"torchcv_ext": run_eval(ours), "eager": run_eval(eager)}
+            if dev == "cpu":
+                # DWConvBNAct picks oneDNN's fused depthwise conv for small channels_last inputs
+                # (config.dwconv_cpu_eval_backend="auto"); this row is always our C++ kernel.
+                impls["torchcv_ext (C++ kernel)"] = kernel_only(run_eval(ours))
             if not args.no_compile:
                 ce = bc.compiled(eager)
                 impls["torch.compile"] = run_eval(ce) if ce else None

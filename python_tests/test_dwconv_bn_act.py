@@ -78,11 +78,11 @@ def test_eval_forward(device, dtype, layout, geom):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("c", [16, 40, 64])
-@pytest.mark.parametrize("hw", [(7, 5), (13, 20), (24, 9)])
+@pytest.mark.parametrize("hw", [(7, 5), (13, 20), (24, 9), (300, 9)])
 def test_eval_forward_cpu_fast_paths(layout, c, hw):
     """The float32 CPU eval kernel's special paths: channels_last interior pixels in blocks of 4
     (whole 32/16-channel register blocks plus a < 16-channel tail), and NCHW with narrow output
-    rows (< 16), which runs through the channels_last kernel."""
+    rows (< 16): 16-channel blocks in a padded tile, several row bands per plane at 300 rows."""
     for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1)]:
         x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
         w = torch.randn(c, 1, k, k) * 0.3
@@ -563,3 +563,59 @@ def test_module_cpu_train_backends_agree(monkeypatch, layout):
         results.append((y, *grads, m[1].running_mean, m[1].running_var, m[1].num_batches_tracked))
     for a, b in zip(*results):
         assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend", ["kernel", "onednn", "auto"])
+def test_module_cpu_eval_backends(monkeypatch, layout, backend):
+    """DWConvBNAct eval on the CPU (float32 inference): every dwconv_cpu_eval_backend gives the
+    eager modules' output, and "kernel" / "onednn" really run the C++ op / oneDNN."""
+    from torchcv_ext.nn import conv_bn
+
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_eval_backend", backend)
+    calls = {"onednn": 0, "kernel": 0}
+    real_onednn, real_op = conv_bn._onednn_conv, torchcv_ext.nn.dwconv_bn_act.dwconv_bn_act
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(conv_bn, "_onednn_conv", count("onednn", real_onednn))
+    monkeypatch.setattr(torchcv_ext.nn.dwconv_bn_act, "dwconv_bn_act", count("kernel", real_op))
+    # (planes, geometry)
+    for hw, (k, s, p, d) in (((9, 7), (3, 1, 1, 1)), ((40, 36), (5, 2, 2, 1)), ((11, 13), (3, 1, 2, 2))):
+        for act in ("relu6", "hardswish", "silu", "identity"):
+            eager = _eager(24, k, s, p, d, act)
+            _randomize(eager)
+            fused = DWConvBNAct(24, k, s, p, d, activation=act)
+            fused.load_state_dict(eager.state_dict())
+            eager.eval(), fused.eval()
+            x = torch.randn(2, 24, *hw).contiguous(memory_format=layout)
+            with torch.no_grad():
+                y, want = fused(x), eager(x)
+            assert y.is_contiguous(memory_format=layout)
+            assert_close(y, want, torch.float32, scale=4.0)
+    # oneDNN only for channels_last inputs (it writes channels_last whatever the input's layout).
+    onednn_ok = conv_bn._onednn_available() and layout == torch.channels_last
+    if backend == "kernel" or not onednn_ok:
+        assert calls["onednn"] == 0 and calls["kernel"] == 12
+    else:
+        assert calls["onednn"] == 12 and calls["kernel"] == 0
+    # With autograd, or config.cpu_onednn_conv_bn off, always the op.
+    calls["kernel"] = calls["onednn"] = 0
+    x = torch.randn(2, 24, 9, 7, requires_grad=True).contiguous(memory_format=layout)
+    fused(x).sum().backward()
+    monkeypatch.setattr(torchcv_ext.ops.config, "cpu_onednn_conv_bn", False)
+    with torch.no_grad():
+        fused(x)
+    assert calls == {"onednn": 0, "kernel": 2}
+
+
+def test_module_cpu_eval_backend_bad_value(monkeypatch):
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_eval_backend", "fastest")
+    m = DWConvBNAct(4, 3).eval()
+    with pytest.raises(ValueError, match="dwconv_cpu_eval_backend"):
+        with torch.no_grad():
+            m(torch.randn(1, 4, 5, 5))

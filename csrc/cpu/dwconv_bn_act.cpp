@@ -9,6 +9,8 @@
 //         time, AVX-512 / AVX2 / baseline clones picked at load time) and the whole plane then goes
 //         through the epilogue (BN fold + activation with a vectorizable exp for SiLU/sigmoid, or
 //         Welford statistics) while it is still in L1/L2.
+//         Narrow rows (Wo < 16): 16-channel blocks transposed into a padded tile instead
+//         (eval_nchw_narrow_f32).
 //   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
 //         channel register blocks, then the row's epilogue.
 // One read of x and one write of y. float64 uses the same loops without the float clones.
@@ -271,6 +273,141 @@ TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t np
     float* o = out + q * C;
     _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = act_f32<kA>(a[c] * sc[c] + sh[c]);
   })
+}
+
+// ---- float32 eval, NCHW with narrow rows: 16 channels at a time in a zero-padded tile ----------
+// For Wo < 16 (late MobileNet / EfficientNet stages) the per-plane row kernel below wastes most of
+// its 16-wide registers, so this kernel vectorizes over channels instead, without converting the
+// tensors to channels_last (two extra passes over memory). One task = (image n, block of 16
+// channels, band of output rows): the band's input rows of the 16 planes are transposed (in L1)
+// into a zero-padded, pixel-major tile, tile[(r * Wt + q) * 16 + c] (r, q: padded row and column,
+// c: channel in the block). Every tap of every output then reads in bounds -- no bounds checks --
+// and each weight register serves kBlkOw output pixels. A row's outputs go through the BN +
+// activation epilogue in L1 and are transposed back into the 16 output planes. One read of x, one
+// write of y.
+constexpr int64_t kBlkOw = 8;                 // output pixels per register block
+constexpr int64_t kBlkTileBytes = 96 * 1024;  // target tile size (L2-resident)
+
+// acc[q * 16 + c] = sum_{i,j} w16[(i * kw + j) * 16 + c] * tile[(i*dh) row, (q*sw + j*dw) col][c]
+// for q in [0, roundup(Wo, kBlkOw)); `tile` points at the output row's first tile row.
+TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const float* w16, int kh, int kw,
+                                     int sw, int dh, int dw, int64_t Wo, float* acc) {
+  const int64_t step = 16 * static_cast<int64_t>(sw);
+  for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
+    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+    for (int i = 0; i < kh; ++i) {
+      const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * step;
+      const float* wr = w16 + static_cast<int64_t>(i) * kw * 16;
+      for (int j = 0; j < kw; ++j) {
+        const f32x16 wv = load16(wr + 16 * j);
+        const float* p = tr + static_cast<int64_t>(j) * dw * 16;
+        a0 += wv * load16(p);
+        a1 += wv * load16(p + step);
+        a2 += wv * load16(p + 2 * step);
+        a3 += wv * load16(p + 3 * step);
+        a4 += wv * load16(p + 4 * step);
+        a5 += wv * load16(p + 5 * step);
+        a6 += wv * load16(p + 6 * step);
+        a7 += wv * load16(p + 7 * step);
+      }
+    }
+    float* o = acc + ow * 16;
+    store16(o, a0);
+    store16(o + 16, a1);
+    store16(o + 32, a2);
+    store16(o + 48, a3);
+    store16(o + 64, a4);
+    store16(o + 80, a5);
+    store16(o + 96, a6);
+    store16(o + 112, a7);
+  }
+}
+
+// Tile row (16-channel pixels from column 0) <- nc <= 16 NCHW plane rows of n pixels each
+// (planes `pstride` apart), channels >= nc zero.
+TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t n, float* tr) {
+  if (nc < 16) std::fill(tr, tr + n * 16, 0.0f);
+  for (int64_t c = 0; c < nc; ++c) {
+    const float* xr = x + c * pstride;
+    for (int64_t q = 0; q < n; ++q) tr[q * 16 + c] = xr[q];
+  }
+}
+
+// nc <= 16 NCHW plane rows of n pixels (planes `pstride` apart) <- acc[q * 16 + c].
+TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t n, float* y, int64_t pstride) {
+  for (int64_t c = 0; c < nc; ++c) {
+    float* yr = y + c * pstride;
+    for (int64_t q = 0; q < n; ++q) yr[q] = acc[q * 16 + c];
+  }
+}
+
+// acc[q * 16 + c] = act(acc[q * 16 + c] * s16[c] + b16[c]) for q < n.
+TCV_CPU_CLONES void blk_epilogue_f32(Act act, float* acc, int64_t n, const float* s16, const float* b16) {
+  TCV_ACT_CASES(for (int64_t q = 0; q < n; ++q) {
+    float* a = acc + q * 16;
+    _Pragma("omp simd") for (int c = 0; c < 16; ++c) a[c] = act_f32<kA>(a[c] * s16[c] + b16[c]);
+  })
+}
+
+// y = act(conv(x) * scale + shift), float32, x and y NCHW.
+void eval_nchw_narrow_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                      const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+  const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
+  // Weights (kh*kw, 16) per channel block and scale / shift, zero-padded to nb * 16 channels.
+  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f), s16(nb * 16, 0.0f), b16(nb * 16, 0.0f);
+  {
+    const float* wd = w.const_data_ptr<float>();
+    const float* sc = scale.const_data_ptr<float>();
+    const float* sh = shift.const_data_ptr<float>();
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
+      s16[c] = sc[c];
+      b16[c] = sh[c];
+    }
+  }
+  // Tile geometry: Wt columns cover every tap of roundup(Wo, kBlkOw) outputs; rows per band.
+  const int64_t Wo8 = (g.Wo + kBlkOw - 1) / kBlkOw * kBlkOw;
+  const int64_t Wt = (Wo8 - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
+  const int64_t row16 = Wt * 16;
+  const int64_t kspan = static_cast<int64_t>(g.kh - 1) * g.dh + 1;
+  const int64_t max_rows = std::max<int64_t>(kspan, kBlkTileBytes / (row16 * 4));
+  const int64_t band = std::clamp<int64_t>((max_rows - kspan) / g.sh + 1, 1, g.Ho);
+  const int64_t nbands = (g.Ho + band - 1) / band;
+  const int64_t tile_rows = (band - 1) * g.sh + kspan;
+  const float* xd = x.const_data_ptr<float>();
+  float* yd = y.mutable_data_ptr<float>();
+  at::parallel_for(0, g.N * nb * nbands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(static_cast<size_t>(tile_rows * row16)), acc(static_cast<size_t>(Wo8 * 16));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (nb * nbands), cb = (task / nbands) % nb, bd = task % nbands;
+      const int64_t c0 = cb * 16, nc = std::min<int64_t>(16, C - c0);
+      const int64_t oh0 = bd * band, oh1 = std::min(g.Ho, oh0 + band);
+      const int64_t ih0 = oh0 * g.sh - g.ph;  // input row of tile row 0
+      const int64_t rows = (oh1 - oh0 - 1) * g.sh + kspan;
+      // Input columns [0, W) land at tile columns [pw, pw + W), clipped to the tile; the padding
+      // around them is zeroed.
+      const int64_t lpad = std::min<int64_t>(g.pw, Wt);
+      const int64_t iw_end = std::max<int64_t>(0, std::min<int64_t>(g.W, Wt - lpad));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t ih = ih0 + r;
+        float* row = tile.data() + r * row16;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(row, row + row16, 0.0f);
+          continue;
+        }
+        std::fill(row, row + lpad * 16, 0.0f);
+        std::fill(row + (lpad + iw_end) * 16, row + row16, 0.0f);
+        blk_fill_nchw_f32(xd + ((n * C + c0) * g.H + ih) * g.W, g.H * g.W, nc, iw_end, row + lpad * 16);
+      }
+      const float* wb = w16.data() + cb * kk * 16;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        blk_conv_row_f32(tile.data() + (oh - oh0) * g.sh * row16, row16, wb, g.kh, g.kw, g.sw, g.dh,
+                         g.dw, g.Wo, acc.data());
+        blk_epilogue_f32(act, acc.data(), g.Wo, s16.data() + c0, b16.data() + c0);
+        blk_store_nchw_f32(acc.data(), nc, g.Wo, yd + ((n * C + c0) * g.Ho + oh) * g.Wo, g.Ho * g.Wo);
+      }
+    }
+  });
 }
 
 // ---- conv forward, NCHW -----------------------------------------------------------------------
@@ -654,13 +791,7 @@ struct CpuBackend {
   static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
     if (x.scalar_type() == at::kFloat && x.is_contiguous() && g.Wo < 16 && g.C >= 16) {
-      // NCHW with narrow rows (late MobileNet / EfficientNet stages): the per-plane row kernel
-      // wastes most of its 16-wide registers there, while the channels_last kernel vectorizes
-      // over channels. The planes are small, so two layout copies cost less than the waste.
-      const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
-      at::Tensor y_cl = at::empty_like(y, y.options().memory_format(at::MemoryFormat::ChannelsLast));
-      eval_impl<float>(x_cl, w, scale, shift, g, act, y_cl);
-      y.copy_(y_cl);
+      eval_nchw_narrow_f32(x, w, scale, shift, g, act, y);
       return;
     }
     TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_act", [&] { eval_impl<scalar_t>(x, w, scale, shift, g, act, y); });

@@ -166,37 +166,61 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
             y = y + residual
         return module(y) if module is not None else _apply_act(name, None, y, inplace=False)
 
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
-        or any(p is not None and p.requires_grad for p in (conv.bias, bn.weight, bn.bias)))
+    needs_grad = _needs_grad(conv, bn, x, residual)
     if needs_grad or torch.compiler.is_compiling():
         w, b = _fold(conv, bn)  # differentiable; torch.compile sees (and may constant-fold) the math
     else:
+        y = onednn_eval(conv, bn, name, x, residual)
+        if y is not None:
+            return y
         f = _cached_fold(conv, bn)
         w, b = f.weight, f.bias
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and x.dim() == 4 and name in _ONEDNN_ACT and _common.config.cpu_onednn_conv_bn
-                and torch.backends.mkldnn.enabled
-                and not torch.is_autocast_enabled("cpu") and _onednn_available()
-                and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-                and (residual is None or (residual.dtype == torch.float32
-                                          and residual.shape == _out_shape(conv, x)))):
-            key = (tuple(x.shape), x.stride(), tuple(f.weight.shape), tuple(conv.stride),
-                   tuple(conv.padding), tuple(conv.dilation), conv.groups, residual is not None)
-            if key not in _onednn_rejected:
-                try:
-                    return _onednn_conv(conv, f, x, name, residual)
-                except RuntimeError:
-                    # Some torch builds' oneDNN refuse shapes the others take (torch 2.11: the
-                    # binary form with a 1x1 output, "could not create a memory"). Such a call
-                    # takes the plain path below, now and from then on.
-                    if len(_onednn_rejected) >= 1024:
-                        _onednn_rejected.clear()
-                    _onednn_rejected.add(key)
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
     return _apply_act(name, module, y, inplace=not needs_grad)
+
+
+def _needs_grad(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
+                residual: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or conv.weight.requires_grad or (residual is not None and residual.requires_grad)
+        or any(p is not None and p.requires_grad for p in (conv.bias, bn.weight, bn.bias)))
+
+
+def onednn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d, name: Optional[str], x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """Eval-mode ``act(bn(conv(x)) [+ residual])`` as one oneDNN call (BN folded, weight pre-packed
+    per input shape, activation / residual add as post-ops), or None where that path does not apply:
+    not CPU float32 4-D inference (autograd needed, autocast, torch.compile tracing), an activation
+    oneDNN lacks, a layout other than NCHW / channels_last, oneDNN off
+    (``config.cpu_onednn_conv_bn``, ``torch.backends.mkldnn``) or missing, or a problem this torch
+    build's oneDNN rejected before. The caller runs its own path then."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and x.dim() == 4 and name in _ONEDNN_ACT and _common.config.cpu_onednn_conv_bn
+            and torch.backends.mkldnn.enabled and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and not _needs_grad(conv, bn, x, residual)
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and (residual is None or (residual.dtype == torch.float32
+                                      and residual.shape == _out_shape(conv, x)))
+            and _onednn_available()):
+        return None
+    f = _cached_fold(conv, bn)
+    key = (tuple(x.shape), x.stride(), tuple(f.weight.shape), tuple(conv.stride),
+           tuple(conv.padding), tuple(conv.dilation), conv.groups, residual is not None)
+    if key in _onednn_rejected:
+        return None
+    try:
+        return _onednn_conv(conv, f, x, name, residual)
+    except RuntimeError:
+        # Some torch builds' oneDNN refuse shapes the others take (torch 2.11: the binary form
+        # with a 1x1 output, "could not create a memory"). Such a problem takes the caller's path,
+        # now and from then on.
+        if len(_onednn_rejected) >= 1024:
+            _onednn_rejected.clear()
+        _onednn_rejected.add(key)
+        return None
 
 
 def _out_shape(conv: nn.Conv2d, x: torch.Tensor) -> torch.Size:

@@ -146,6 +146,21 @@ class DWConvBNAct(nn.Sequential):
         return dwconv_bn_act_forward(self[0], self[1], self.activation, x)
 
 
+def _cpu_eval_uses_onednn(x: torch.Tensor) -> bool:
+    """Whether an eval-mode CPU forward should try oneDNN's fused depthwise conv (BN folded, the
+    activation as a post-op: one pass too) before our C++ kernel; ``config.dwconv_cpu_eval_backend``.
+    Only for channels_last inputs: oneDNN writes channels_last whatever the input's layout, and
+    the op keeps the input's. "auto": oneDNN's JIT kernels are faster on small inputs, ours on
+    large planes -- measured on MobileNetV3 / EfficientNet-B0 layers at batch 1 and 8
+    (benchmarks/bench_dwconv_bn_act.py, its "torchcv_ext (C++ kernel)" rows): up to 16 MiB."""
+    mode = _common.config.dwconv_cpu_eval_backend
+    if mode not in ("auto", "kernel", "onednn"):
+        raise ValueError(f"config.dwconv_cpu_eval_backend must be 'auto', 'kernel' or 'onednn', got {mode!r}")
+    if mode == "kernel" or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return mode == "onednn" or x.numel() * x.element_size() <= (16 << 20)
+
+
 def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
                           x: torch.Tensor) -> torch.Tensor:
     """``act(bn(conv(x)))`` for a depthwise ``conv`` (channel multiplier 1) through the fused ops,
@@ -161,6 +176,12 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if not use_batch_stats:
+        if x.device.type == "cpu" and _cpu_eval_uses_onednn(x):
+            from torchcv_ext.nn import conv_bn  # (conv_bn imports this module)
+
+            y = conv_bn.onednn_eval(conv, bn, activation, x)
+            if y is not None:
+                return y
         scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps,
                                conv.bias)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)

@@ -16,12 +16,19 @@ NAMESPACE = "torchcv_ext"
 #:     "eager" (default): eager PyTorch, faster on the CPU than the plain-loop C++ train kernels --
 #:     the modules (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition
 #:     in the functional op; "kernels": the C++ kernels, which mirror the CUDA kernels' math (the
-#:     tests run both). Eval mode always uses the fused C++ kernel, CUDA always the CUDA kernels.
+#:     tests run both). CUDA always uses the CUDA kernels.
+#:   dwconv_cpu_eval_backend: eval-mode DWConvBNAct on the CPU (float32 inference, no autograd):
+#:     "auto" (default): oneDNN's fused depthwise conv (BN folded, activation as a post-op) on
+#:     small problems, where its JIT kernels are faster, the fused C++ kernel on large planes
+#:     (torchcv_ext/nn/dwconv_bn_act.py: _cpu_eval_uses_onednn); "kernel": always the C++ kernel;
+#:     "onednn": oneDNN whenever it applies. Either way one pass over x and y. The functional op
+#:     ops.dwconv_bn_act always runs the C++ kernel.
 #:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
 #:     float32 without autograd (torchcv_ext/nn/conv_bn.py): True (default) runs one oneDNN call
 #:     with BN folded, weights pre-packed and the activation / residual add as post-ops; False runs
 #:     F.conv2d with the folded BN, then the activation.
-config = types.SimpleNamespace(dwconv_cpu_train_backend="eager", cpu_onednn_conv_bn=True)
+config = types.SimpleNamespace(dwconv_cpu_train_backend="eager", dwconv_cpu_eval_backend="auto",
+                               cpu_onednn_conv_bn=True)
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}
