@@ -117,6 +117,31 @@ def test_gradients_match_reference(device, layout):
     assert all(torch.equal(u, v) for u, v in zip(got, exp))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("c,groups", [(12, 2), (12, 3), (12, 4), (24, 6), (10, 5), (7, 7), (16, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_channels_last_transpose_paths(device, c, groups, dtype):
+    """channels_last with unit channel strides: the CPU kernel's transposes by groups (2/3/4) and
+    by channels per group (2/3/4: the backward of groups = C/2..C/4, shuffle_cat's backward), the
+    two-part sources and destinations of shuffle_cat(_split) with even and odd C, and the general
+    table path for the other shapes -- forward and backward equal torch's."""
+    x = torch.randn(2, c, 3, 5, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(2, c, 3, 5, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = ops.channel_shuffle(x, groups)
+    assert torch.equal(y, F.channel_shuffle(x.detach().contiguous(), groups))
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gr,) = torch.autograd.grad(ref.channel_shuffle(x, groups), x, g)
+    assert torch.equal(gx, gr)
+    a, b = (t.detach().requires_grad_() for t in (x, torch.randn_like(x)))
+    lo, hi = ops.shuffle_cat_split(a, b)
+    rlo, rhi = ref.shuffle_cat_split(a, b)
+    assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
+    got = torch.autograd.grad((lo, hi), (a, b), (g, g * 2))
+    exp = torch.autograd.grad((rlo, rhi), (a, b), (g, g * 2))
+    assert all(torch.equal(u, v) for u, v in zip(got, exp))
+
+
 def test_gradcheck_and_gradgradcheck():
     x = torch.randn(2, 6, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ops.channel_shuffle(t, 3), (x,))

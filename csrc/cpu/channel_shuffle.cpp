@@ -30,9 +30,9 @@ struct CpuRun {
           std::copy_n(src, p.S, p.dst_at(n, k, 0));
         }
       });
-    } else {
-      // channels_last: gather the C channels of each pixel through a per-channel table of
-      // (part, offset) computed once, so the inner loop is a plain indexed copy.
+    } else if (!channels_last_fast(p)) {
+      // channels_last with general strides: gather the C channels of each pixel through a
+      // per-channel table of (part, offset) computed once, so the inner loop is a plain indexed copy.
       std::vector<int8_t> sp(p.C), dp(p.C);
       std::vector<int64_t> so(p.C), dof(p.C);
       for (int64_t k = 0; k < p.C; ++k) {
@@ -51,6 +51,72 @@ struct CpuRun {
           for (int64_t k = 0; k < p.C; ++k) dst[dp[k]][dof[k]] = src[sp[k]][so[k]];
         }
       });
+    }
+  }
+
+  // channels_last with unit channel strides (every layout the ops produce): per pixel, the shuffle
+  // is a transpose of the (groups, cpg) channel matrix, run by loops the compiler vectorizes for
+  // the common shapes -- groups 2/3/4 (forward), or cpg 2/3/4 (backward, shuffle_cat's backward).
+  // Each source group must lie in one source part (the parts split at a multiple of cpg); the
+  // destination pixel is written directly, or through a C-element buffer when it is two parts.
+  template <typename T>
+  static bool channels_last_fast(const ShufflePlan<T>& p) {
+    for (int i = 0; i < 2; ++i) {
+      if (p.src_st[i].sc != 1 || p.dst_st[i].sc != 1) return false;
+    }
+    if (p.src_split < p.C && p.src_split % p.cpg != 0) return false;
+    const bool by_group = p.groups <= 4 && p.groups >= 2;
+    const bool by_cpg = p.cpg <= 4 && p.cpg >= 2;
+    if (!by_group && !by_cpg) return false;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.C, 1));
+    const int64_t jsplit = std::min(p.src_split, p.C) / p.cpg;  // groups in source part 0
+    const bool split_dst = p.dst_split < p.C;
+    at::parallel_for(0, p.N * p.S, grain, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(split_dst ? static_cast<size_t>(p.C) : 0);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / p.S, s = r % p.S;
+        const T* s0 = p.src[0] + n * p.src_st[0].sn + s * p.src_st[0].ss;
+        const T* s1 = p.src[1] + n * p.src_st[1].sn + s * p.src_st[1].ss;
+        T* d0 = p.dst[0] + n * p.dst_st[0].sn + s * p.dst_st[0].ss;
+        T* out = split_dst ? buf.data() : d0;
+        if (by_group) {
+          switch (p.groups) {
+            case 2: transpose_groups<2>(s0, s1, jsplit, p.cpg, out); break;
+            case 3: transpose_groups<3>(s0, s1, jsplit, p.cpg, out); break;
+            default: transpose_groups<4>(s0, s1, jsplit, p.cpg, out); break;
+          }
+        } else {
+          switch (p.cpg) {
+            case 2: transpose_cpg<2>(s0, s1, jsplit, p.groups, out); break;
+            case 3: transpose_cpg<3>(s0, s1, jsplit, p.groups, out); break;
+            default: transpose_cpg<4>(s0, s1, jsplit, p.groups, out); break;
+          }
+        }
+        if (split_dst) {
+          T* d1 = p.dst[1] + n * p.dst_st[1].sn + s * p.dst_st[1].ss;
+          std::copy_n(buf.data(), p.dst_split, d0);
+          std::copy_n(buf.data() + p.dst_split, p.C - p.dst_split, d1);
+        }
+      }
+    });
+    return true;
+  }
+
+  // Group j's cpg channels start at s0 + j * cpg (j < jsplit) or s1 + (j - jsplit) * cpg.
+  template <int G, typename T>
+  static void transpose_groups(const T* s0, const T* s1, int64_t jsplit, int64_t cpg, T* out) {
+    const T* src[G];
+    for (int j = 0; j < G; ++j) src[j] = j < jsplit ? s0 + j * cpg : s1 + (j - jsplit) * cpg;
+    for (int64_t i = 0; i < cpg; ++i) {
+      for (int j = 0; j < G; ++j) out[i * G + j] = src[j][i];
+    }
+  }
+  template <int CPG, typename T>
+  static void transpose_cpg(const T* s0, const T* s1, int64_t jsplit, int64_t groups, T* out) {
+    for (int i = 0; i < CPG; ++i) {
+      T* o = out + i * groups;
+      for (int64_t j = 0; j < jsplit; ++j) o[j] = s0[j * CPG + i];
+      for (int64_t j = jsplit; j < groups; ++j) o[j] = s1[(j - jsplit) * CPG + i];
     }
   }
 };
