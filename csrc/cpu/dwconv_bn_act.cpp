@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "torchcv_ext/cpu_clones.h"
 #include "torchcv_ext/dwconv_bn_act_host.h"
 
 namespace torchcv_ext {
@@ -49,12 +50,7 @@ void with_act(Act a, F&& f) {
   }
 }
 
-// ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline and picked at load time -------
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define TCV_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TCV_CPU_CLONES
-#endif
+// ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline (TCV_CPU_CLONES) ---------------
 
 // 16 floats: one AVX-512 register in the avx512f clone, split by the compiler elsewhere. Explicit
 // vector variables keep the accumulators in registers (a float[] accumulator was spilled).
