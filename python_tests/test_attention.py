@@ -25,6 +25,21 @@ from testing import DEVICES, TOL, assert_close, requires_ext
 op = torch.ops.torchcv_ext.attention if torchcv_ext.extension_loaded() else None
 HALF = [torch.float16, torch.bfloat16]
 
+# The CPU op has two kernels (csrc/cpu/attention.cpp): ATen's CPU flash attention (the default)
+# and, with TORCHCV_EXT_CPU_ATTENTION=tiled, the tiled kernel that mirrors the CUDA kernels'
+# algorithm. The op tests run on both; on CUDA once.
+DEVICE_KERNELS = [pytest.param("cpu", "aten", id="cpu-aten"), pytest.param("cpu", "tiled", id="cpu-tiled"),
+                  pytest.param("cuda", "aten", id="cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture
+def cpu_kernel(request, monkeypatch):
+    if request.param == "tiled":
+        monkeypatch.setenv("TORCHCV_EXT_CPU_ATTENTION", "tiled")
+    else:
+        monkeypatch.delenv("TORCHCV_EXT_CPU_ATTENTION", raising=False)
+    return request.param
+
 
 def _qkv(b, h, nq, nk, d, dtype, device, requires_grad=False):
     g = torch.Generator().manual_seed(1234 + nq * 7 + nk * 13 + d)
@@ -63,10 +78,10 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_forward_backward_full_precision(device, dtype, shape):
+def test_forward_backward_full_precision(device, dtype, shape, cpu_kernel):
     b, h, nq, nk, d = shape
     q, k, v = _qkv(b, h, nq, nk, d, dtype, device)
     go = torch.randn(b, h, nq, d, dtype=dtype, device=device)
@@ -85,10 +100,10 @@ def test_forward_backward_full_precision(device, dtype, shape):
         assert_close(lse, want, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("shape", SHAPES + [(2, 4, 1000, 1000, 64)], ids=lambda s: "x".join(map(str, s)))
-def test_flash_attention_rule_half(device, dtype, shape):
+def test_flash_attention_rule_half(device, dtype, shape, cpu_kernel):
     """fp16 / bf16: error vs the float64 reference at most 2x that of eager PyTorch in the same
     precision, for out, dq, dk and dv (flash-attention's test rule)."""
     b, h, nq, nk, d = shape
@@ -106,8 +121,8 @@ def test_flash_attention_rule_half(device, dtype, shape):
         assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_gradcheck_float64(device):
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+def test_gradcheck_float64(device, cpu_kernel):
     # Full Jacobian at a small size; a random projection (fast mode) across two query tiles and
     # two key tiles with partial tails. Any head dim on CPU.
     d = 6 if device == "cpu" else 32
@@ -118,8 +133,8 @@ def test_gradcheck_float64(device):
 
 
 @requires_ext
-@pytest.mark.parametrize("device", DEVICES)
-def test_backward_op_vs_reference(device):
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+def test_backward_op_vs_reference(device, cpu_kernel):
     """_attention_backward on its own: (dq, dk, dv) from a saved (out, lse)."""
     q, k, v = _qkv(2, 3, 33, 90, 32, torch.float32, device)
     go = torch.randn_like(q)
@@ -141,8 +156,8 @@ def test_default_scale_matches_sdpa(device):
                  torch.float32, scale=2)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_strided_inputs(device):
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+def test_strided_inputs(device, cpu_kernel):
     """Views straight out of a fused qkv projection (unit stride only along D), a last-dim
     non-contiguous view, and an expanded k/v: same result as contiguous inputs."""
     b, n, h, d = 2, 23, 2, 32
@@ -165,8 +180,8 @@ def test_strided_inputs(device):
 
 
 @requires_ext
-@pytest.mark.parametrize("device", DEVICES)
-def test_edge_shapes(device):
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+def test_edge_shapes(device, cpu_kernel):
     # No keys: out = 0, lse = -inf (reference convention); empty batch; single query / key.
     q = torch.randn(1, 2, 3, 32, device=device)
     kv = torch.randn(1, 2, 0, 32, device=device)
@@ -182,9 +197,9 @@ def test_edge_shapes(device):
 
 
 @requires_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(device, dtype):
+def test_opcheck(device, dtype, cpu_kernel):
     q, k, v = _qkv(1, 2, 9, 70, 32, dtype, device, requires_grad=True)
     torch.library.opcheck(torch.ops.torchcv_ext.attention.default,
                           (q, k, v, 0.3 if dtype == torch.float32 else None))
@@ -347,8 +362,8 @@ def test_module_bad_args():
 
 
 @requires_ext
-@pytest.mark.parametrize("device", DEVICES)
-def test_backward_deterministic(device):
+@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+def test_backward_deterministic(device, cpu_kernel):
     """No atomics: dq, dk, dv are bitwise reproducible."""
     q, k, v = _qkv(2, 2, 100, 130, 64, torch.float32, device)
     go = torch.randn_like(q)
@@ -362,9 +377,10 @@ def test_backward_deterministic(device):
 @requires_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [32, 64, 128])
-def test_cuda_matches_cpu_kernel(dtype, d):
+def test_cuda_matches_cpu_kernel(dtype, d, monkeypatch):
     """The CUDA kernels and the C++ CPU kernel run the same tiled algorithm (same tiles, same
     rounding of P and dS): their results agree far more tightly than either agrees with eager."""
+    monkeypatch.setenv("TORCHCV_EXT_CPU_ATTENTION", "tiled")
     q, k, v = _qkv(2, 3, 97, 131, d, dtype, "cpu")
     go = torch.randn(2, 3, 97, d, dtype=dtype)
     cpu = _fwd_bwd(attention, q, k, v, go, None)

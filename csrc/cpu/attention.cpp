@@ -1,17 +1,27 @@
-// CPU kernels of the attention op: the same tiled flash algorithm the CUDA kernels run (query
-// tiles x key tiles, online softmax in the log2 domain, P rounded to the input precision before
-// P @ V, backward recomputed from lse in a dK/dV pass over key tiles and a separate dQ pass),
-// with scalar loops in place of tensor-core tiles. Bookkeeping: csrc/include/torchcv_ext/attention.h.
+// CPU kernels of the attention op. Two implementations behind the one op:
+//  * default: ATen's CPU flash attention (at::_scaled_dot_product_flash_attention_for_cpu and its
+//    backward; vectorized, GEMM-blocked), several times faster than the loops below. Its lse has
+//    the op's meaning (natural-log row log-sum-exp of the scaled scores); out and the gradients
+//    are returned in the op's (B, N, H, D) layout.
+//  * TORCHCV_EXT_CPU_ATTENTION=tiled: the same tiled flash algorithm the CUDA kernels run (query
+//    tiles x key tiles, online softmax in the log2 domain, P rounded to the input precision before
+//    P @ V, backward recomputed from lse in a dK/dV pass over key tiles and a separate dQ pass),
+//    with scalar loops in place of tensor-core tiles -- so the CPU tests (which run both) check
+//    the CUDA kernels' bookkeeping (csrc/include/torchcv_ext/attention.h).
 // Schemas: csrc/registration.cpp. Autograd / fake / autocast: torchcv_ext/ops/attention.py.
 //
-// Accumulation in float (float64 for float64 inputs). Any head dim. Work items run in parallel
-// (at::parallel_for over (batch * head, tile)); every output element is written by one item, so
-// the results are deterministic.
+// Tiled kernel: accumulation in float (float64 for float64 inputs). Any head dim. Work items run
+// in parallel (at::parallel_for over (batch * head, tile)); every output element is written by one
+// item, so the results are deterministic.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -226,11 +236,29 @@ void backward(const BwdParams<T>& p) {
   }
 }
 
+// TORCHCV_EXT_CPU_ATTENTION=tiled selects the tiled kernel (read at every call: tests switch it).
+bool tiled_kernel() {
+  const char* e = std::getenv("TORCHCV_EXT_CPU_ATTENTION");
+  return e != nullptr && std::strcmp(e, "tiled") == 0;
+}
+
+// `dst` (allocated in the op's layout) unless `src` already has its strides.
+at::Tensor in_layout(const at::Tensor& src, at::Tensor& dst) {
+  if (src.strides() == dst.strides()) return src;
+  dst.copy_(src);
+  return dst;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v, std::optional<double> scale) {
   check_device("attention", q, c10::DeviceType::CPU);
   FwdSetup s = forward_setup("attention", q, k, v, scale, /*align=*/0);
   if (empty_forward(s)) return {s.out, s.lse};
+  if (!tiled_kernel()) {
+    auto [o, l] = at::_scaled_dot_product_flash_attention_for_cpu(s.q, s.k, s.v, 0.0, false, {}, s.scale);
+    s.lse.copy_(l);  // ATen's is stored (B, N, H)
+    return {in_layout(o, s.out), s.lse};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_cpu",
                                   [&] { forward(fwd_params<scalar_t>(s)); });
   return {s.out, s.lse};
@@ -242,6 +270,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   check_device("_attention_backward", q, c10::DeviceType::CPU);
   BwdSetup s = backward_setup("_attention_backward", dout, q, k, v, out, lse, scale, /*align=*/0);
   if (empty_backward(s)) return {s.dq, s.dk, s.dv};
+  if (!tiled_kernel()) {
+    auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+        s.dout, s.q, s.k, s.v, s.out, s.lse, 0.0, false, {}, s.scale);
+    return {in_layout(dq, s.dq), in_layout(dk, s.dk), in_layout(dv, s.dv)};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_backward_cpu",
                                   [&] { backward(bwd_params<scalar_t>(s)); });
   return {s.dq, s.dk, s.dv};

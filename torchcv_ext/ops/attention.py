@@ -12,7 +12,10 @@ log-sum-exp the backward recomputes the attention probabilities from. ``out`` (a
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
 
 Kernels: CUDA fp16/bf16 on tensor cores (mma.sync m16n8k16, sm_80+), fp32 SIMT, fp64 as explicit
-ATen math; head dims 32, 64, 128 on CUDA, any head dim on CPU (tiled C++ kernel, same algorithm).
+ATen math; head dims 32, 64, 128 on CUDA. CPU, any head dim: ATen's CPU flash attention (vectorized,
+at SDPA's speed), or with ``TORCHCV_EXT_CPU_ATTENTION=tiled`` our C++ kernel running the CUDA
+kernels' tiled algorithm with scalar loops (~5x slower; the tests run both, so the CPU run checks
+the CUDA kernels' bookkeeping).
 Inputs need unit stride along D only (views of a fused qkv projection are used in place).
 Not supported: attention masks, causal masking, dropout, double backward.
 """
