@@ -347,7 +347,7 @@ TCV_CPU_CLONES void blk_epilogue_f32(Act act, float* acc, int64_t n, const float
 
 // y = act(conv(x) * scale + shift), float32, x and y NCHW.
 void eval_nchw_narrow_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                      const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+                          const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
   const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
   // Weights (kh*kw, 16) per channel block and scale / shift, zero-padded to nb * 16 channels.
   std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f), s16(nb * 16, 0.0f), b16(nb * 16, 0.0f);

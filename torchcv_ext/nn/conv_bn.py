@@ -107,7 +107,7 @@ def _packed_weight(conv: nn.Conv2d, f: _Folded, x: torch.Tensor) -> torch.Tensor
 
 
 _onednn_ok: Optional[bool] = None
-_onednn_rejected: set = set()  # problem keys the oneDNN ops raised on (see conv_bn_act_forward)
+_onednn_rejected: set = set()  # problem keys the oneDNN ops raised on (see onednn_eval)
 
 
 def _onednn_available() -> bool:
