@@ -322,7 +322,14 @@ TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const flo
 // Tile row (16-channel pixels from column 0) <- nc <= 16 NCHW plane rows of n pixels each
 // (planes `pstride` apart), channels >= nc zero.
 TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t n, float* tr) {
-  if (nc < 16) std::fill(tr, tr + n * 16, 0.0f);
+  if (nc == 16) {  // one 16-lane gather per pixel
+    for (int64_t q = 0; q < n; ++q) {
+#pragma omp simd
+      for (int c = 0; c < 16; ++c) tr[q * 16 + c] = x[c * pstride + q];
+    }
+    return;
+  }
+  std::fill(tr, tr + n * 16, 0.0f);
   for (int64_t c = 0; c < nc; ++c) {
     const float* xr = x + c * pstride;
     for (int64_t q = 0; q < n; ++q) tr[q * 16 + c] = xr[q];
@@ -331,6 +338,13 @@ TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t n
 
 // nc <= 16 NCHW plane rows of n pixels (planes `pstride` apart) <- acc[q * 16 + c].
 TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t n, float* y, int64_t pstride) {
+  if (nc == 16) {  // one 16-lane scatter per pixel
+    for (int64_t q = 0; q < n; ++q) {
+#pragma omp simd
+      for (int c = 0; c < 16; ++c) y[c * pstride + q] = acc[q * 16 + c];
+    }
+    return;
+  }
   for (int64_t c = 0; c < nc; ++c) {
     float* yr = y + c * pstride;
     for (int64_t q = 0; q < n; ++q) yr[q] = acc[q * 16 + c];
