@@ -218,3 +218,44 @@ def test_vit_loads_timm_state_dict_and_matches(ours_name, timm_name):
     with torch.no_grad():
         want = t(x)
         torch.testing.assert_close(ours(x), want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "seresnet18",
+                                  "vit_tiny_patch16"])
+def test_cuda_model_matches_cpu_and_trains_with_amp(name):
+    """The fused CUDA kernels inside whole networks: eval outputs and a train step's loss and
+    gradients equal the CPU model's (float32; cuDNN's TF32 is off in conftest), then an AMP bf16
+    channels_last train step gives every parameter a finite gradient."""
+    torch.manual_seed(0)
+    cpu = _build(name)
+    gpu = _build(name).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = _input(name, batch=4)
+    cpu.eval(), gpu.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-3, atol=1e-4)
+    for m in (cpu, gpu):  # train mode, but deterministic: no dropout / stochastic depth masks
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Dropout, torchcv_ext.nn.blocks.StochasticDepth)):
+                mod.eval()
+    losses = [_main(m(t)).square().mean() for m, t in ((cpu, x), (gpu, x.cuda()))]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1].cpu(), losses[0], rtol=1e-3, atol=1e-5)
+    for (n, pc), pg in zip(cpu.named_parameters(), gpu.parameters()):
+        scale = pc.grad.abs().max().item() + 1e-12
+        torch.testing.assert_close(pg.grad.cpu(), pc.grad, rtol=1e-2, atol=1e-3 * scale, msg=n)
+    for (n, bc), bg in zip(cpu.named_buffers(), gpu.buffers()):
+        if bc.is_floating_point():
+            torch.testing.assert_close(bg.cpu(), bc, rtol=1e-3, atol=1e-4, msg=n)
+
+    gpu.zero_grad(set_to_none=True)
+    gpu = gpu.to(memory_format=torch.channels_last)
+    xc = x.cuda().contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = _main(gpu(xc)).float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
