@@ -50,16 +50,7 @@ void with_act(Act a, F&& f) {
   }
 }
 
-// ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline (TCV_CPU_CLONES) ---------------
-
-// 16 floats: one AVX-512 register in the avx512f clone, split by the compiler elsewhere. Explicit
-// vector variables keep the accumulators in registers (a float[] accumulator was spilled).
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
-
-// Unaligned 16-float load/store (macros: inlined into every clone, no vector-ABI calls).
-#define load16(p) (*reinterpret_cast<const f32x16u*>(p))
-#define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
+// ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline (cpu_clones.h) -----------------
 
 constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
 

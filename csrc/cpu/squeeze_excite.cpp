@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "torchcv_ext/cpu_clones.h"
 #include "torchcv_ext/squeeze_excite_host.h"
 
 namespace torchcv_ext {
@@ -110,6 +111,48 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
   for (int64_t c = 0; c < C; ++c) out[c] = se::scale_shift(in[c], g[c], shift[c]);
 }
 
+// float32 channels_last over npix pixels of C channels, vectorized per CPU (TCV_CPU_CLONES): the
+// accumulators of a 64/16-channel block stay in registers across the pixels (a per-pixel loop
+// over a runtime-length acc[] loads and stores it for every pixel).
+TCV_CPU_CLONES void cl_accum_f32(const float* x, int64_t npix, int64_t C, float* acc) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= C; c0 += 64) {
+    f32x16 a0 = load16(acc + c0), a1 = load16(acc + c0 + 16), a2 = load16(acc + c0 + 32),
+           a3 = load16(acc + c0 + 48);
+    for (int64_t s = 0; s < npix; ++s) {
+      const float* p = x + s * C + c0;
+      a0 += load16(p);
+      a1 += load16(p + 16);
+      a2 += load16(p + 32);
+      a3 += load16(p + 48);
+    }
+    store16(acc + c0, a0);
+    store16(acc + c0 + 16, a1);
+    store16(acc + c0 + 32, a2);
+    store16(acc + c0 + 48, a3);
+  }
+  for (; c0 + 16 <= C; c0 += 16) {
+    f32x16 a = load16(acc + c0);
+    for (int64_t s = 0; s < npix; ++s) a += load16(x + s * C + c0);
+    store16(acc + c0, a);
+  }
+  for (; c0 < C; ++c0) {
+    float a = acc[c0];
+    for (int64_t s = 0; s < npix; ++s) a += x[s * C + c0];
+    acc[c0] = a;
+  }
+}
+
+// out = in * g[c] over npix channels_last pixels.
+TCV_CPU_CLONES void cl_scale_f32(const float* in, float* out, int64_t npix, int64_t C, const float* g) {
+  for (int64_t s = 0; s < npix; ++s) {
+    const float* i = in + s * C;
+    float* o = out + s * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = i[c] * g[c];
+  }
+}
+
 // Items per task so that a task has >= ~32K elementary operations (small problems run inline on
 // the calling thread, like ATen's own kernels).
 int64_t grain_for(int64_t work_per_item) {
@@ -136,6 +179,9 @@ void sample_sums(const Problem& p, const T* x, const T* dy, int64_t n, A* sx, A*
   }
   std::fill(sx, sx + C, A(0));
   if (ds) std::fill(sxy, sxy + C, A(0));
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (!ds) return cl_accum_f32(xs, HW, C, sx);
+  }
   for (int64_t s = 0; s < HW; ++s) {
     if (ds) {
       pixel_accum2<T, A>(xs + s * C, ds + s * C, C, sx, sxy);
@@ -176,6 +222,12 @@ void all_sums(const Problem& p, const T* x, const T* dy, A* sx, A* sxy) {
       A* ax = part.data() + r * C;
       A* axy = dy ? part.data() + (N * K + r) * C : nullptr;
       const int64_t s0 = k * chunk, s1 = std::min(HW, s0 + chunk);
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+        if (!dy) {
+          if (s1 > s0) cl_accum_f32(x + (n * HW + s0) * C, s1 - s0, C, ax);
+          continue;
+        }
+      }
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t off = (n * HW + s) * C;
         if (dy) {
@@ -260,6 +312,9 @@ void sample_apply(const Problem& p, const T* in, T* out, int64_t n, const A* g, 
     }
     return;
   }
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (!shift) return cl_scale_f32(is, os, HW, C, g);
+  }
   for (int64_t s = 0; s < HW; ++s) {
     if (shift) {
       pixel_scale_shift<T, A>(is + s * C, os + s * C, C, g, shift);
@@ -287,6 +342,16 @@ void all_apply(const Problem& p, const T* in, T* out, const A* g, const A* shift
   }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   at::parallel_for(0, N * HW, grain, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+      if (!shift) {  // runs of pixels of one sample at a time
+        for (int64_t r = begin; r < end;) {
+          const int64_t n = r / HW, stop = std::min(end, (n + 1) * HW);
+          cl_scale_f32(in + r * C, out + r * C, stop - r, C, g + n * C);
+          r = stop;
+        }
+        return;
+      }
+    }
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / HW;
       const A* gn = g + n * C;
