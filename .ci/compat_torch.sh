@@ -24,5 +24,5 @@ TORCHCV_EXT_CUDA="${TORCHCV_EXT_CUDA:-ON}" "$py" -m pip install -q --no-build-is
   --force-reinstall -C build-dir="build/compat-torch-$ver" .
 repo="$PWD"
 cd "${TMPDIR:-/tmp}"
-"$py" -m torchcv_ext.info | head -5
+"$py" -m torchcv_ext.info
 TORCHCV_EXT_REQUIRE_EXT=1 "$py" -P -m pytest "$repo/python_tests" -q -p no:cacheprovider
