@@ -30,7 +30,7 @@ struct CpuRun {
           std::copy_n(src, p.S, p.dst_at(n, k, 0));
         }
       });
-    } else if (!channels_last_fast(p)) {
+    } else if (!try_channels_last_transpose(p)) {
       // channels_last with general strides: gather the C channels of each pixel through a
       // per-channel table of (part, offset) computed once, so the inner loop is a plain indexed copy.
       std::vector<int8_t> sp(p.C), dp(p.C);
@@ -54,13 +54,13 @@ struct CpuRun {
     }
   }
 
-  // channels_last with unit channel strides (every layout the ops produce): per pixel, the shuffle
-  // is a transpose of the (groups, cpg) channel matrix, run by loops the compiler vectorizes for
+  // channels_last with unit channel strides (every layout the ops produce); false (nothing done)
+  // for other plans. Per pixel, the shuffle is a transpose of the (groups, cpg) channel matrix, run by loops the compiler vectorizes for
   // the common shapes -- groups 2/3/4 (forward), or cpg 2/3/4 (backward, shuffle_cat's backward).
   // Each source group must lie in one source part (the parts split at a multiple of cpg); the
   // destination pixel is written directly, or through a C-element buffer when it is two parts.
   template <typename T>
-  static bool channels_last_fast(const ShufflePlan<T>& p) {
+  static bool try_channels_last_transpose(const ShufflePlan<T>& p) {
     for (int i = 0; i < 2; ++i) {
       if (p.src_st[i].sc != 1 || p.dst_st[i].sc != 1) return false;
     }
