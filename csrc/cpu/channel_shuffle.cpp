@@ -5,12 +5,24 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "torchcv_ext/channel_shuffle_host.h"
+#include "torchcv_ext/cpu_clones.h"
 
 namespace torchcv_ext {
 namespace {
+
+// Copy n bytes with 64-byte vector moves (per-CPU clones). memmove of rows of a few KB took the
+// `rep movsb` path and ran at ~60% of copy speed on AMD Zen (ShuffleNetV1 g=3 rows: 3 KB).
+TCV_CPU_CLONES void copy_bytes(void* dst, const void* src, int64_t n) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) store16(d + i, load16(s + i));
+  std::memcpy(d + i, s + i, static_cast<size_t>(n - i));
+}
 
 struct CpuRun {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
@@ -27,7 +39,7 @@ struct CpuRun {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / p.C, k = r % p.C;
           const T* src = p.src_at(n, shuffle_src_channel(k, p.groups, p.cpg), 0);
-          std::copy_n(src, p.S, p.dst_at(n, k, 0));
+          copy_bytes(p.dst_at(n, k, 0), src, p.S * static_cast<int64_t>(sizeof(T)));
         }
       });
     } else if (!try_channels_last_transpose(p)) {
