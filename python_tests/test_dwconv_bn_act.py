@@ -78,11 +78,12 @@ def test_eval_forward(device, dtype, layout, geom):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("c", [16, 40, 64])
-@pytest.mark.parametrize("hw", [(7, 5), (13, 20), (24, 9), (300, 9)])
+@pytest.mark.parametrize("hw", [(7, 5), (13, 20), (24, 9), (300, 9), (40, 70)])
 def test_eval_forward_cpu_fast_paths(layout, c, hw):
     """The float32 CPU eval kernel's special paths: channels_last interior pixels in blocks of 4
     (whole 32/16-channel register blocks plus a < 16-channel tail), and NCHW with narrow output
-    rows (< 16): 16-channel blocks in a padded tile, several row bands per plane at 300 rows."""
+    rows (< 16) or a stride: 16-channel blocks in a padded tile, several row bands per plane at
+    300 rows and at 40 x 70 with stride 2 (wide rows)."""
     for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1)]:
         x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
         w = torch.randn(c, 1, k, k) * 0.3

@@ -9,8 +9,8 @@
 //         time, AVX-512 / AVX2 / baseline clones picked at load time) and the whole plane then goes
 //         through the epilogue (BN fold + activation with a vectorizable exp for SiLU/sigmoid, or
 //         Welford statistics) while it is still in L1/L2.
-//         Narrow rows (Wo < 16): 16-channel blocks transposed into a padded tile instead
-//         (eval_nchw_narrow_f32).
+//         Narrow rows (Wo < 16) and strided convs: 16-channel blocks transposed into a padded tile
+//         instead (eval_nchw_blocked_f32).
 //   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
 //         channel register blocks, then the row's epilogue.
 // One read of x and one write of y. float64 uses the same loops without the float clones.
@@ -262,10 +262,11 @@ TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t np
   })
 }
 
-// ---- float32 eval, NCHW with narrow rows: 16 channels at a time in a zero-padded tile ----------
-// For Wo < 16 (late MobileNet / EfficientNet stages) the per-plane row kernel below wastes most of
-// its 16-wide registers, so this kernel vectorizes over channels instead, without converting the
-// tensors to channels_last (two extra passes over memory). One task = (image n, block of 16
+// ---- float32 eval, NCHW, blocked: 16 channels at a time in a zero-padded tile -------------------
+// For narrow rows (Wo < 16: late MobileNet / EfficientNet stages) the per-plane row kernel below
+// wastes most of its 16-wide registers, and for strided convs its phase-split copies cost more
+// than they save, so this kernel vectorizes over channels instead, without converting the tensors
+// to channels_last (two extra passes over memory). One task = (image n, block of 16
 // channels, band of output rows): the band's input rows of the 16 planes are transposed (in L1)
 // into a zero-padded, pixel-major tile, tile[(r * Wt + q) * 16 + c] (r, q: padded row and column,
 // c: channel in the block). Every tap of every output then reads in bounds -- no bounds checks --
@@ -351,7 +352,7 @@ TCV_CPU_CLONES void blk_epilogue_f32(Act act, float* acc, int64_t n, const float
 }
 
 // y = act(conv(x) * scale + shift), float32, x and y NCHW.
-void eval_nchw_narrow_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                           const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
   const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
   // Weights (kh*kw, 16) per channel block and scale / shift, zero-padded to nb * 16 channels.
@@ -791,8 +792,10 @@ struct CpuBackend {
   };
   static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
-    if (x.scalar_type() == at::kFloat && x.is_contiguous() && g.Wo < 16 && g.C >= 16) {
-      eval_nchw_narrow_f32(x, w, scale, shift, g, act, y);
+    // The blocked kernel wins on narrow rows and on strided convs (measured on MobileNetV3 /
+    // EfficientNet-B0 layers); the per-plane row kernel on wide stride-1 planes.
+    if (x.scalar_type() == at::kFloat && x.is_contiguous() && (g.Wo < 16 || g.sw > 1) && g.C >= 16) {
+      eval_nchw_blocked_f32(x, w, scale, shift, g, act, y);
       return;
     }
     TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_act", [&] { eval_impl<scalar_t>(x, w, scale, shift, g, act, y); });
