@@ -67,8 +67,9 @@ struct CpuRun {
   }
 
   // channels_last with unit channel strides (every layout the ops produce); false (nothing done)
-  // for other plans. Per pixel, the shuffle is a transpose of the (groups, cpg) channel matrix, run by loops the compiler vectorizes for
-  // the common shapes -- groups 2/3/4 (forward), or cpg 2/3/4 (backward, shuffle_cat's backward).
+  // for other plans. Per pixel, the shuffle is a transpose of the (groups, cpg) channel matrix,
+  // run by loops the compiler vectorizes for the common shapes -- groups 2/3/4 (forward), or
+  // cpg 2/3/4 (backward, shuffle_cat's backward).
   // Each source group must lie in one source part (the parts split at a multiple of cpg); the
   // destination pixel is written directly, or through a C-element buffer when it is two parts.
   template <typename T>

@@ -343,14 +343,6 @@ TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t n, 
   }
 }
 
-// acc[q * 16 + c] = act(acc[q * 16 + c] * s16[c] + b16[c]) for q < n.
-TCV_CPU_CLONES void blk_epilogue_f32(Act act, float* acc, int64_t n, const float* s16, const float* b16) {
-  TCV_ACT_CASES(for (int64_t q = 0; q < n; ++q) {
-    float* a = acc + q * 16;
-    _Pragma("omp simd") for (int c = 0; c < 16; ++c) a[c] = act_f32<kA>(a[c] * s16[c] + b16[c]);
-  })
-}
-
 // y = act(conv(x) * scale + shift), float32, x and y NCHW.
 void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                           const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
@@ -405,7 +397,7 @@ void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::T
       for (int64_t oh = oh0; oh < oh1; ++oh) {
         blk_conv_row_f32(tile.data() + (oh - oh0) * g.sh * row16, row16, wb, g.kh, g.kw, g.sw, g.dh,
                          g.dw, g.Wo, acc.data());
-        blk_epilogue_f32(act, acc.data(), g.Wo, s16.data() + c0, b16.data() + c0);
+        epi_pix_f32(act, acc.data(), acc.data(), g.Wo, 16, s16.data() + c0, b16.data() + c0);
         blk_store_nchw_f32(acc.data(), nc, g.Wo, yd + ((n * C + c0) * g.Ho + oh) * g.Wo, g.Ho * g.Wo);
       }
     }
