@@ -261,8 +261,13 @@ def test_other_head_dims_cuda():
     """The op raises for head dims the CUDA kernels lack; ops.attention and the modules fall back
     to SDPA for them (ViT-H/14: 80, dim 768 with 16 heads: 48)."""
     q = torch.randn(1, 2, 5, 48, device="cuda")
-    with pytest.raises(RuntimeError, match="head_dim must be 32, 64 or 128 on CUDA"):
-        torch.ops.torchcv_ext.attention(q, q, q, None)
+    for qi in (q, q[:0], q[:, :, :0]):  # empty batch / sequence: the same error, not an empty result
+        with pytest.raises(RuntimeError, match="head_dim must be 32, 64 or 128 on CUDA"):
+            torch.ops.torchcv_ext.attention(qi, qi, qi, None)
+    out, lse = torch.ops.torchcv_ext.attention(q.double(), q.double(), q.double(), None)
+    with pytest.raises(RuntimeError, match="_attention_backward: head_dim must be 32, 64 or 128 on CUDA"):
+        torch.ops.torchcv_ext._attention_backward(out[:0].float(), q[:0], q[:0], q[:0], out[:0].float(),
+                                                  lse[:0].float(), None)
     for d in (48, 80):
         q, k, v = (torch.randn(2, 3, 37, d, device="cuda", requires_grad=True) for _ in range(3))
         out = attention(q, k, v)

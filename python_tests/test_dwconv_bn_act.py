@@ -83,15 +83,21 @@ def test_eval_forward_cpu_fast_paths(layout, c, hw):
     """The float32 CPU eval kernel's special paths: channels_last interior pixels in blocks of 4
     (whole 32/16-channel register blocks plus a < 16-channel tail), and NCHW with narrow output
     rows (< 16) or a stride: 16-channel blocks in a padded tile, several row bands per plane at
-    300 rows and at 40 x 70 with stride 2 (wide rows)."""
-    for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1)]:
+    300 rows and at 40 x 70 with stride 2 (wide rows); its stride-1 sliding-window rows for kernel
+    widths 3/5/7 (also with a dilation along H only, and rectangular kernels)."""
+    # (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+    for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1), (7, 1, 3, 1),
+                       ((3, 3), (1, 1), (2, 1), (2, 1)), ((5, 3), 1, (2, 1), 1),
+                       ((3, 7), (2, 1), (1, 3), 1), ((1, 5), 1, (0, 2), 1), ((3, 3), (1, 2), 1, (1, 2))]:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        s, p, d = ([v, v] if isinstance(v, int) else list(v) for v in (s, p, d))
         x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
-        w = torch.randn(c, 1, k, k) * 0.3
+        w = torch.randn(c, 1, kh, kw) * 0.3
         scale, shift = _vecs(c, "cpu")
         for act in ("identity", "silu"):
             y = dwconv_bn_act(x, w, scale, shift, s, p, d, act)
             expected = ref.dwconv_bn_act(x.double(), w.double(), scale.double(), shift.double(),
-                                         [s, s], [p, p], [d, d], act)
+                                         s, p, d, act)
             assert y.is_contiguous(memory_format=layout)
             assert_close(y, expected, torch.float32, scale=4.0)
 

@@ -270,16 +270,55 @@ TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t np
 // channels, band of output rows): the band's input rows of the 16 planes are transposed (in L1)
 // into a zero-padded, pixel-major tile, tile[(r * Wt + q) * 16 + c] (r, q: padded row and column,
 // c: channel in the block). Every tap of every output then reads in bounds -- no bounds checks --
-// and each weight register serves kBlkOw output pixels. A row's outputs go through the BN +
-// activation epilogue in L1 and are transposed back into the 16 output planes. One read of x, one
-// write of y.
+// and each weight register serves kBlkOw output pixels. The band's outputs go through the BN +
+// activation epilogue in L1/L2 and are transposed back into the 16 output planes. Both transposes
+// work on 16 consecutive pixels of a band (contiguous in every plane) in registers (transpose16).
+// One read of x, one write of y.
 constexpr int64_t kBlkOw = 8;                 // output pixels per register block
 constexpr int64_t kBlkTileBytes = 96 * 1024;  // target tile size (L2-resident)
+
+// blk_conv_row_f32 for stride 1, dilation 1 along W (any along H) and a kernel width KW known at compile time: a sliding
+// window. Output q of tap j reads tile column q + j, so each of the kBlkOw + KW - 1 columns of a
+// row is loaded once and feeds up to KW accumulators (KW weight registers held), instead of
+// one load per FMA -- the loop becomes FMA-bound.
+template <int KW>
+__attribute__((always_inline)) inline void blk_conv_row_s1(const float* tile, int64_t row16, const float* w16,
+                                                           int kh, int dh, int64_t Wo, float* acc) {
+  static_assert(kBlkOw == 8, "accumulators below are spelled out for 8 outputs");
+  for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
+    f32x16 a[kBlkOw] = {};
+    for (int i = 0; i < kh; ++i) {
+      const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * 16;
+      f32x16 wv[KW];
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; ++j) wv[j] = load16(w16 + (i * KW + j) * 16);
+#pragma GCC unroll 16
+      for (int col = 0; col < kBlkOw + KW - 1; ++col) {
+        const f32x16 xv = load16(tr + col * 16);
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; ++j) {
+          const int q = col - j;
+          if (q >= 0 && q < kBlkOw) a[q] += wv[j] * xv;
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < kBlkOw; ++q) store16(acc + (ow + q) * 16, a[q]);
+  }
+}
 
 // acc[q * 16 + c] = sum_{i,j} w16[(i * kw + j) * 16 + c] * tile[(i*dh) row, (q*sw + j*dw) col][c]
 // for q in [0, roundup(Wo, kBlkOw)); `tile` points at the output row's first tile row.
 TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const float* w16, int kh, int kw,
                                      int sw, int dh, int dw, int64_t Wo, float* acc) {
+  if (sw == 1 && dw == 1) {
+    switch (kw) {
+      case 3: return blk_conv_row_s1<3>(tile, row16, w16, kh, dh, Wo, acc);
+      case 5: return blk_conv_row_s1<5>(tile, row16, w16, kh, dh, Wo, acc);
+      case 7: return blk_conv_row_s1<7>(tile, row16, w16, kh, dh, Wo, acc);
+      default: break;
+    }
+  }
   const int64_t step = 16 * static_cast<int64_t>(sw);
   for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
     f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
@@ -311,35 +350,41 @@ TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const flo
   }
 }
 
-// Tile row (16-channel pixels from column 0) <- nc <= 16 NCHW plane rows of n pixels each
-// (planes `pstride` apart), channels >= nc zero.
-TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t n, float* tr) {
-  if (nc == 16) {  // one 16-lane gather per pixel
-    for (int64_t q = 0; q < n; ++q) {
-#pragma omp simd
-      for (int c = 0; c < 16; ++c) tr[q * 16 + c] = x[c * pstride + q];
+// Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
+// pixel p going to tile + dst(p) * 16 with dst(p) = (p / W) * Wt + p % W (the span covers whole
+// rows of W pixels; rows are Wt tile pixels apart). Channels >= nc are zero. 16 pixels at a time
+// through an in-register 16 x 16 transpose.
+TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W,
+                                      int64_t Wt, float* tile) {
+  int64_t row = 0, col = 0;  // p = row * W + col
+  int64_t p = 0;
+  for (; p + 16 <= P; p += 16) {
+    f32x16 r[16];
+    for (int c = 0; c < 16; ++c) r[c] = c < nc ? load16(x + c * pstride + p) : f32x16{};
+    transpose16(r);
+    for (int i = 0; i < 16; ++i) {
+      store16(tile + (row * Wt + col) * 16, r[i]);
+      if (++col == W) col = 0, ++row;
     }
-    return;
   }
-  std::fill(tr, tr + n * 16, 0.0f);
-  for (int64_t c = 0; c < nc; ++c) {
-    const float* xr = x + c * pstride;
-    for (int64_t q = 0; q < n; ++q) tr[q * 16 + c] = xr[q];
+  for (; p < P; ++p) {
+    float* t = tile + (row * Wt + col) * 16;
+    for (int64_t c = 0; c < 16; ++c) t[c] = c < nc ? x[c * pstride + p] : 0.0f;
+    if (++col == W) col = 0, ++row;
   }
 }
 
-// nc <= 16 NCHW plane rows of n pixels (planes `pstride` apart) <- acc[q * 16 + c].
-TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t n, float* y, int64_t pstride) {
-  if (nc == 16) {  // one 16-lane scatter per pixel
-    for (int64_t q = 0; q < n; ++q) {
-#pragma omp simd
-      for (int c = 0; c < 16; ++c) y[c * pstride + q] = acc[q * 16 + c];
-    }
-    return;
+// nc <= 16 NCHW planes (planes `pstride` apart, y at the first pixel), pixels [0, P) <- acc[p * 16 + c].
+TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride) {
+  int64_t p = 0;
+  for (; p + 16 <= P; p += 16) {
+    f32x16 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = load16(acc + (p + i) * 16);
+    transpose16(r);
+    for (int64_t c = 0; c < nc; ++c) store16(y + c * pstride + p, r[c]);
   }
-  for (int64_t c = 0; c < nc; ++c) {
-    float* yr = y + c * pstride;
-    for (int64_t q = 0; q < n; ++q) yr[q] = acc[q * 16 + c];
+  for (; p < P; ++p) {
+    for (int64_t c = 0; c < nc; ++c) y[c * pstride + p] = acc[p * 16 + c];
   }
 }
 
@@ -371,35 +416,45 @@ void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::T
   const float* xd = x.const_data_ptr<float>();
   float* yd = y.mutable_data_ptr<float>();
   at::parallel_for(0, g.N * nb * nbands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> tile(static_cast<size_t>(tile_rows * row16)), acc(static_cast<size_t>(Wo8 * 16));
+    // acc: the band's output pixels, rows of Wo packed (+ the last row's block overhang).
+    std::vector<float> tile(static_cast<size_t>(tile_rows * row16)),
+        acc(static_cast<size_t>((band * g.Wo + Wo8) * 16));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (nb * nbands), cb = (task / nbands) % nb, bd = task % nbands;
       const int64_t c0 = cb * 16, nc = std::min<int64_t>(16, C - c0);
       const int64_t oh0 = bd * band, oh1 = std::min(g.Ho, oh0 + band);
       const int64_t ih0 = oh0 * g.sh - g.ph;  // input row of tile row 0
       const int64_t rows = (oh1 - oh0 - 1) * g.sh + kspan;
-      // Input columns [0, W) land at tile columns [pw, pw + W), clipped to the tile; the padding
-      // around them is zeroed.
+      // Tile rows [r0, r1) hold input rows [0, H); the rest, and the columns around the input's
+      // [pw, pw + W) (clipped to the tile), are zero padding.
+      const int64_t r0 = std::clamp<int64_t>(-ih0, 0, rows), r1 = std::clamp<int64_t>(g.H - ih0, r0, rows);
       const int64_t lpad = std::min<int64_t>(g.pw, Wt);
       const int64_t iw_end = std::max<int64_t>(0, std::min<int64_t>(g.W, Wt - lpad));
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t ih = ih0 + r;
+      std::fill(tile.data(), tile.data() + r0 * row16, 0.0f);
+      std::fill(tile.data() + r1 * row16, tile.data() + rows * row16, 0.0f);
+      for (int64_t r = r0; r < r1; ++r) {
         float* row = tile.data() + r * row16;
-        if (ih < 0 || ih >= g.H) {
-          std::fill(row, row + row16, 0.0f);
-          continue;
-        }
         std::fill(row, row + lpad * 16, 0.0f);
         std::fill(row + (lpad + iw_end) * 16, row + row16, 0.0f);
-        blk_fill_nchw_f32(xd + ((n * C + c0) * g.H + ih) * g.W, g.H * g.W, nc, iw_end, row + lpad * 16);
+      }
+      const float* xp = xd + (n * C + c0) * g.H * g.W;
+      if (iw_end == g.W) {  // whole input rows: one contiguous span per plane
+        blk_fill_nchw_f32(xp + (ih0 + r0) * g.W, g.H * g.W, nc, (r1 - r0) * g.W, g.W, Wt,
+                          tile.data() + (r0 * Wt + lpad) * 16);
+      } else {
+        for (int64_t r = r0; r < r1; ++r) {
+          blk_fill_nchw_f32(xp + (ih0 + r) * g.W, g.H * g.W, nc, iw_end, iw_end, Wt,
+                            tile.data() + (r * Wt + lpad) * 16);
+        }
       }
       const float* wb = w16.data() + cb * kk * 16;
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
+      for (int64_t oh = oh0; oh < oh1; ++oh) {  // row oh's block overhang is overwritten by row oh + 1
         blk_conv_row_f32(tile.data() + (oh - oh0) * g.sh * row16, row16, wb, g.kh, g.kw, g.sw, g.dh,
-                         g.dw, g.Wo, acc.data());
-        epi_pix_f32(act, acc.data(), acc.data(), g.Wo, 16, s16.data() + c0, b16.data() + c0);
-        blk_store_nchw_f32(acc.data(), nc, g.Wo, yd + ((n * C + c0) * g.Ho + oh) * g.Wo, g.Ho * g.Wo);
+                         g.dw, g.Wo, acc.data() + (oh - oh0) * g.Wo * 16);
       }
+      const int64_t P = (oh1 - oh0) * g.Wo;
+      epi_pix_f32(act, acc.data(), acc.data(), P, 16, s16.data() + c0, b16.data() + c0);
+      blk_store_nchw_f32(acc.data(), nc, P, yd + (n * C + c0) * g.Ho * g.Wo + oh0 * g.Wo, g.Ho * g.Wo);
     }
   });
 }

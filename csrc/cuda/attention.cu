@@ -31,8 +31,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
   check_device("attention", q, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(q.device());
   FwdSetup s = forward_setup("attention", q, k, v, scale, /*align=*/16);
+  check_head_dim("attention", s.q);  // before the empty-shape early return: same error for every shape
   if (empty_forward(s)) return {s.out, s.lse};
-  check_head_dim("attention", s.q);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (s.q.scalar_type()) {
     case at::kFloat: launch_forward(fwd_params<float>(s), stream); break;
@@ -53,8 +53,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   check_device("_attention_backward", q, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(q.device());
   BwdSetup s = backward_setup("_attention_backward", dout, q, k, v, out, lse, scale, /*align=*/16);
+  check_head_dim("_attention_backward", s.q);  // before the empty-shape early return: same error for every shape
   if (empty_backward(s)) return {s.dq, s.dk, s.dv};
-  check_head_dim("_attention_backward", s.q);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (s.q.scalar_type()) {
     case at::kFloat: launch_backward(bwd_params<float>(s), stream); break;

@@ -18,3 +18,30 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 // Unaligned 16-float load/store (macros: inlined into every clone, no vector-ABI calls).
 #define load16(p) (*reinterpret_cast<const f32x16u*>(p))
 #define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
+
+// In-place transpose of a 16 x 16 float block held in 16 vectors (r[i][k] -> r[k][i]): four
+// butterfly stages, each swapping the off-diagonal d x d blocks (d = 8, 4, 2, 1) of every 2d x 2d
+// block -- 64 two-source shuffles (one vpermt2ps each on AVX-512) instead of 256 scalar moves or
+// 16-lane gathers / scatters.
+#define TCV_T16_STAGE(D, ...)                                                  \
+  for (int i = 0; i < 16; ++i) {                                               \
+    if (i & (D)) continue;                                                     \
+    const f32x16 a = r[i], b = r[i + (D)];                                     \
+    r[i] = __builtin_shufflevector(a, b, __VA_ARGS__);                         \
+    r[i + (D)] = __builtin_shufflevector(a, b, TCV_T16_HI_##D);                \
+  }
+#define TCV_T16_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define TCV_T16_HI_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TCV_T16_HI_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TCV_T16_HI_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+__attribute__((always_inline)) inline void transpose16(f32x16* r) {
+  TCV_T16_STAGE(8, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+  TCV_T16_STAGE(4, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+  TCV_T16_STAGE(2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+  TCV_T16_STAGE(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+}
+#undef TCV_T16_STAGE
+#undef TCV_T16_HI_8
+#undef TCV_T16_HI_4
+#undef TCV_T16_HI_2
+#undef TCV_T16_HI_1
