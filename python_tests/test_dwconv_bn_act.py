@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import torchcv_ext
 from torchcv_ext.nn import DWConvBNAct
@@ -447,6 +448,39 @@ def test_inf_input_eval_backward_stays_local(device):
     fused(xf).sum().backward()
     assert xe.grad.isfinite().all()
     torch.testing.assert_close(xf.grad, xe.grad)
+
+
+_ACT_FNS = {"identity": lambda v: v, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+            "silu": F.silu, "hardsigmoid": F.hardsigmoid}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ACTS)
+def test_activation_nan_inf_like_pytorch(device, act):
+    """NaN propagates through every activation's forward as in eager (a diverging run shows NaN
+    instead of a relu silently zeroing it), and the derivative at +-inf and the kinks follows
+    PyTorch. The derivative at NaN itself is not compared: PyTorch's scalar and vectorized kernels
+    disagree there (relu6', hardswish'). Checked on the element-wise train op and the fused eval
+    kernel (1x1 identity conv, scale 1, shift 0), tensors large enough for vectorized loops."""
+    special = [float("nan"), 0.0, -0.0, 3.0, -3.0, 6.0, 1.5, -1.5]
+    if act not in ("silu", "hardswish"):  # x * sigmoid(x), x * relu6(x + 3) / 6: inf * 0 conventions
+        special += [float("inf"), float("-inf")]
+    v = torch.tensor(special, device=device)
+    z = v.view(1, -1, 1, 1).expand(2, -1, 3, 3).contiguous()
+    c = z.size(1)
+    one, zero = torch.ones(c, device=device), torch.zeros(c, device=device)
+    x = z.clone().requires_grad_(True)
+    expected = _ACT_FNS[act](x)
+    expected_grad, = torch.autograd.grad(expected.sum(), x)
+    y = OPS.scale_shift_act(z, one, zero, act)
+    gz, _, _ = OPS._scale_shift_act_backward(torch.ones_like(z), z, one, zero, act)
+    torch.testing.assert_close(y, expected.detach(), equal_nan=True)
+    finite = ~z.isnan()
+    torch.testing.assert_close(gz[finite], expected_grad[finite])
+    w = torch.ones(c, 1, 1, 1, device=device)
+    for layout in LAYOUTS:
+        y = OPS.dwconv_bn_act(z.contiguous(memory_format=layout), w, one, zero, [1, 1], [0, 0], [1, 1], act)
+        torch.testing.assert_close(y, expected.detach(), equal_nan=True)
 
 
 def test_batch_one_train_raises_like_batchnorm():

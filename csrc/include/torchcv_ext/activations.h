@@ -29,7 +29,7 @@ TCV_FN T act_sigmoid(T x) {
 template <typename T>
 TCV_FN T act_forward(Act a, T x) {
   switch (a) {
-    case Act::ReLU: return x > T(0) ? x : T(0);
+    case Act::ReLU: return x <= T(0) ? T(0) : x;  // NaN propagates, as torch.relu
     case Act::ReLU6: return x < T(0) ? T(0) : (x > T(6) ? T(6) : x);
     case Act::Hardswish: {
       const T r = x + T(3);
@@ -48,11 +48,13 @@ TCV_FN T act_forward(Act a, T x) {
 
 // dy/dx at x, matching PyTorch's autograd conventions at the kinks:
 // relu'(0) = 0; relu6' = 1 on (0, 6) only; hardswish' = 0 for x <= -3, (2x+3)/6 on (-3, 3), 1 from 3;
-// hardsigmoid' = 1/6 on (-3, 3) only.
+// hardsigmoid' = 1/6 on (-3, 3) only. At NaN (where PyTorch's own scalar and vectorized kernels
+// disagree for relu6' and hardswish') relu' passes the gradient like threshold_backward; the
+// forward propagates NaN for every activation.
 template <typename T>
 TCV_FN T act_backward(Act a, T x) {
   switch (a) {
-    case Act::ReLU: return x > T(0) ? T(1) : T(0);
+    case Act::ReLU: return x <= T(0) ? T(0) : T(1);
     case Act::ReLU6: return (x > T(0) && x < T(6)) ? T(1) : T(0);
     case Act::Hardswish: return x <= T(-3) ? T(0) : (x < T(3) ? (T(2) * x + T(3)) / T(6) : T(1));
     case Act::SiLU: {
