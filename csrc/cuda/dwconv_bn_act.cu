@@ -163,11 +163,22 @@ __global__ void __launch_bounds__(kThreads)
     if (m.packed) {
       vals[threadIdx.x] = v;
       __syncthreads();
-      const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + threadIdx.x;
-      if (threadIdx.x < m.ppb && p < m.NC) {
-        Welford<acc_t> s = welford_init<acc_t>();
-        for (int64_t i = 0; i < m.HWo; ++i) welford_push(s, vals[threadIdx.x * m.HWo + i]);
-        part[(p % g.C) * P + partial_col(m, p / g.C)] = s;
+      if (m.ppb <= kWarps) {  // planes of 32..256 outputs: one warp per plane (warp-uniform branch)
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + warp;
+        if (warp < m.ppb && p < m.NC) {
+          Welford<acc_t> s = welford_init<acc_t>();
+          for (int64_t i = lane; i < m.HWo; i += 32) welford_push(s, vals[warp * m.HWo + i]);
+          for (int off = 16; off > 0; off >>= 1) s = welford_merge(s, shfl_down_w(s, off));
+          if (lane == 0) part[(p % g.C) * P + partial_col(m, p / g.C)] = s;
+        }
+      } else {  // < 32 outputs per plane: one thread per plane
+        const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + threadIdx.x;
+        if (threadIdx.x < m.ppb && p < m.NC) {
+          Welford<acc_t> s = welford_init<acc_t>();
+          for (int64_t i = 0; i < m.HWo; ++i) welford_push(s, vals[threadIdx.x * m.HWo + i]);
+          part[(p % g.C) * P + partial_col(m, p / g.C)] = s;
+        }
       }
     } else {
       Welford<acc_t> s = welford_init<acc_t>();
@@ -479,16 +490,29 @@ __global__ void __launch_bounds__(kThreads)
     va[threadIdx.x] = a;
     vb[threadIdx.x] = b;
     __syncthreads();
-    const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + threadIdx.x;
-    if (threadIdx.x < m.ppb && p < m.NC) {
+    // One warp per plane for planes of 32..256 outputs, else one thread per plane (as forward).
+    const bool per_warp = m.ppb <= kWarps;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int slot = per_warp ? warp : static_cast<int>(threadIdx.x);
+    const int64_t p = static_cast<int64_t>(blockIdx.x) * m.ppb + slot;
+    if (slot < m.ppb && p < m.NC) {  // warp-uniform when per_warp
       acc_t sa = acc_t(0), sb = acc_t(0);
-      for (int64_t i = 0; i < m.HWo; ++i) {
-        sa += va[threadIdx.x * m.HWo + i];
-        sb += vb[threadIdx.x * m.HWo + i];
+      const int64_t i0 = per_warp ? lane : 0, step = per_warp ? 32 : 1;
+      for (int64_t i = i0; i < m.HWo; i += step) {
+        sa += va[slot * m.HWo + i];
+        sb += vb[slot * m.HWo + i];
       }
-      const int64_t col = partial_col(m, p / C);
-      part[(p % C) * P + col] = sa;
-      part[(C + p % C) * P + col] = sb;
+      if (per_warp) {
+        for (int off = 16; off > 0; off >>= 1) {
+          sa += __shfl_down_sync(0xffffffffu, sa, off);
+          sb += __shfl_down_sync(0xffffffffu, sb, off);
+        }
+      }
+      if (!per_warp || lane == 0) {
+        const int64_t col = partial_col(m, p / C);
+        part[(p % C) * P + col] = sa;
+        part[(C + p % C) * P + col] = sb;
+      }
     }
   } else {
     block_sum2(a, b, va);
