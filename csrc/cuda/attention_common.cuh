@@ -10,6 +10,9 @@
 
 #include <cstdint>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #include "attention_launch.h"
 #include "torchcv_ext/attention.h"
@@ -88,14 +91,26 @@ inline unsigned grid_of(int64_t items, const char* op) {
 
 // Opt in to `bytes` of dynamic shared memory for `kernel` (needed above 48 KiB), with a clear
 // error on a device that has less (the largest need is about 100 KB, fp32 dK/dV at D = 128).
+// Done once per (kernel, device): the attribute query and set are runtime calls that would
+// otherwise add microseconds to every launch (up to 3 kernels per backward).
 template <typename Kernel>
 void set_smem(Kernel kernel, int bytes, const char* op) {
-  int dev = 0, max_bytes = 0;
+  int dev = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
+  static std::mutex mu;
+  static std::set<std::tuple<const void*, int, int>> done;
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    if (done.count(key) != 0) return;
+  }
+  int max_bytes = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   TORCH_CHECK(bytes <= max_bytes, op, ": this head dim needs ", bytes,
               " bytes of shared memory per block, the device allows ", max_bytes);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const std::lock_guard<std::mutex> lock(mu);
+  done.insert(key);
 }
 
 }  // namespace torchcv_ext::attn

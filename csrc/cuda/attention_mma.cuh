@@ -321,20 +321,38 @@ constexpr int dkdv_smem_bytes() {
   return (2 * kBwdBlockN + 4 * BMQ) * (D + 8) * 2 + 4 * BMQ * 4;
 }
 
-// Stage query tile qt of the dK/dV pass into buffer `buf`: Q and dO by cp.async, lse * log2(e)
-// and Delta by plain stores (rows past Nq: lse = +inf gives P = 0; their Q, dO rows are zero).
+// Query tile qt of the dK/dV pass: Q and dO go to shared memory by cp.async; this thread's row
+// (threadIdx.x < BMQ) of lse and Delta is returned in registers, to be stored to shared
+// memory by the caller (rows past Nq: lse = +inf gives P = 0; their Q, dO rows are zero). The
+// caller stores them after the tile's MMAs, so the global-load latency is hidden behind them
+// instead of stalling the first warps at the top of every tile.
+struct RowStats {
+  float lse = INFINITY, delta = 0.f;  // raw loads: nothing consumes them until the store
+};
+
 template <typename T, int D, int BMQ>
-__device__ __forceinline__ void stage_query_tile(const BwdParams<T>& p, int64_t bh, int64_t b,
-                                                 int64_t h, int64_t qt, T* sQ, T* sdO, float* sLse,
-                                                 float* sDelta) {
+__device__ __forceinline__ RowStats stage_query_tile(const BwdParams<T>& p, int64_t bh, int64_t b,
+                                                     int64_t h, int64_t qt, T* sQ, T* sdO) {
+  static_assert(BMQ <= 128, "one lse / Delta row per thread");
   constexpr int LDS = D + 8;
   const int64_t q0 = qt * BMQ;
   load_tile_async<T, D, BMQ, 128>(p.q, b, h, q0, p.Nq, sQ, LDS);
   load_tile_async<T, D, BMQ, 128>(p.dout, b, h, q0, p.Nq, sdO, LDS);
-  for (int r = threadIdx.x; r < BMQ; r += 128) {
-    const bool ok = q0 + r < p.Nq;
-    sLse[r] = ok ? lse_to_log2(p.lse[bh * p.Nq + q0 + r]) : INFINITY;
-    sDelta[r] = ok ? p.delta[bh * p.Nq + q0 + r] : 0.f;
+  RowStats rs;
+  const int r = static_cast<int>(threadIdx.x);
+  if (r < BMQ && q0 + r < p.Nq) {
+    rs.lse = p.lse[bh * p.Nq + q0 + r];
+    rs.delta = p.delta[bh * p.Nq + q0 + r];
+  }
+  return rs;
+}
+
+// sLse = lse * log2(e), sDelta = Delta for this thread's row.
+template <int BMQ>
+__device__ __forceinline__ void store_row_stats(const RowStats& rs, float* sLse, float* sDelta) {
+  if (threadIdx.x < BMQ) {
+    sLse[threadIdx.x] = lse_to_log2(rs.lse);  // +inf stays +inf
+    sDelta[threadIdx.x] = rs.delta;
   }
 }
 
@@ -358,7 +376,7 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
 
   load_tile_async<T, D, BN, 128>(p.k, b, h, k0, p.Nk, sK, LDS);
   load_tile_async<T, D, BN, 128>(p.v, b, h, k0, p.Nk, sV, LDS);
-  stage_query_tile<T, D, BMQ>(p, bh, b, h, 0, sQbuf, sdObuf, sLsebuf, sDeltabuf);
+  store_row_stats<BMQ>(stage_query_tile<T, D, BMQ>(p, bh, b, h, 0, sQbuf, sdObuf), sLsebuf, sDeltabuf);
 
   float dk[NT_D][4], dv[NT_D][4];
   zero(dk);
@@ -372,13 +390,14 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
   for (int64_t qt = 0; qt < n_qt; ++qt) {
     const int cur = static_cast<int>(qt & 1), nxt = cur ^ 1;
     // Tile qt (and K, V) has landed and is visible; every warp is done with tile qt - 1, whose
-    // buffer now receives tile qt + 1.
+    // buffer now receives tile qt + 1 (its lse / Delta rows are stored at the bottom of this
+    // iteration, before the next barrier publishes them).
     cp_async_wait_all();
     __syncthreads();
+    RowStats next_rows;
     if (qt + 1 < n_qt) {
-      stage_query_tile<T, D, BMQ>(p, bh, b, h, qt + 1, sQbuf + nxt * BMQ * LDS,
-                                  sdObuf + nxt * BMQ * LDS, sLsebuf + nxt * BMQ,
-                                  sDeltabuf + nxt * BMQ);
+      next_rows = stage_query_tile<T, D, BMQ>(p, bh, b, h, qt + 1, sQbuf + nxt * BMQ * LDS,
+                                              sdObuf + nxt * BMQ * LDS);
     }
     const T* sQ = sQbuf + cur * BMQ * LDS;
     const T* sdO = sdObuf + cur * BMQ * LDS;
@@ -419,6 +438,7 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
     // dK += dS^T Q: B[k = query][n = d] = Q[query][d].
     mma_ab<T, NT_D, KQ>(dk, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, dpt, kk); }, sQ, LDS,
                         lane);
+    if (qt + 1 < n_qt) store_row_stats<BMQ>(next_rows, sLsebuf + nxt * BMQ, sDeltabuf + nxt * BMQ);
   }
 
   const float scale = static_cast<float>(p.scale);
