@@ -549,10 +549,8 @@ template <typename T, typename A, int V>
 void launch_mlp_v(const Problem& p, const A* ws_x, const A* ws_xy, int64_t splits, bool backward,
                   const MlpOut<A>& out, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(2 * p.C + 3 * p.S + kThreads * V) * sizeof(A);
-  int dev = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  TORCH_CHECK(smem <= static_cast<size_t>(optin), "squeeze_excite: C = ", p.C, " and S = ", p.S,
+  const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;  // cached
+  TORCH_CHECK(smem <= optin, "squeeze_excite: C = ", p.C, " and S = ", p.S,
               " need ", smem, " bytes of shared memory per block, more than the device's ", optin);
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(mlp_kernel<T, A, V>,
