@@ -699,6 +699,51 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// grad_weight_cl_kernel for a KH x KW kernel known at compile time (3x3, 5x5, 7x7): pixels are
+// walked once, each pixel's (n, oh, ow) decomposition (64-bit divisions) and dz (the BN backward
+// of gz, z) computed once and applied to all KH * KW taps, held in registers. The generic kernel
+// above redoes both for every tap. Same summation order per tap (pixels in order, then rows in
+// order): the same bits as the generic kernel.
+template <typename T, int KH, int KW>
+__global__ void __launch_bounds__(kThreads)
+    grad_weight_cl_k_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
+                            const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
+  using acc_t = acc_of<T>;
+  constexpr int KK = KH * KW;
+  __shared__ acc_t red[kRows][kLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
+  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
+  acc_t acc[KK];
+#pragma unroll
+  for (int t = 0; t < KK; ++t) acc[t] = acc_t(0);
+  if (c < g.C) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t q = q0 + r * kRows + threadIdx.y;
+      if (q >= P) break;
+      const int64_t n = q / HWo, pix = q % HWo, oh = pix / g.Wo, ow = pix % g.Wo;
+      const acc_t d = dz(n, c, oh, ow);
+      const T* xp = x + n * xs.n + c * xs.c;
+#pragma unroll
+      for (int i = 0; i < KH; ++i) {
+#pragma unroll
+        for (int j = 0; j < KW; ++j) acc[i * KW + j] += d * tap_input<acc_t>(xp, xs.h, xs.w, g, oh, ow, i, j);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < KK; ++t) {
+    red[threadIdx.y][threadIdx.x] = acc[t];
+    __syncthreads();
+    if (threadIdx.y == 0 && c < g.C) {
+      acc_t s = acc[t];
+      for (int rr = 1; rr < kRows; ++rr) s += red[rr][threadIdx.x];
+      part[(c * KK + t) * gridDim.y + blockIdx.y] = s;
+    }
+    __syncthreads();  // red is reused by the next tap
+  }
+}
+
 // ---- launch helpers -------------------------------------------------------------------------
 inline int64_t cl_rows_per_thread(int64_t P) {
   // kRows * R pixels per block, at most 65535 blocks along y.
@@ -978,8 +1023,18 @@ struct CudaBackend {
                         static_cast<unsigned>(ceil_div(Pix, kRows * R)));
         chunks = grid.y;
         part = at::empty({g.C * kk * chunks}, w.options());
-        grad_weight_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
-            dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, R, part.mutable_data_ptr<acc_t>());
+        const dim3 block(kLanes, kRows);
+        const scalar_t* xd = x.const_data_ptr<scalar_t>();
+        acc_t* pd = part.mutable_data_ptr<acc_t>();
+        if (g.kh == 3 && g.kw == 3) {
+          grad_weight_cl_k_kernel<scalar_t, 3, 3><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+        } else if (g.kh == 5 && g.kw == 5) {
+          grad_weight_cl_k_kernel<scalar_t, 5, 5><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+        } else if (g.kh == 7 && g.kw == 7) {
+          grad_weight_cl_k_kernel<scalar_t, 7, 7><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+        } else {
+          grad_weight_cl_kernel<scalar_t><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+        }
       } else {
         chunks = ceil_div(Pix, kQB);
         part = at::empty({g.C * kk * chunks}, w.options());
