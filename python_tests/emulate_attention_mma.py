@@ -1,5 +1,5 @@
 """Lane-level numpy emulation of the tensor-core attention kernels (csrc/cuda/attention_mma.cuh:
-fwd_mma_kernel, dkdv_mma_kernel, dq_mma_kernel) for checking their fragment index math on a
+fwd_mma_kernel, dkdv_mma_kernel with and without its atomic dQ, dq_mma_kernel) for checking their fragment index math on a
 machine without a GPU.
 
     python python_tests/emulate_attention_mma.py
@@ -139,15 +139,21 @@ def fwd(Q, K, V, scale, D):
                         if Tt[ln] == 0: LSE[r] = (S['m'][i][ln] + np.log2(lsum[ln])) * LN2
     return rnd(O), LSE
 
-def dkdv(Q, K, V, dO, LSE, Delta, scale, D):
+def dkdv(Q, K, V, dO, LSE, Delta, scale, D, atomic_dq=False):
+    """dkdv_mma_kernel; with atomic_dq (kAtomicDq) also dQ: dS goes through shared memory and each
+    warp adds its slice of dS K into a float32 accumulator (the atomicAdds), scaled at the end
+    (dq_convert_kernel)."""
     BN = 64; BMQ = 32 if D >= 128 else 64; LDS = D + 8; Nq, Nk = len(Q), len(K)
     dK = np.full((Nk, D), np.nan, np.float32); dV = np.full((Nk, D), np.nan, np.float32)
+    LDSS = BN + 8; RB = BMQ // 16; CS = 4 // RB; DC = D // CS
+    dQacc = np.zeros((Nq, D), np.float32)
     sl2 = np.float32(scale * LOG2E)
     for kt in range(math.ceil(Nk / BN)):
         k0 = kt * BN
         sK = np.full(BN * LDS, np.nan, np.float32); sV = sK.copy()
         sQbuf = np.full(2 * BMQ * LDS, np.nan, np.float32); sdObuf = sQbuf.copy()
         sLsebuf = np.full(2 * BMQ, np.nan, np.float32); sDeltabuf = sLsebuf.copy()
+        sdS = np.full(BMQ * LDSS, np.nan, np.float32)
         load_tile(K, k0, Nk, BN, D, sK, LDS, None, 0); load_tile(V, k0, Nk, BN, D, sV, LDS, None, 0)
         acc = [dict(dk=np.zeros((D // 8, 32, 4), np.float32), dv=np.zeros((D // 8, 32, 4), np.float32)) for _ in range(4)]
 
@@ -183,6 +189,21 @@ def dkdv(Q, K, V, dO, LSE, Delta, scale, D):
                         qc = nt * 8 + 2 * Tt + (e & 1)
                         dp[nt][:, e] = s[nt][:, e] * (dp[nt][:, e] - sDelta[qc])
                 mma_ab(acc[w]['dk'], lambda kk: acc_to_a(dp, kk), sQ, LDS, D // 8, BMQ // 16)
+                if atomic_dq:  # sdS[query][key] = dS (rounded like the MMA operands)
+                    for nt in range(BMQ // 8):
+                        for e in range(4):
+                            qc = nt * 8 + 2 * Tt + (e & 1); key = w * 16 + G + 8 * (e >> 1)
+                            sdS[qc * LDSS + key] = rnd(dp[nt][:, e])
+            if atomic_dq:  # after the barrier: warp w adds rows [16 rb, +16) x cols [DC cs, +DC)
+                for w in range(4):
+                    rb, cs = w % RB, w // RB
+                    dqa = np.zeros((DC // 8, 32, 4), np.float32)
+                    mma_ab(dqa, lambda kk: load_a(sdS, LDSS, rb * 16, kk * 16), sK[cs * DC:], LDS, DC // 8, BN // 16)
+                    for nt in range(DC // 8):
+                        for e in range(4):
+                            row = qt * BMQ + rb * 16 + G + 8 * (e >> 1); col = cs * DC + nt * 8 + 2 * Tt + (e & 1)
+                            ok = row < Nq
+                            np.add.at(dQacc, (row[ok], col[ok]), dqa[nt][ok, e])
         for w in range(4):
             for i in range(2):
                 for ln in range(32):
@@ -192,6 +213,8 @@ def dkdv(Q, K, V, dO, LSE, Delta, scale, D):
                             for j in range(2):
                                 dK[key, nt * 8 + 2 * Tt[ln] + j] = acc[w]['dk'][nt][ln, 2 * i + j] * scale
                                 dV[key, nt * 8 + 2 * Tt[ln] + j] = acc[w]['dv'][nt][ln, 2 * i + j]
+    if atomic_dq:
+        return rnd(dK), rnd(dV), rnd(dQacc * np.float32(scale))
     return rnd(dK), rnd(dV)
 
 def dq(Q, K, V, dO, LSE, Delta, scale, D):
@@ -254,10 +277,13 @@ if __name__ == "__main__":
         Delta = (dO.astype(np.float32) * O).sum(1)
         dK_, dV_ = dkdv(Q, K, V, dO, LSE, Delta, scale, D)
         dQ_ = dq(Q, K, V, dO, LSE, Delta, scale, D)
+        dKa, dVa, dQa = dkdv(Q, K, V, dO, LSE, Delta, scale, D, atomic_dq=True)
         err = lambda a, b: np.abs(a - b).max()
-        errs = [err(O, Oref), err(dQ_, dQr), err(dK_, dKr), err(dV_, dV)]
-        bad = any(np.isnan(x).any() for x in (O, LSE, dQ_, dK_, dV_))
+        errs = [err(O, Oref), err(dQ_, dQr), err(dK_, dKr), err(dV_, dV), err(dQa, dQr)]
+        bad = any(np.isnan(x).any() for x in (O, LSE, dQ_, dK_, dV_, dQa))
+        assert (dKa == dK_).all() and (dVa == dV_).all(), "atomic-dQ variant changed dK / dV"
         worst = max(worst, max(errs) if not bad else np.inf)
-        print((Nq, Nk, D), "O %.2e LSE %.2e dQ %.2e dK %.2e dV %.2e" % (err(O, Oref), err(LSE, LSEref), err(dQ_, dQr), err(dK_, dKr), err(dV_, dV)),
-              "nan" if any(np.isnan(x).any() for x in (O, LSE, dQ_, dK_, dV_)) else "")
+        print((Nq, Nk, D), "O %.2e LSE %.2e dQ %.2e dK %.2e dV %.2e dQ(atomic) %.2e" % (
+              err(O, Oref), err(LSE, LSEref), err(dQ_, dQr), err(dK_, dKr), err(dV_, dV), err(dQa, dQr)),
+              "nan" if bad else "")
     sys.exit(0 if worst < 1e-2 else 1)

@@ -397,6 +397,36 @@ def test_cuda_matches_cpu_kernel(dtype, d, monkeypatch):
 
 @pytest.mark.cuda
 @requires_ext
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape", [(2, 3, 97, 131, 32), (2, 3, 197, 197, 64), (1, 2, 33, 300, 128),
+                                   (3, 2, 1, 7, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
+    """TORCHCV_EXT_ATTENTION_DQ=atomic (dQ from the dK/dV pass with float32 atomics): dk and dv
+    are the same bits as the separate-pass backward, dq agrees to rounding and passes the
+    flash-attention rule; deterministic mode ignores the switch (bitwise reproducible)."""
+    b, h, nq, nk, d = shape
+    q, k, v = _qkv(b, h, nq, nk, d, dtype, "cuda")
+    go = torch.randn(b, h, nq, d, device="cuda", dtype=dtype)
+    out, lse = op(q, k, v, None)
+    bwd = torch.ops.torchcv_ext._attention_backward
+    sep = bwd(go, q, k, v, out, lse, None)
+    monkeypatch.setenv("TORCHCV_EXT_ATTENTION_DQ", "atomic")
+    dq, dk, dv = bwd(go, q, k, v, out, lse, None)
+    assert torch.equal(dk, sep[1]) and torch.equal(dv, sep[2])
+    torch.testing.assert_close(dq, sep[0], **TOL[dtype])
+    want = _fwd_bwd(lambda *a: ref.attention(*a)[0], q.double(), k.double(), v.double(), go.double(), None)[1]
+    eager = _fwd_bwd(lambda a, b_, c, s: _eager(a, b_, c, s), q, k, v, go, None)[1]
+    assert _max_err(dq, want) <= 2 * _max_err(eager, want) + 1e-5
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = bwd(go, q, k, v, out, lse, None)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(x, y) for x, y in zip(again, sep))
+
+
+@pytest.mark.cuda
+@requires_ext
 @pytest.mark.parametrize("shape", [(1, 2, 4096, 4096, 64), (64, 12, 49, 49, 32), (8, 2, 577, 577, 128)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_cuda_long_and_many_heads(shape):

@@ -13,12 +13,38 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "attention_launch.h"
 #include "torchcv_ext/attention_host.h"
 
 namespace torchcv_ext::attn {
 
 namespace {
+
+// The fp16 / bf16 backward computes dQ in its dK/dV pass with float32 atomics (one pass fewer,
+// FlashAttention-2 style) when TORCHCV_EXT_ATTENTION_DQ=atomic and deterministic algorithms are
+// off; otherwise in a separate deterministic pass (the default until measured faster on a GPU:
+// benchmarks/bench_attention.py times both).
+bool use_atomic_dq(const at::Tensor& q) {
+  if (q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) return false;
+  if (at::globalContext().deterministicAlgorithms()) return false;
+  const char* mode = std::getenv("TORCHCV_EXT_ATTENTION_DQ");
+  return mode != nullptr && std::strcmp(mode, "atomic") == 0;
+}
+
+template <typename T>
+void run_backward(const BwdSetup& s, cudaStream_t stream) {
+  BwdParams<T> p = bwd_params<T>(s);
+  at::Tensor dq_acc;  // float32 [B * H][Nq][D], zeroed; freed stream-ordered after the kernels
+  if (use_atomic_dq(s.q)) {
+    dq_acc = at::zeros({s.q.size(0) * s.q.size(1) * s.q.size(2) * s.q.size(3)},
+                       s.q.options().dtype(at::kFloat));
+    p.dq_acc = dq_acc.data_ptr<float>();
+  }
+  launch_backward(p, stream);
+}
 
 void check_head_dim(const char* op, const at::Tensor& q) {
   const int64_t d = q.size(3);
@@ -58,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (s.q.scalar_type()) {
     case at::kFloat: launch_backward(bwd_params<float>(s), stream); break;
-    case at::kHalf: launch_backward(bwd_params<__half>(s), stream); break;
-    case at::kBFloat16: launch_backward(bwd_params<__nv_bfloat16>(s), stream); break;
+    case at::kHalf: run_backward<__half>(s, stream); break;
+    case at::kBFloat16: run_backward<__nv_bfloat16>(s, stream); break;
     default: {  // float64: explicit math, recomputing P from lse like the kernels
       const at::Tensor p =
           at::exp(at::matmul(s.q, s.k.transpose(-2, -1)) * s.scale - s.lse.unsqueeze(-1));

@@ -19,6 +19,8 @@
 // (8 rows x 4 words) and the 8 row addresses of each ldmatrix phase then fall in distinct banks,
 // and rows stay 16-byte aligned for the 16-byte global -> shared copies and ldmatrix.
 #pragma once
+#include <algorithm>
+
 #include "attention_common.cuh"
 
 namespace torchcv_ext::attn {
@@ -32,6 +34,7 @@ struct Mma<__half> {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
+  static __device__ __forceinline__ __half cvt(float x) { return __float2half_rn(x); }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -52,6 +55,7 @@ struct Mma<__nv_bfloat16> {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
+  static __device__ __forceinline__ __nv_bfloat16 cvt(float x) { return __float2bfloat16_rn(x); }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -315,10 +319,19 @@ __global__ void __launch_bounds__(128) fwd_mma_kernel(const FwdParams<T> p, int6
 // Q, dO, lse and Delta tiles are double-buffered: tile i + 1 is fetched (cp.async) while tile i
 // is computed on, with one barrier per tile.
 // ------------------------------------------------------------------------------------------------
-template <int D>
+//
+// kAtomicDq (p.dq_acc set): the pass also produces dQ, FlashAttention-2 style, instead of the
+// separate dQ pass recomputing S and dP (5 tile products per tile instead of 7): each warp writes
+// its dS^T fragments to shared memory as dS[query][key], and after a barrier the 4 warps split
+// dQ_tile += dS K (BMQ x D) by 16-row blocks (and column halves at D = 128), adding their
+// fragments into the float32 accumulator p.dq_acc with atomicAdd (dq_convert_kernel scales and
+// converts it afterwards). Not deterministic (atomic order): deterministic mode keeps the
+// separate pass.
+template <int D, bool kAtomicDq = false>
 constexpr int dkdv_smem_bytes() {
   constexpr int BMQ = bwd_block_m(D);
-  return (2 * kBwdBlockN + 4 * BMQ) * (D + 8) * 2 + 4 * BMQ * 4;
+  return (2 * kBwdBlockN + 4 * BMQ) * (D + 8) * 2 + 4 * BMQ * 4 +
+         (kAtomicDq ? BMQ * (kBwdBlockN + 8) * 2 : 0);
 }
 
 // Query tile qt of the dK/dV pass: Q and dO go to shared memory by cp.async; this thread's row
@@ -356,11 +369,15 @@ __device__ __forceinline__ void store_row_stats(const RowStats& rs, float* sLse,
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kAtomicDq>
 __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int64_t n_kt,
                                                        float scale_log2) {
   constexpr int BN = kBwdBlockN, BMQ = bwd_block_m(D), LDS = D + 8;
   constexpr int NT_Q = BMQ / 8, NT_D = D / 8, KD = D / 16, KQ = BMQ / 16;
+  // Atomic dQ: dS tile [BMQ][LDSS]; warp w adds rows [16 * (w % RB), +16) x columns
+  // [DC * (w / RB), +DC) of dQ_tile.
+  constexpr int LDSS = BN + 8, RB = BMQ / 16, CS = 4 / RB, DC = D / CS, NT_DQ = DC / 8;
+  static_assert(RB * CS == 4 && DC * CS == D, "4 warps cover the dQ tile");
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);  // [BN][LDS]
   T* sV = sK + BN * LDS;               // [BN][LDS]
@@ -368,6 +385,7 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
   T* sdObuf = sQbuf + 2 * BMQ * LDS;   // [2][BMQ][LDS]
   float* sLsebuf = reinterpret_cast<float*>(sdObuf + 2 * BMQ * LDS);  // [2][BMQ], lse * log2(e)
   float* sDeltabuf = sLsebuf + 2 * BMQ;                               // [2][BMQ]
+  T* sdS = reinterpret_cast<T*>(sDeltabuf + 2 * BMQ);                 // [BMQ][LDSS] (kAtomicDq)
 
   const int64_t bh = blockIdx.x / n_kt, kt = blockIdx.x % n_kt;
   const int64_t b = bh / p.H, h = bh % p.H;
@@ -438,6 +456,38 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
     // dK += dS^T Q: B[k = query][n = d] = Q[query][d].
     mma_ab<T, NT_D, KQ>(dk, [&](int kk, uint32_t(&a)[4]) { acc_to_a<T>(a, dpt, kk); }, sQ, LDS,
                         lane);
+    if constexpr (kAtomicDq) {
+      // sdS[query][key] = dS, rounded to T like the MMA operands (acc_to_a). Every (query, key)
+      // of the tile is written (padded keys / queries: dS = 0). The previous tile's readers are
+      // past this iteration's top barrier.
+#pragma unroll
+      for (int nt = 0; nt < NT_Q; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sdS[(nt * 8 + 2 * t + (e & 1)) * LDSS + warp * 16 + g + 8 * (e >> 1)] = Mma<T>::cvt(dpt[nt][e]);
+        }
+      }
+      __syncthreads();  // every warp's keys are in sdS
+      const int rb = warp % RB, c0 = (warp / RB) * DC;
+      float dqa[NT_DQ][4];
+      zero(dqa);
+      // dQ_tile[rb rows][c0..] += dS K: A = sdS rows, B[k = key][n = d] = K[key][c0 + d].
+      mma_ab<T, NT_DQ, BN / 16>(dqa, [&](int kk, uint32_t(&a)[4]) {
+        load_a(a, sdS, LDSS, rb * 16, kk * 16, g, t);
+      }, sK + c0, LDS, lane);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int64_t r = qt * BMQ + rb * 16 + g + 8 * i;
+        if (r < p.Nq) {
+          float* dst = p.dq_acc + (bh * p.Nq + r) * D + c0 + 2 * t;
+#pragma unroll
+          for (int nt = 0; nt < NT_DQ; ++nt) {
+            atomicAdd(dst + nt * 8, dqa[nt][2 * i]);
+            atomicAdd(dst + nt * 8 + 1, dqa[nt][2 * i + 1]);
+          }
+        }
+      }
+    }
     if (qt + 1 < n_qt) store_row_stats<BMQ>(next_rows, sLsebuf + nxt * BMQ, sDeltabuf + nxt * BMQ);
   }
 
@@ -553,6 +603,18 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
   }
 }
 
+// dQ = dq_acc * scale in T (the atomic-dQ dK/dV pass's float32 accumulator, [B * H][Nq][D]).
+template <typename T>
+__global__ void __launch_bounds__(256) dq_convert_kernel(const BwdParams<T> p) {
+  const int64_t n = p.B * p.H * p.Nq * p.D;
+  const float scale = static_cast<float>(p.scale);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * 256) {
+    const int64_t d = i % p.D, row = i / p.D, r = row % p.Nq, bh = row / p.Nq;
+    p.dq.row(bh / p.H, bh % p.H, r)[d] = Mma<T>::cvt(p.dq_acc[i] * scale);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Launchers.
 // ------------------------------------------------------------------------------------------------
@@ -578,12 +640,23 @@ template <typename T, int D>
 void backward_mma(const BwdParams<T>& p, cudaStream_t stream) {
   launch_delta(p, stream);
   const float scale_log2 = static_cast<float>(p.scale * kLog2e);
+  const int64_t n_kt = num_tiles(p.Nk, kBwdBlockN);
+  const unsigned grid = grid_of(p.B * p.H * n_kt, "_attention_backward");
+  if (p.dq_acc != nullptr) {  // dQ from the same pass (atomic, zeroed accumulator), then converted
+    constexpr int smem = dkdv_smem_bytes<D, true>();
+    set_smem(dkdv_mma_kernel<T, D, true>, smem, "_attention_backward");
+    dkdv_mma_kernel<T, D, true><<<grid, 128, smem, stream>>>(p, n_kt, scale_log2);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t n = p.B * p.H * p.Nq * p.D;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
+    dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   {
-    const int64_t n_kt = num_tiles(p.Nk, kBwdBlockN);
-    const unsigned grid = grid_of(p.B * p.H * n_kt, "_attention_backward");
     constexpr int smem = dkdv_smem_bytes<D>();
-    set_smem(dkdv_mma_kernel<T, D>, smem, "_attention_backward");
-    dkdv_mma_kernel<T, D><<<grid, 128, smem, stream>>>(p, n_kt, scale_log2);
+    set_smem(dkdv_mma_kernel<T, D, false>, smem, "_attention_backward");
+    dkdv_mma_kernel<T, D, false><<<grid, 128, smem, stream>>>(p, n_kt, scale_log2);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   {

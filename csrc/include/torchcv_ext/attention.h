@@ -126,6 +126,9 @@ struct BwdParams {
   stat_t<T>* delta;
   int64_t B, H, Nq, Nk, D;
   double scale;
+  // CUDA fp16 / bf16 only: a zeroed float32 [B * H][Nq][D] buffer selects the atomic-dQ backward
+  // (attention_mma.cuh, dkdv_mma_kernel<kAtomicDq>); null: the separate, deterministic dQ pass.
+  float* dq_acc = nullptr;
 };
 
 // Tile sizes of the CUDA tensor-core kernels; the CPU kernel uses the same tiles (its dK/dV pass
