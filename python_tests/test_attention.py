@@ -404,24 +404,37 @@ def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
     """TORCHCV_EXT_ATTENTION_DQ=atomic (dQ from the dK/dV pass with float32 atomics): dk and dv
     are the same bits as the separate-pass backward, dq agrees to rounding and passes the
     flash-attention rule; deterministic mode ignores the switch (bitwise reproducible)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def run_with_kernels():  # the backward, and the names of the CUDA kernels it launched
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            grads = torch.ops.torchcv_ext._attention_backward(go, q, k, v, out, lse, None)
+            torch.cuda.synchronize()
+        names = " ".join(e.name for e in prof.events())
+        return grads, ("dq_convert_kernel" in names, "dq_mma_kernel" in names)
+
     b, h, nq, nk, d = shape
     q, k, v = _qkv(b, h, nq, nk, d, dtype, "cuda")
     go = torch.randn(b, h, nq, d, device="cuda", dtype=dtype)
     out, lse = op(q, k, v, None)
-    bwd = torch.ops.torchcv_ext._attention_backward
-    sep = bwd(go, q, k, v, out, lse, None)
+    monkeypatch.delenv("TORCHCV_EXT_ATTENTION_DQ", raising=False)
+    sep, kernels = run_with_kernels()
+    assert kernels == (False, True)  # the separate dQ pass
     monkeypatch.setenv("TORCHCV_EXT_ATTENTION_DQ", "atomic")
-    dq, dk, dv = bwd(go, q, k, v, out, lse, None)
+    (dq, dk, dv), kernels = run_with_kernels()
+    assert kernels == (True, False)  # dQ from the dK/dV pass
     assert torch.equal(dk, sep[1]) and torch.equal(dv, sep[2])
     torch.testing.assert_close(dq, sep[0], **TOL[dtype])
     want = _fwd_bwd(lambda *a: ref.attention(*a)[0], q.double(), k.double(), v.double(), go.double(), None)[1]
     eager = _fwd_bwd(lambda a, b_, c, s: _eager(a, b_, c, s), q, k, v, go, None)[1]
     assert _max_err(dq, want) <= 2 * _max_err(eager, want) + 1e-5
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        again = bwd(go, q, k, v, out, lse, None)
+        again, kernels = run_with_kernels()
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+    assert kernels == (False, True)
     assert all(torch.equal(x, y) for x, y in zip(again, sep))
 
 

@@ -479,11 +479,15 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
       for (int i = 0; i < 2; ++i) {
         const int64_t r = qt * BMQ + rb * 16 + g + 8 * i;
         if (r < p.Nq) {
-          float* dst = p.dq_acc + (bh * p.Nq + r) * D + c0 + 2 * t;
+          float* dst = p.dq_acc + (bh * p.Nq + r) * D + c0 + 2 * t;  // 8-byte aligned
 #pragma unroll
           for (int nt = 0; nt < NT_DQ; ++nt) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            atomicAdd(reinterpret_cast<float2*>(dst + nt * 8), make_float2(dqa[nt][2 * i], dqa[nt][2 * i + 1]));
+#else
             atomicAdd(dst + nt * 8, dqa[nt][2 * i]);
             atomicAdd(dst + nt * 8 + 1, dqa[nt][2 * i + 1]);
+#endif
           }
         }
       }
@@ -603,15 +607,23 @@ __global__ void __launch_bounds__(128) dq_mma_kernel(const BwdParams<T> p, int64
   }
 }
 
-// dQ = dq_acc * scale in T (the atomic-dQ dK/dV pass's float32 accumulator, [B * H][Nq][D]).
-template <typename T>
-__global__ void __launch_bounds__(256) dq_convert_kernel(const BwdParams<T> p) {
-  const int64_t n = p.B * p.H * p.Nq * p.D;
+// dQ = dq_acc * scale in T (the atomic-dQ dK/dV pass's float32 accumulator, [B * H][Nq][D]):
+// one warp per row, two elements per lane and step (8-byte loads, 4-byte packed stores).
+template <typename T, int D>
+__global__ void __launch_bounds__(128) dq_convert_kernel(const BwdParams<T> p) {
+  const int64_t rows = p.B * p.H * p.Nq;
   const float scale = static_cast<float>(p.scale);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * 256) {
-    const int64_t d = i % p.D, row = i / p.D, r = row % p.Nq, bh = row / p.Nq;
-    p.dq.row(bh / p.H, bh % p.H, r)[d] = Mma<T>::cvt(p.dq_acc[i] * scale);
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * 4) {
+    const int64_t r = row % p.Nq, bh = row / p.Nq;
+    const float* src = p.dq_acc + row * D;
+    T* dst = p.dq.row(bh / p.H, bh % p.H, r);
+#pragma unroll
+    for (int d = 2 * lane; d < D; d += 64) {
+      const float2 v = *reinterpret_cast<const float2*>(src + d);
+      *reinterpret_cast<uint32_t*>(dst + d) = Mma<T>::pack(v.x * scale, v.y * scale);
+    }
   }
 }
 
@@ -647,9 +659,9 @@ void backward_mma(const BwdParams<T>& p, cudaStream_t stream) {
     set_smem(dkdv_mma_kernel<T, D, true>, smem, "_attention_backward");
     dkdv_mma_kernel<T, D, true><<<grid, 128, smem, stream>>>(p, n_kt, scale_log2);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t n = p.B * p.H * p.Nq * p.D;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
-    dq_convert_kernel<T><<<blocks, 256, 0, stream>>>(p);
+    const int64_t rows = p.B * p.H * p.Nq;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 3) / 4, 65536));
+    dq_convert_kernel<T, D><<<blocks, 128, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
