@@ -1,5 +1,6 @@
-"""Run every attention CUDA kernel once (forward, Delta preprocess, dK/dV and dQ passes) for each
-dtype (fp16 / bf16 tensor cores, fp32 SIMT) and head dim (32, 64, 128), on small shapes with
+"""Run every attention CUDA kernel once (forward, Delta preprocess, dK/dV and dQ passes, and the
+opt-in atomic-dQ dK/dV pass + convert) for each dtype (fp16 / bf16 tensor cores, fp32 SIMT) and
+head dim (32, 64, 128), on small shapes with
 partial tiles, multiple tiles (so the double-buffered pipelines wrap) and strided / misaligned
 inputs, checking against the float64 reference. Meant for compute-sanitizer:
 
@@ -9,6 +10,7 @@ inputs, checking against the float64 reference. Meant for compute-sanitizer:
 (the same checks as a case of benchmarks/sanitize_ops.py would do; kept next to the op's
 benchmark so it runs on its own).
 """
+import os
 import sys
 
 import torch
@@ -48,6 +50,14 @@ def run_cases() -> None:
                 k = torch.randn(b, h, nk, d, device="cuda", dtype=dt)
                 v = torch.randn(b, h, nk, d, device="cuda", dtype=dt)
                 check(f"{dt} D{d} B{b} H{h} Nq{nq} Nk{nk}", q, k, v)
+        if dt != torch.float32:  # the opt-in atomic-dQ backward (its dS tile in shared memory)
+            os.environ["TORCHCV_EXT_ATTENTION_DQ"] = "atomic"
+            try:
+                for d in (32, 64, 128):
+                    q, k, v = (torch.randn(2, 1, n, d, device="cuda", dtype=dt) for n in (70, 135, 135))
+                    check(f"{dt} D{d} atomic dQ Nq70 Nk135", q, k, v)
+            finally:
+                del os.environ["TORCHCV_EXT_ATTENTION_DQ"]
         # Strided qkv views (direct path) and a misaligned base (copy path).
         qkv = torch.randn(2, 77, 3, 2, 64, device="cuda", dtype=dt)
         check(f"{dt} qkv views", *qkv.permute(2, 0, 3, 1, 4).unbind(0))
