@@ -1,8 +1,8 @@
 """Run every attention CUDA kernel once (forward, Delta preprocess, dK/dV and dQ passes, and the
 opt-in atomic-dQ dK/dV pass + convert) for each dtype (fp16 / bf16 tensor cores, fp32 SIMT) and
-head dim (32, 64, 128), on small shapes with
-partial tiles, multiple tiles (so the double-buffered pipelines wrap) and strided / misaligned
-inputs, checking against the float64 reference. Meant for compute-sanitizer:
+head dim (32, 64, 128), on small shapes with partial tiles, multiple tiles (so the double-buffered
+pipelines wrap) and strided / misaligned inputs, checking against the float64 reference. Meant for
+compute-sanitizer:
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python3 benchmarks/sanitize_attention.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_attention.py
