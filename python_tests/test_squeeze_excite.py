@@ -178,6 +178,20 @@ def test_cpu_parallel_paths(layout, shape):
             assert_close(a, b, torch.float64)
 
 
+@pytest.mark.parametrize("c", [1, 3, 7, 8, 15, 16, 17, 33, 40, 63, 64, 65, 100, 136])
+def test_cpu_float32_channels_last_pool_channel_counts(c):
+    """The float32 channels_last pooling kernel: 64-channel register blocks, then the remaining
+    channels in one pass with whole vectors, a partial vector reading into the next pixel, and
+    the last pixels of a chunk channel by channel (C < 16 included); one image large enough to
+    be split into pixel chunks."""
+    for shape in [(2, c, 5, 3), (1, c, 64, 64), (3, c, 1, 1)]:
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        p = _params(c, max(1, c // 4), dtype=torch.float32)
+        y = squeeze_excite(x, *p, "relu", "sigmoid")
+        want = ref.squeeze_excite(x.double(), *(t.double() for t in p), "relu", "sigmoid")
+        assert_close(y, want, torch.float32)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_3d_and_5d_inputs(device):
     for shape in [(2, 6, 10), (2, 6, 3, 2, 4)]:

@@ -112,8 +112,41 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
 }
 
 // float32 channels_last over npix pixels of C channels, vectorized per CPU (TCV_CPU_CLONES): the
-// accumulators of a 64/16-channel block stay in registers across the pixels (a per-pixel loop
-// over a runtime-length acc[] loads and stores it for every pixel).
+// accumulators of a channel block stay in registers across the pixels (a per-pixel loop over a
+// runtime-length acc[] loads and stores it for every pixel). 64-channel blocks, then the < 64
+// remaining channels in one more pass (cl_accum_rest), so every pixel row is read once per
+// block instead of once per 16 channels.
+
+// acc[0, R) += sum over npix pixels of x[s * C + (0, R)], R = 16 * NV + tail (tail < 16 only when
+// TAIL): NV whole vectors plus, when TAIL, one vector whose lanes >= tail are discarded (it reads
+// into the next pixel's channels). Pixels whose vector reads would pass the `avail` floats that
+// follow x (the end of the chunk) are added one channel at a time. Two pixels per step in
+// separate accumulators: independent add chains.
+template <int NV, bool TAIL>
+__attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t npix, int64_t C, int64_t tail,
+                                                         int64_t avail, float* acc) {
+  constexpr int V = NV + (TAIL ? 1 : 0);
+  const int64_t R = 16 * NV + (TAIL ? tail : 0);
+  const int64_t lim = avail - 16 * V;  // pixel s may use vector reads iff s * C <= lim
+  const int64_t full = lim < 0 ? 0 : std::min<int64_t>(npix, lim / C + 1);
+  f32x16 a[V] = {}, b[V] = {};
+  int64_t s = 0;
+  for (; s + 2 <= full; s += 2) {
+    const float* p = x + s * C;
+    for (int v = 0; v < V; ++v) a[v] += load16(p + 16 * v);
+    for (int v = 0; v < V; ++v) b[v] += load16(p + C + 16 * v);
+  }
+  for (; s < full; ++s) {
+    for (int v = 0; v < V; ++v) a[v] += load16(x + s * C + 16 * v);
+  }
+  float t[16 * (V > 0 ? V : 1)];
+  for (int v = 0; v < V; ++v) store16(t + 16 * v, a[v] + b[v]);
+  for (int64_t c = 0; c < R; ++c) acc[c] += t[c];
+  for (; s < npix; ++s) {
+    for (int64_t c = 0; c < R; ++c) acc[c] += x[s * C + c];
+  }
+}
+
 TCV_CPU_CLONES void cl_accum_f32(const float* x, int64_t npix, int64_t C, float* acc) {
   int64_t c0 = 0;
   for (; c0 + 64 <= C; c0 += 64) {
@@ -131,15 +164,23 @@ TCV_CPU_CLONES void cl_accum_f32(const float* x, int64_t npix, int64_t C, float*
     store16(acc + c0 + 32, a2);
     store16(acc + c0 + 48, a3);
   }
-  for (; c0 + 16 <= C; c0 += 16) {
-    f32x16 a = load16(acc + c0);
-    for (int64_t s = 0; s < npix; ++s) a += load16(x + s * C + c0);
-    store16(acc + c0, a);
+  const int64_t rest = C - c0, nv = rest / 16, tail = rest % 16;
+  if (rest == 0 || npix <= 0) return;
+  const float* xr = x + c0;
+  const int64_t avail = npix * C - c0;  // floats from xr to the end of the pixels
+  float* ar = acc + c0;
+  if (tail == 0) {
+    switch (nv) {
+      case 1: return cl_accum_rest<1, false>(xr, npix, C, 0, avail, ar);
+      case 2: return cl_accum_rest<2, false>(xr, npix, C, 0, avail, ar);
+      default: return cl_accum_rest<3, false>(xr, npix, C, 0, avail, ar);
+    }
   }
-  for (; c0 < C; ++c0) {
-    float a = acc[c0];
-    for (int64_t s = 0; s < npix; ++s) a += x[s * C + c0];
-    acc[c0] = a;
+  switch (nv) {
+    case 0: return cl_accum_rest<0, true>(xr, npix, C, tail, avail, ar);
+    case 1: return cl_accum_rest<1, true>(xr, npix, C, tail, avail, ar);
+    case 2: return cl_accum_rest<2, true>(xr, npix, C, tail, avail, ar);
+    default: return cl_accum_rest<3, true>(xr, npix, C, tail, avail, ar);
   }
 }
 
