@@ -277,10 +277,10 @@ TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t np
 constexpr int64_t kBlkOw = 8;                 // output pixels per register block
 constexpr int64_t kBlkTileBytes = 96 * 1024;  // target tile size (L2-resident)
 
-// blk_conv_row_f32 for stride 1, dilation 1 along W (any along H) and a kernel width KW known at compile time: a sliding
-// window. Output q of tap j reads tile column q + j, so each of the kBlkOw + KW - 1 columns of a
-// row is loaded once and feeds up to KW accumulators (KW weight registers held), instead of
-// one load per FMA -- the loop becomes FMA-bound.
+// blk_conv_row_f32 for stride 1, dilation 1 along W (any along H) and a kernel width KW known at
+// compile time: a sliding window. Output q of tap j reads tile column q + j, so each of the
+// kBlkOw + KW - 1 columns of a row is loaded once and feeds up to KW accumulators (KW weight
+// registers held), instead of one load per FMA -- the loop becomes FMA-bound.
 template <int KW>
 __attribute__((always_inline)) inline void blk_conv_row_s1(const float* tile, int64_t row16, const float* w16,
                                                            int kh, int dh, int64_t Wo, float* acc) {

@@ -131,8 +131,10 @@ struct BwdParams {
   float* dq_acc = nullptr;
 };
 
-// Tile sizes of the CUDA tensor-core kernels; the CPU kernel uses the same tiles (its dK/dV pass
-// always takes 64-row query tiles: the tile size does not change its results).
+// Tile sizes of the CUDA tensor-core (fp16 / bf16) kernels; the CPU tiled kernel uses the same
+// tiles (its dK/dV pass always takes 64-row query tiles: the tile size does not change its
+// results). The fp32 SIMT kernels (attention_f32.cu) use their own: 64 rows x 32-row streamed
+// tiles, so with the CPU kernel they differ only in summation order.
 constexpr int kFwdBlockM = 64;  // query rows per CTA (4 warps x 16 rows)
 constexpr int kFwdBlockN = 64;  // keys per K/V tile
 constexpr int kBwdBlockN = 64;  // keys per CTA in the dK/dV pass (4 warps x 16 keys)
