@@ -123,9 +123,10 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
 // follow x (the end of the chunk) are added one channel at a time. Two pixels per step in
 // separate accumulators: independent add chains.
 template <int NV, bool TAIL>
-__attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t npix, int64_t C, int64_t tail,
-                                                         int64_t avail, float* acc) {
+__attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t npix, int64_t C,
+                                                         int64_t tail, int64_t avail, float* acc) {
   constexpr int V = NV + (TAIL ? 1 : 0);
+  static_assert(V > 0, "at least one vector");
   const int64_t R = 16 * NV + (TAIL ? tail : 0);
   const int64_t lim = avail - 16 * V;  // pixel s may use vector reads iff s * C <= lim
   const int64_t full = lim < 0 ? 0 : std::min<int64_t>(npix, lim / C + 1);
@@ -139,7 +140,7 @@ __attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t
   for (; s < full; ++s) {
     for (int v = 0; v < V; ++v) a[v] += load16(x + s * C + 16 * v);
   }
-  float t[16 * (V > 0 ? V : 1)];
+  float t[16 * V];
   for (int v = 0; v < V; ++v) store16(t + 16 * v, a[v] + b[v]);
   for (int64_t c = 0; c < R; ++c) acc[c] += t[c];
   for (; s < npix; ++s) {

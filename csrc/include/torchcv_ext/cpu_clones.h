@@ -23,12 +23,20 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 // butterfly stages, each swapping the off-diagonal d x d blocks (d = 8, 4, 2, 1) of every 2d x 2d
 // block -- 64 two-source shuffles (one vpermt2ps each on AVX-512) instead of 256 scalar moves or
 // 16-lane gathers / scatters.
+// Two-source shuffle with constant indices: __builtin_shufflevector (clang, GCC >= 12), else GCC's
+// older __builtin_shuffle with an index vector (GCC 10 / 11 also build C++20 extensions).
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12 && !defined(TCV_OLD_GCC_SHUFFLE))
+#define TCV_SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+typedef int tcv_i32x16 __attribute__((vector_size(64)));
+#define TCV_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, tcv_i32x16{__VA_ARGS__})
+#endif
 #define TCV_T16_STAGE(D, ...)                                                  \
   for (int i = 0; i < 16; ++i) {                                               \
     if (i & (D)) continue;                                                     \
     const f32x16 a = r[i], b = r[i + (D)];                                     \
-    r[i] = __builtin_shufflevector(a, b, __VA_ARGS__);                         \
-    r[i + (D)] = __builtin_shufflevector(a, b, TCV_T16_HI_##D);                \
+    r[i] = TCV_SHUFFLE16(a, b, __VA_ARGS__);                                   \
+    r[i + (D)] = TCV_SHUFFLE16(a, b, TCV_T16_HI_##D);                          \
   }
 #define TCV_T16_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define TCV_T16_HI_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
@@ -41,6 +49,7 @@ __attribute__((always_inline)) inline void transpose16(f32x16* r) {
   TCV_T16_STAGE(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
 }
 #undef TCV_T16_STAGE
+#undef TCV_SHUFFLE16
 #undef TCV_T16_HI_8
 #undef TCV_T16_HI_4
 #undef TCV_T16_HI_2
