@@ -7,8 +7,9 @@ torch.compile of the eager code, forward and backward, in TFLOP/s.
 
 FLOPs counted: forward 4 * B * H * N^2 * D (the two matmuls); backward 2.5x that (five matmuls,
 one of which recomputes S). "bwd" rows time the backward alone (autograd.grad of a retained
-graph); on a GPU, "torchcv_ext (atomic dQ)" is the backward with TORCHCV_EXT_ATTENTION_DQ=atomic. Shapes: ViT-S/16 and ViT-B/16 at 224 (B=64, N=197, H=6/12, D=64), ViT-L/16 at 384
-(N=577, D=64), and long sequences (N=1024 D=128, N=4096 D=64); small CPU-sized shapes on cpu.
+graph); on a GPU, "torchcv_ext (atomic dQ)" is the backward with TORCHCV_EXT_ATTENTION_DQ=atomic.
+Shapes: ViT-S/16 and ViT-B/16 at 224 (B=64, N=197, H=6/12, D=64), ViT-L/16 at 384 (N=577, D=64),
+and long sequences (N=1024 D=128, N=4096 D=64); small CPU-sized shapes on cpu.
 Target on a GPU: forward at parity with SDPA's best backend at N=197, backward within 1.3x.
 """
 import os

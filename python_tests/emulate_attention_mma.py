@@ -1,6 +1,6 @@
 """Lane-level numpy emulation of the tensor-core attention kernels (csrc/cuda/attention_mma.cuh:
-fwd_mma_kernel, dkdv_mma_kernel with and without its atomic dQ, dq_mma_kernel) for checking their fragment index math on a
-machine without a GPU.
+fwd_mma_kernel, dkdv_mma_kernel with and without its atomic dQ, dq_mma_kernel) for checking their
+fragment index math on a machine without a GPU.
 
     python python_tests/emulate_attention_mma.py
 

@@ -426,7 +426,7 @@ def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
     assert torch.equal(dk, sep[1]) and torch.equal(dv, sep[2])
     torch.testing.assert_close(dq, sep[0], **TOL[dtype])
     want = _fwd_bwd(lambda *a: ref.attention(*a)[0], q.double(), k.double(), v.double(), go.double(), None)[1]
-    eager = _fwd_bwd(lambda a, b_, c, s: _eager(a, b_, c, s), q, k, v, go, None)[1]
+    eager = _fwd_bwd(_eager, q, k, v, go, None)[1]
     assert _max_err(dq, want) <= 2 * _max_err(eager, want) + 1e-5
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)

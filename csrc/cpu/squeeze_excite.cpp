@@ -114,8 +114,8 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
 // float32 channels_last over npix pixels of C channels, vectorized per CPU (TCV_CPU_CLONES): the
 // accumulators of a channel block stay in registers across the pixels (a per-pixel loop over a
 // runtime-length acc[] loads and stores it for every pixel). 64-channel blocks, then the < 64
-// remaining channels in one more pass (cl_accum_rest), so every pixel row is read once per
-// block instead of once per 16 channels.
+// remaining channels in one more pass, all through cl_accum_rest, so every pixel row is read
+// once per block instead of once per 16 channels.
 
 // acc[0, R) += sum over npix pixels of x[s * C + (0, R)], R = 16 * NV + tail (tail < 16 only when
 // TAIL): NV whole vectors plus, when TAIL, one vector whose lanes >= tail are discarded (it reads
@@ -149,24 +149,11 @@ __attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t
 }
 
 TCV_CPU_CLONES void cl_accum_f32(const float* x, int64_t npix, int64_t C, float* acc) {
+  if (npix <= 0) return;
   int64_t c0 = 0;
-  for (; c0 + 64 <= C; c0 += 64) {
-    f32x16 a0 = load16(acc + c0), a1 = load16(acc + c0 + 16), a2 = load16(acc + c0 + 32),
-           a3 = load16(acc + c0 + 48);
-    for (int64_t s = 0; s < npix; ++s) {
-      const float* p = x + s * C + c0;
-      a0 += load16(p);
-      a1 += load16(p + 16);
-      a2 += load16(p + 32);
-      a3 += load16(p + 48);
-    }
-    store16(acc + c0, a0);
-    store16(acc + c0 + 16, a1);
-    store16(acc + c0 + 32, a2);
-    store16(acc + c0 + 48, a3);
-  }
+  for (; c0 + 64 <= C; c0 += 64) cl_accum_rest<4, false>(x + c0, npix, C, 0, npix * C - c0, acc + c0);
   const int64_t rest = C - c0, nv = rest / 16, tail = rest % 16;
-  if (rest == 0 || npix <= 0) return;
+  if (rest == 0) return;
   const float* xr = x + c0;
   const int64_t avail = npix * C - c0;  // floats from xr to the end of the pixels
   float* ar = acc + c0;
