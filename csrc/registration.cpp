@@ -32,11 +32,14 @@ TORCH_LIBRARY(torchcv_ext, m) {
   // train, pass 1: z = dwconv(x) and the per-channel batch mean / biased variance of z.
   m.def("dwconv_bn_stats(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
         "-> (Tensor z, Tensor mean, Tensor var)", pt2);
-  // train, pass 2: y = act(z * scale + shift).
-  m.def("scale_shift_act(Tensor z, Tensor scale, Tensor shift, str act) -> Tensor", pt2);
-  // -> (grad_z, grad_scale, grad_shift)
-  m.def("_scale_shift_act_backward(Tensor grad, Tensor z, Tensor scale, Tensor shift, str act) "
-        "-> (Tensor, Tensor, Tensor)", pt2);
+  // train, pass 2: y = act((z - mean) * scale + shift), mean = 0 when not given. Train mode
+  // passes the batch mean, scale = gamma / sqrt(var + eps) and shift = beta: centering before
+  // scaling keeps eager BatchNorm's precision when |mean| >> std.
+  m.def("scale_shift_act(Tensor z, Tensor scale, Tensor shift, str act, Tensor? mean=None) -> Tensor",
+        pt2);
+  // -> (grad_z, grad_scale, grad_shift); grad_mean = -grad_shift * scale is left to the caller.
+  m.def("_scale_shift_act_backward(Tensor grad, Tensor z, Tensor scale, Tensor shift, str act, "
+        "Tensor? mean=None) -> (Tensor, Tensor, Tensor)", pt2);
   // -> (grad_x, grad_weight); grad of z is grad_z + grad_mean / M + grad_var * 2 (z - mean) / M.
   m.def("_dwconv_bn_stats_backward(Tensor grad_z, Tensor? grad_mean, Tensor? grad_var, Tensor x, "
         "Tensor z, Tensor mean, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "

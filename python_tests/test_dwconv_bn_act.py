@@ -265,6 +265,52 @@ def test_gradcheck(device, layout, act, geom):
         lambda *a: dwconv_bn_act_train(*a, 1e-5, s, p, d, act), (x, w, gamma, beta))
 
 
+@requires_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act", ["silu", "relu6"])
+def test_scale_shift_act_gradcheck_with_mean(device, layout, act):
+    """The train op's centred form act((z - mean) * scale + shift): gradients of z, scale, shift
+    and mean (the last one from the Python autograd formula -grad_shift * scale)."""
+    z = torch.randn(2, 3, 5, 4, dtype=torch.float64, device=device).contiguous(memory_format=layout)
+    vecs = [torch.randn(3, dtype=torch.float64, device=device) for _ in range(3)]
+    args = [t.requires_grad_(True) for t in (z, *vecs)]
+    assert torch.autograd.gradcheck(lambda zz, sc, sh, mu: OPS.scale_shift_act(zz, sc, sh, act, mu), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+def test_train_normalization_centred_when_mean_dominates(device, layout, offset):
+    """Train mode normalizes as (z - mean) * scale + beta, like eager BatchNorm on CUDA, not as
+    z * scale + (beta - mean * scale): with |mean| >> std the folded form's two large terms cancel
+    and lose ulp(|mean| / std) (about 4e-3 at mean/std = 1e5 in float32), far above the output's
+    own rounding. Given the same float32 z and statistics, the result must be within a few
+    float32 ulps of the float64 evaluation of the same formula."""
+    torch.manual_seed(0)
+    c = 8
+    z = (torch.randn(4, c, 6, 5, device=device) + offset).contiguous(memory_format=layout)
+    mean = z.double().mean(dim=(0, 2, 3)).float()
+    var = (z.double() - mean.double().view(1, -1, 1, 1)).square().mean(dim=(0, 2, 3)).float()
+    gamma = torch.rand(c, device=device) + 0.5
+    beta = torch.randn(c, device=device)
+    scale, shift = ref.batch_scale_shift(var, gamma, beta, 1e-5)
+    v = lambda t: t.double().view(1, -1, 1, 1)  # noqa: E731
+    expected = (z.double() - v(mean)) * v(scale) + v(shift)
+    outs = [ref.scale_shift_act(z, scale, shift, "identity", mean)]
+    if OPS is not None and hasattr(OPS, "scale_shift_act"):
+        outs.append(OPS.scale_shift_act(z, scale, shift, "identity", mean))
+    for y in outs:
+        err = (y.double() - expected).abs().max().item()
+        assert err <= 4 * torch.finfo(torch.float32).eps * expected.abs().max().item(), err
+    # The full train path (the batch statistics computed by the op), with a 1x1 identity conv so
+    # that z = x exactly: the output is the normalized input, error at float32 rounding.
+    y, m, vv = dwconv_bn_act_train(z, torch.ones(c, 1, 1, 1, device=device), gamma, beta, 1e-5, 1, 0, 1,
+                                   "identity")
+    expected = (z.double() - v(m)) * v(gamma) / (v(vv) + 1e-5).sqrt() + v(beta)
+    assert (y.double() - expected).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -324,8 +370,11 @@ def test_opcheck(device, layout):
     z, mean, _ = OPS.dwconv_bn_stats(x.detach(), w.detach(), *conv)
     zr = z.clone().requires_grad_(True)
     torch.library.opcheck(OPS.scale_shift_act, (zr, sc, sh, "silu"))
+    mu = mean.clone().requires_grad_(True)
+    torch.library.opcheck(OPS.scale_shift_act, (zr, sc, sh, "hardswish", mu))
     g = torch.randn_like(z)
     torch.library.opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "relu"))
+    torch.library.opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "silu", mean))
     gm, gv = torch.randn(4, device=device), torch.randn(4, device=device)
     torch.library.opcheck(OPS._dwconv_bn_stats_backward,
                           (g, gm, gv, x.detach(), z, mean, w.detach(), *conv))

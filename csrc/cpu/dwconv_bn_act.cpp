@@ -693,11 +693,12 @@ struct Layout {
 };
 
 template <typename T>
-void ssa_impl(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
-              at::Tensor& y) {
+void ssa_impl(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
+              const at::Tensor& shift, Act act, at::Tensor& y) {
   using acc_t = acc_of<T>;
   const T* zd = z.const_data_ptr<T>();
   T* yd = y.mutable_data_ptr<T>();
+  const acc_t* mu = mean.const_data_ptr<acc_t>();
   const acc_t* sc = scale.const_data_ptr<acc_t>();
   const acc_t* sh = shift.const_data_ptr<acc_t>();
   const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
@@ -708,7 +709,8 @@ void ssa_impl(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& sh
       at::parallel_for(0, N * HW, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
         for (int64_t q = b; q < e; ++q) {
           for (int64_t c = 0; c < C; ++c) {
-            yd[q * C + c] = static_cast<T>(bn_act<acc_t>(kA, static_cast<acc_t>(zd[q * C + c]), sc[c], sh[c]));
+            const acc_t zc = static_cast<acc_t>(zd[q * C + c]) - mu[c];
+            yd[q * C + c] = static_cast<T>(bn_act<acc_t>(kA, zc, sc[c], sh[c]));
           }
         }
       });
@@ -716,9 +718,9 @@ void ssa_impl(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& sh
       at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p) {
           const int64_t c = p % C;
-          const acc_t s = sc[c], t = sh[c];
+          const acc_t m = mu[c], s = sc[c], t = sh[c];
           for (int64_t i = p * HW; i < (p + 1) * HW; ++i) {
-            yd[i] = static_cast<T>(bn_act<acc_t>(kA, static_cast<acc_t>(zd[i]), s, t));
+            yd[i] = static_cast<T>(bn_act<acc_t>(kA, static_cast<acc_t>(zd[i]) - m, s, t));
           }
         }
       });
@@ -729,12 +731,13 @@ void ssa_impl(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& sh
 // Per-channel reductions below run with one task per channel (strided access in channels_last:
 // fine for the CPU train path), summing (n, h, w) in increasing order: deterministic.
 template <typename T>
-void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
-                       const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
-                       at::Tensor& gsh) {
+void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
+                       const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
+                       at::Tensor& gsc, at::Tensor& gsh) {
   using acc_t = acc_of<T>;
   const T* gd = grad.const_data_ptr<T>();
   const T* zd = z.const_data_ptr<T>();
+  const acc_t* mu = mean.const_data_ptr<acc_t>();
   T* gzd = gz.mutable_data_ptr<T>();
   const acc_t* sc = scale.const_data_ptr<acc_t>();
   const acc_t* sh = shift.const_data_ptr<acc_t>();
@@ -747,14 +750,14 @@ void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Te
     constexpr Act kA = decltype(A)::value;
     at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
-        const acc_t s = sc[c], t = sh[c];
+        const acc_t m = mu[c], s = sc[c], t = sh[c];
         acc_t sum_u = 0, sum_uz = 0;
         for (int64_t n = 0; n < N; ++n) {
           acc_t pu = 0, puz = 0;  // per-plane partials
           const int64_t base = n * sc_n + c * sc_c;
           for (int64_t q = 0; q < HW; ++q) {
             const int64_t i = base + q * sc_s;
-            const acc_t zv = static_cast<acc_t>(zd[i]);
+            const acc_t zv = static_cast<acc_t>(zd[i]) - m;
             const acc_t gu = bn_act_grad_u<acc_t>(kA, static_cast<acc_t>(gd[i]), zv, s, t);
             gzd[i] = static_cast<T>(gu * s);
             pu += gu;
@@ -851,15 +854,17 @@ struct CpuBackend {
                     at::Tensor& mean, at::Tensor& var) {
     TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_stats", [&] { stats_impl<scalar_t>(x, w, g, z, mean, var); });
   }
-  static void ssa(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
-                  at::Tensor& y) {
-    TCV_DW_DISPATCH(z.scalar_type(), "scale_shift_act", [&] { ssa_impl<scalar_t>(z, scale, shift, act, y); });
+  static void ssa(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
+                  const at::Tensor& shift, Act act, at::Tensor& y) {
+    TCV_DW_DISPATCH(z.scalar_type(), "scale_shift_act", [&] {
+      ssa_impl<scalar_t>(z, mean, scale, shift, act, y);
+    });
   }
-  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
-                           const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
-                           at::Tensor& gsh) {
+  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
+                           const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
+                           at::Tensor& gsc, at::Tensor& gsh) {
     TCV_DW_DISPATCH(z.scalar_type(), "_scale_shift_act_backward", [&] {
-      ssa_backward_impl<scalar_t>(grad, z, scale, shift, act, gz, gsc, gsh);
+      ssa_backward_impl<scalar_t>(grad, z, mean, scale, shift, act, gz, gsc, gsh);
     });
   }
   static void stats_backward(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,

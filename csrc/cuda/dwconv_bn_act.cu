@@ -447,29 +447,30 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out[r] = sm[0];
 }
 
-// ---- y = act(z * scale + shift) ---------------------------------------------------------------
+// ---- y = act((z - mean) * scale + shift) ------------------------------------------------------
 // I: index type, uint32_t when every index (and the grid-stride step) fits, else int64_t; the
 // channel of element i needs a division, much cheaper in 32 bits.
 template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
-    ssa_kernel(const T* __restrict__ z, const acc_of<T>* __restrict__ sc,
-               const acc_of<T>* __restrict__ sh, T* __restrict__ y, const I numel, const I C,
-               const I HW, const bool cl, const Act act) {
+    ssa_kernel(const T* __restrict__ z, const acc_of<T>* __restrict__ mu,
+               const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh, T* __restrict__ y,
+               const I numel, const I C, const I HW, const bool cl, const Act act) {
   using acc_t = acc_of<T>;
   const I step = static_cast<I>(gridDim.x) * kThreads;
   for (I i = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
     const I c = cl ? i % C : (i / HW) % C;
-    y[i] = static_cast<T>(bn_act<acc_t>(act, static_cast<acc_t>(z[i]), sc[c], sh[c]));
+    y[i] = static_cast<T>(bn_act<acc_t>(act, static_cast<acc_t>(z[i]) - mu[c], sc[c], sh[c]));
   }
 }
 
-// ---- backward of y = act(z * scale + shift) --------------------------------------------------
+// ---- backward of y = act((z - mean) * scale + shift) -----------------------------------------
 // gz = gu * scale with gu = grad * act'(u); partials part[0][c][col] = sum gu (-> grad shift),
-// part[1][c][col] = sum gu * z (-> grad scale).
+// part[1][c][col] = sum gu * (z - mean) (-> grad scale).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ssa_bwd_nchw_kernel(const T* __restrict__ grad, const T* __restrict__ z,
-                        const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                        const acc_of<T>* __restrict__ mu, const acc_of<T>* __restrict__ sc,
+                        const acc_of<T>* __restrict__ sh,
                         T* __restrict__ gz, const int64_t C, const PlaneMap m, const Act act,
                         acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
@@ -479,7 +480,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t a = acc_t(0), b = acc_t(0);
   if (valid) {
     const int64_t c = plane % C, i = plane * m.HWo + pix;
-    const acc_t zv = static_cast<acc_t>(z[i]);
+    const acc_t zv = static_cast<acc_t>(z[i]) - mu[c];
     const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, sc[c], sh[c]);
     gz[i] = static_cast<T>(gu * sc[c]);
     a = gu;
@@ -528,7 +529,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ssa_bwd_cl_kernel(const T* __restrict__ grad, const T* __restrict__ z,
-                      const acc_of<T>* __restrict__ sc, const acc_of<T>* __restrict__ sh,
+                      const acc_of<T>* __restrict__ mu, const acc_of<T>* __restrict__ sc,
+                      const acc_of<T>* __restrict__ sh,
                       T* __restrict__ gz, const int64_t C, const int64_t P, const int64_t R,
                       const Act act, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
@@ -537,12 +539,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kRows * R;
   acc_t a = acc_t(0), b = acc_t(0);
   if (c < C) {
-    const acc_t s = sc[c], t = sh[c];
+    const acc_t m = mu[c], s = sc[c], t = sh[c];
     for (int64_t r = 0; r < R; ++r) {
       const int64_t q = q0 + r * kRows + threadIdx.y;
       if (q >= P) break;
       const int64_t i = q * C + c;
-      const acc_t zv = static_cast<acc_t>(z[i]);
+      const acc_t zv = static_cast<acc_t>(z[i]) - m;
       const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, s, t);
       gz[i] = static_cast<T>(gu * s);
       a += gu;
@@ -918,8 +920,8 @@ struct CudaBackend {
     });
   }
 
-  static void ssa(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, Act act,
-                  at::Tensor& y) {
+  static void ssa(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
+                  const at::Tensor& shift, Act act, at::Tensor& y) {
     const int64_t numel = z.numel();
     const bool cl = !(z.is_contiguous() && y.is_contiguous());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -928,21 +930,22 @@ struct CudaBackend {
       const int64_t blocks = grid_for(numel);
       if (fits_u32(numel, blocks)) {
         ssa_kernel<scalar_t, uint32_t><<<blocks, kThreads, 0, stream>>>(
-            z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-            y.mutable_data_ptr<scalar_t>(), static_cast<uint32_t>(numel), static_cast<uint32_t>(z.size(1)),
-            static_cast<uint32_t>(z.size(2) * z.size(3)), cl, act);
+            z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+            shift.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>(), static_cast<uint32_t>(numel),
+            static_cast<uint32_t>(z.size(1)), static_cast<uint32_t>(z.size(2) * z.size(3)), cl, act);
       } else {
         ssa_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(
-            z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-            y.mutable_data_ptr<scalar_t>(), numel, z.size(1), z.size(2) * z.size(3), cl, act);
+            z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
+            shift.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>(), numel, z.size(1),
+            z.size(2) * z.size(3), cl, act);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
-  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& scale,
-                           const at::Tensor& shift, Act act, at::Tensor& gz, at::Tensor& gsc,
-                           at::Tensor& gsh) {
+  static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
+                           const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
+                           at::Tensor& gsc, at::Tensor& gsh) {
     const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
     const bool cl = !(z.is_contiguous() && grad.is_contiguous() && gz.is_contiguous());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -958,8 +961,9 @@ struct CudaBackend {
         P = grid.y;
         part = at::empty({2 * C * P}, scale.options());
         ssa_bwd_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
-            shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(), C, Pix, R, act,
+            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
+            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
+            C, Pix, R, act,
             part.mutable_data_ptr<acc_t>());
       } else {
         const PlaneMap m = plane_map(N * C, HW);
@@ -967,8 +971,9 @@ struct CudaBackend {
         P = N * m.chunks;
         part = at::empty({2 * C * P}, scale.options());
         ssa_bwd_nchw_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
-            shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(), C, m, act,
+            grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
+            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
+            C, m, act,
             part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();

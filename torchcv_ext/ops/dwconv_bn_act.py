@@ -12,9 +12,11 @@ Ops (torch.ops.torchcv_ext.*):
 * ``dwconv_bn_stats(x, weight, stride, padding, dilation) -> (z, mean, var)`` -- train, pass 1: the
   conv output z plus the per-channel batch mean and biased variance, reduced in the conv epilogue
   in a fixed order (deterministic, no float atomics).
-* ``scale_shift_act(z, scale, shift, act)`` -- train, pass 2: normalize + affine + activation, with
-  ``scale = gamma * rsqrt(var + eps)``, ``shift = beta - mean * scale`` computed by autograd-visible
-  PyTorch ops, so BN weight/bias (and the batch statistics) get their gradients through autograd.
+* ``scale_shift_act(z, scale, shift, act, mean=None)`` -- train, pass 2: normalize + affine +
+  activation, ``act((z - mean) * scale + shift)`` with the batch mean, ``scale = gamma * rsqrt(var +
+  eps)`` computed by autograd-visible PyTorch ops and ``shift = beta``, so BN weight/bias and the
+  batch statistics get their gradients through autograd. Centring before scaling (as eager
+  BatchNorm does) keeps float32 precise when |mean| >> std, which folding into one shift does not.
 * backward ops: ``_scale_shift_act_backward`` (dz, dscale, dshift) and ``_dwconv_bn_stats_backward``
   (dx, dweight given dz and the gradients of mean/var); the eval op's backward recomputes z with
   ``dwconv_bn_stats`` and chains the two. Weight-gradient reductions run in a fixed order.
@@ -152,12 +154,12 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         x, weight, ctx = _ref_autocast(x, weight)
         with ctx:
             z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
-    scale, shift = ref.batch_scale_shift(mean, var, bn_weight, bn_bias, eps)
+    scale, shift = ref.batch_scale_shift(var, bn_weight, bn_bias, eps)
     if use_ops:
-        y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation)
+        y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation, mean)
     else:
         with torch.autocast(z.device.type, enabled=False):
-            y = ref.scale_shift_act(z, scale, shift, activation)
+            y = ref.scale_shift_act(z, scale, shift, activation, mean)
     return y, mean, var
 
 
@@ -192,8 +194,8 @@ def _register() -> None:
         z, mean, var = ref.dwconv_bn_stats(x, w, s, p, d)
         return z, mean.contiguous(), var.contiguous()
 
-    def _ssa_bwd_ref(grad, z, scale, shift, act):
-        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act)
+    def _ssa_bwd_ref(grad, z, scale, shift, act, mean=None):
+        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act, mean)
         return gz, gs.contiguous(), gb.contiguous()
 
     def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d):
@@ -220,12 +222,12 @@ def _register() -> None:
                 x.new_empty((c,), dtype=a))
 
     @torch.library.register_fake(lib + "scale_shift_act")
-    def _(z, scale, shift, act):
+    def _(z, scale, shift, act, mean=None):
         torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
         return _like(z.shape, z)
 
     @torch.library.register_fake(lib + "_scale_shift_act_backward")
-    def _(grad, z, scale, shift, act):
+    def _(grad, z, scale, shift, act, mean=None):
         a = ref.acc_dtype(z.dtype)
         c = z.shape[1]
         return _like(z.shape, z), z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
@@ -272,15 +274,19 @@ def _register() -> None:
     torch.library.register_autograd(lib + "dwconv_bn_stats", _stats_bwd, setup_context=_stats_setup)
 
     def _ssa_setup(ctx, inputs, output):
-        z, scale, shift, act = inputs
-        ctx.save_for_backward(z, scale, shift)
+        z, scale, shift, act, mean = inputs
+        ctx.save_for_backward(z, scale, shift, mean)
         ctx.act = act
 
     def _ssa_bwd(ctx, grad):
-        z, scale, shift = ctx.saved_tensors
+        z, scale, shift, mean = ctx.saved_tensors
         gz, g_scale, g_shift = torch.ops.torchcv_ext._scale_shift_act_backward(grad, z, scale, shift,
-                                                                               ctx.act)
-        return gz, g_scale.to(scale.dtype), g_shift.to(shift.dtype), None
+                                                                               ctx.act, mean)
+        # u = (z - mean) * scale + shift  =>  du/dmean = -scale.
+        g_mean = None
+        if mean is not None and ctx.needs_input_grad[4]:
+            g_mean = (-g_shift * scale.to(g_shift.dtype)).to(mean.dtype)
+        return gz, g_scale.to(scale.dtype), g_shift.to(shift.dtype), None, g_mean
 
     torch.library.register_autograd(lib + "scale_shift_act", _ssa_bwd, setup_context=_ssa_setup)
 

@@ -4,9 +4,11 @@
 //   z[n,c,oh,ow] = sum_{i,j} w[c,i,j] * x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]   (zero pad)
 //   eval:   y = act(z * scale[c] + shift[c])                      (BN folded into scale/shift)
 //   train:  z plus per-channel (count, mean, M2) partials merged in a fixed order -> mean, var
-//           y = act(z * scale[c] + shift[c]) with scale/shift from the batch statistics
-//   backward of y = act(z * scale + shift):  gu = g * act'(u);  dz = gu * scale;
-//           dscale = sum gu * z;  dshift = sum gu
+//           y = act((z - mean[c]) * scale[c] + shift[c]), scale = gamma / sqrt(var + eps),
+//           shift = beta: centred first, as eager BatchNorm, so |mean| >> std loses nothing
+//           (the kernels pass z - mean as `z` to bn_act / bn_act_grad_u below)
+//   backward of y = act((z - mean) * scale + shift):  gu = g * act'(u);  dz = gu * scale;
+//           dscale = sum gu * (z - mean);  dshift = sum gu;  (dmean = -dshift * scale, in Python)
 //   backward of (z, mean, var):  dz_total = dz + dmean / M + dvar * 2 (z - mean) / M,
 //           dx = transposed depthwise conv of dz_total, dw[c,i,j] = sum dz_total * x(tap i,j)
 //

@@ -162,8 +162,15 @@ struct Kernels {
     return {z, mean, var};
   }
 
+  // The centre of scale_shift_act: `mean` as an accumulation-dtype vector, zeros when absent.
+  static at::Tensor ssa_center(const char* op, const std::optional<at::Tensor>& mean,
+                               const at::Tensor& z, const at::Tensor& sc) {
+    if (mean.has_value() && mean->defined()) return channel_vec(op, "mean", *mean, z);
+    return at::zeros({z.size(1)}, sc.options());
+  }
+
   static at::Tensor ssa(const at::Tensor& z_in, const at::Tensor& scale, const at::Tensor& shift,
-                        c10::string_view act_name) {
+                        c10::string_view act_name, const std::optional<at::Tensor>& mean) {
     const char* op = "scale_shift_act";
     check_device(op, z_in, B::kDevice);
     const typename B::Guard guard(z_in.device());
@@ -171,18 +178,17 @@ struct Kernels {
     const Act act = parse_act(std::string(act_name));
     const at::Tensor sc = channel_vec(op, "scale", scale, z_in);
     const at::Tensor sh = channel_vec(op, "shift", shift, z_in);
+    const at::Tensor mu = ssa_center(op, mean, z_in, sc);
     const at::MemoryFormat fmt = memory_format_of(z_in);
     at::Tensor y = at::empty(z_in.sizes(), z_in.options().memory_format(fmt));
     if (y.numel() == 0) return y;
-    B::ssa(z_in.contiguous(fmt), sc, sh, act, y);
+    B::ssa(z_in.contiguous(fmt), mu, sc, sh, act, y);
     return y;
   }
 
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> ssa_backward(const at::Tensor& grad,
-                                                                     const at::Tensor& z_in,
-                                                                     const at::Tensor& scale,
-                                                                     const at::Tensor& shift,
-                                                                     c10::string_view act_name) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> ssa_backward(
+      const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& scale, const at::Tensor& shift,
+      c10::string_view act_name, const std::optional<at::Tensor>& mean) {
     const char* op = "_scale_shift_act_backward";
     check_device(op, z_in, B::kDevice);
     const typename B::Guard guard(z_in.device());
@@ -190,13 +196,14 @@ struct Kernels {
     const Act act = parse_act(std::string(act_name));
     const at::Tensor sc = channel_vec(op, "scale", scale, z_in);
     const at::Tensor sh = channel_vec(op, "shift", shift, z_in);
+    const at::Tensor mu = ssa_center(op, mean, z_in, sc);
     const at::MemoryFormat fmt = memory_format_of(z_in);
     const at::Tensor gr = same_shape(op, "grad", grad, z_in, z_in.sizes(), fmt);
     at::Tensor gz = at::empty(z_in.sizes(), z_in.options().memory_format(fmt));
     at::Tensor gsc = at::zeros({z_in.size(1)}, sc.options());
     at::Tensor gsh = at::zeros({z_in.size(1)}, sc.options());
     if (gz.numel() == 0) return {gz, gsc, gsh};
-    B::ssa_backward(gr, z_in.contiguous(fmt), sc, sh, act, gz, gsc, gsh);
+    B::ssa_backward(gr, z_in.contiguous(fmt), mu, sc, sh, act, gz, gsc, gsh);
     return {gz, gsc, gsh};
   }
 

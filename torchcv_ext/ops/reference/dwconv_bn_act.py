@@ -5,7 +5,7 @@ The fused op family (torchcv_ext/ops/dwconv_bn_act.py) is built from these piece
     z          = depthwise_conv2d(x, weight)                    (C, 1, kh, kw) weight, groups = C
     y (eval)   = act(z * scale + shift)                         scale/shift = BN folded per channel
     mean, var  = per-channel batch mean / biased variance of z  (train)
-    y (train)  = act(z * scale + shift), scale = gamma / sqrt(var + eps), shift = beta - mean * scale
+    y (train)  = act((z - mean) * scale + shift), scale = gamma / sqrt(var + eps), shift = beta
 
 Math is done in float32 (float64 for float64 inputs), results are rounded to the input dtype,
 statistics are returned in the accumulation dtype. Written with plain PyTorch ops, differentiable
@@ -109,33 +109,43 @@ def dwconv_bn_stats(x: torch.Tensor, weight: torch.Tensor, stride: Pair, padding
     return z.to(x.dtype).contiguous(memory_format=memory_format_of(x)), mean, var
 
 
-def scale_shift_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, act: str) -> torch.Tensor:
-    """Train form, second pass: act(z * scale + shift) per channel."""
+def _centred(op: str, z: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
+    """z - mean per channel in the accumulation dtype (z itself when mean is None)."""
+    za = z.to(acc_dtype(z.dtype))
+    if mean is None:
+        return za
+    check_channel_vector(op, "mean", mean, z)
+    return za - _cv(mean, z)
+
+
+def scale_shift_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, act: str,
+                    mean: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Train form, second pass: act((z - mean) * scale + shift) per channel (mean = 0 if None)."""
     op = "scale_shift_act"
     if z.dim() != 4:
         raise RuntimeError(f"{op}: z must be 4-D (N, C, H, W), got {z.dim()} dims")
     check_channel_vector(op, "scale", scale, z)
     check_channel_vector(op, "shift", shift, z)
     check_activation(act)
-    y = apply_activation(act, z.to(acc_dtype(z.dtype)) * _cv(scale, z) + _cv(shift, z))
+    y = apply_activation(act, _centred(op, z, mean) * _cv(scale, z) + _cv(shift, z))
     return y.to(z.dtype).contiguous(memory_format=memory_format_of(z))
 
 
 # ---- backward references (explicit formulas, used as kernels where no C++ kernel exists) ----
 
 def scale_shift_act_backward(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor,
-                             shift: torch.Tensor, act: str
+                             shift: torch.Tensor, act: str, mean: Optional[torch.Tensor] = None
                              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of scale_shift_act w.r.t. z (z's dtype), scale and shift (accumulation dtype)."""
+    """Gradients of scale_shift_act w.r.t. z (z's dtype), scale and shift (accumulation dtype);
+    the gradient of mean is -grad_shift * scale."""
     a = acc_dtype(z.dtype)
-    za = z.to(a).detach().requires_grad_(True)
+    zc = _centred("_scale_shift_act_backward", z, mean).detach()
     with torch.enable_grad():
-        u = za * _cv(scale, z) + _cv(shift, z)
-        u_leaf = u.detach().requires_grad_(True)
+        u_leaf = (zc * _cv(scale, z) + _cv(shift, z)).detach().requires_grad_(True)
         y = apply_activation(act, u_leaf)
         (gu,) = torch.autograd.grad(y, u_leaf, grad.to(a))
     gz = gu * _cv(scale, z)
-    g_scale = (gu * z.to(a)).sum(dim=(0, 2, 3))
+    g_scale = (gu * zc).sum(dim=(0, 2, 3))
     g_shift = gu.sum(dim=(0, 2, 3))
     return gz.to(z.dtype).contiguous(memory_format=memory_format_of(z)), g_scale, g_shift
 
@@ -170,18 +180,18 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
                         dilation: Pair, act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode layer from the pieces above: returns (y, batch mean, biased batch variance)."""
     z, mean, var = dwconv_bn_stats(x, weight, stride, padding, dilation)
-    scale, shift = batch_scale_shift(mean, var, bn_weight, bn_bias, eps)
-    return scale_shift_act(z, scale, shift, act), mean, var
+    scale, shift = batch_scale_shift(var, bn_weight, bn_bias, eps)
+    return scale_shift_act(z, scale, shift, act, mean), mean, var
 
 
-def batch_scale_shift(mean: torch.Tensor, var: torch.Tensor, bn_weight: Optional[torch.Tensor],
+def batch_scale_shift(var: torch.Tensor, bn_weight: Optional[torch.Tensor],
                       bn_bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) that normalize with the batch statistics and apply BN's affine:
-    y = z * scale + shift (differentiable in mean, var, bn_weight and bn_bias)."""
+    """Per-channel (scale, shift) of train-mode BatchNorm in centred form,
+    y = (z - batch_mean) * scale + shift: scale = gamma / sqrt(var + eps), shift = beta (0 without
+    affine). Not folded into z * scale + (beta - mean * scale), which cancels catastrophically in
+    float32 when |mean| >> std. Differentiable in var, bn_weight and bn_bias."""
     scale = torch.rsqrt(var + eps)
     if bn_weight is not None:
         scale = scale * bn_weight.to(scale.dtype)
-    shift = -mean * scale
-    if bn_bias is not None:
-        shift = shift + bn_bias.to(scale.dtype)
+    shift = bn_bias.to(scale.dtype) if bn_bias is not None else torch.zeros_like(scale)
     return scale, shift
