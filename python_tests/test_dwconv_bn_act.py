@@ -95,7 +95,7 @@ def test_eval_forward_cpu_fast_paths(layout, c, hw):
         x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
         w = torch.randn(c, 1, kh, kw) * 0.3
         scale, shift = _vecs(c, "cpu")
-        for act in ("identity", "silu"):
+        for act in ("identity", "silu", "hardswish", "hardsigmoid"):  # the float epilogue's own forms
             y = dwconv_bn_act(x, w, scale, shift, s, p, d, act)
             expected = ref.dwconv_bn_act(x.double(), w.double(), scale.double(), shift.double(),
                                          s, p, d, act)
