@@ -1,0 +1,452 @@
+// A small CUDA execution emulator for the CPU: runs this project's SIMT kernels (csrc/cuda/
+// dwconv_bn_act.cu, squeeze_excite.cu, channel_shuffle.cu, hardswish.cu -- not the tensor-core
+// attention kernels, which python_tests/emulate_attention_mma.py covers) on CPU tensors, host
+// launch code included, so that machines without a GPU execute the CUDA code paths in every test
+// run. build.py rewrites a .cu file for it (launch syntax, CUDA headers, dispatch key) and
+// compiles it with g++ and AddressSanitizer.
+//
+// Model:
+//   * blocks run one after another; the threads of a block are fibers on one OS thread (a small
+//     x86-64 stack switch, annotated for AddressSanitizer), run round-robin in a chosen order
+//     (TORCHCV_EMU_ORDER=forward|reverse) until each reaches a barrier or exits. Deterministic, and a missing __syncthreads shows up as wrong results
+//     (thread 0 reads shared memory before thread 1 has written it, or overwrites it first);
+//     running both orders must give the same bits for the deterministic kernels.
+//   * __syncthreads: released when every live thread of the block has arrived (exited threads do
+//     not count, as on sm_70+). Threads stuck at different barriers -- a __syncthreads or a warp
+//     shuffle in divergent code -- are reported as a deadlock.
+//   * __shfl_down_sync / __shfl_xor_sync (full mask only): a warp-wide exchange; an exited or
+//     missing source lane is an error, as it is undefined on the GPU.
+//   * __shared__ variables are static (one copy, shared by the running block; they keep the
+//     previous block's values, so an uninitialized read of one is not caught); dynamic shared
+//     memory is a per-launch buffer filled with NaN bytes for every block (uninitialized reads
+//     show up) and checked against the kernel's cudaFuncSetAttribute opt-in (48 KiB without).
+//   * __syncwarp (full mask) is a warp barrier; __ldg a plain load.
+//   * launch checks as on the GPU: grid and block dimensions in range and non-zero.
+//   * out-of-bounds accesses of global memory (CPU tensors) and of shared arrays: AddressSanitizer.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <c10/core/Device.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+};
+
+typedef struct CUstream_st* cudaStream_t;
+typedef int cudaError_t;
+constexpr cudaError_t cudaSuccess = 0;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+// The fields of cudaDeviceProp the kernels' host code reads, with an H100's values.
+struct cudaDeviceProp {
+  int multiProcessorCount = 132;
+  size_t sharedMemPerBlock = 48 * 1024;
+  size_t sharedMemPerBlockOptin = 227 * 1024;
+  int maxThreadsPerBlock = 1024;
+  int warpSize = 32;
+  int major = 9, minor = 0;
+};
+
+#if !defined(__x86_64__)
+#error "cuda_emu.h: the fiber switch is written for x86-64"
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)
+#define C10_CUDA_CHECK(expr) ((void)(expr))
+
+namespace emu {
+
+// Built-in variables: the scheduler sets them before resuming a thread (one runs at a time).
+inline dim3 threadIdx_, blockIdx_, blockDim_, gridDim_;
+
+enum State { kRunnable, kAtSync, kAtWarp, kDone };
+
+// Fiber switch: saves the callee-saved registers and the FP control words on the current stack,
+// stores its stack pointer in *from and continues on `to`'s. No signal-mask syscall (ucontext's
+// swapcontext makes one per switch, and ASan's interceptor clears the whole stack's shadow).
+extern "C" void emu_fiber_switch(void** from, void* to);
+asm(R"(
+  .text
+  .p2align 4
+  .weak emu_fiber_switch
+  .type emu_fiber_switch, @function
+emu_fiber_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_fiber_switch, .-emu_fiber_switch
+)");
+
+struct Thread {
+  void* sp = nullptr;
+  dim3 tid;
+  State state = kRunnable;
+};
+
+struct Block {
+  std::vector<Thread> threads;
+  char* stacks = nullptr;  // kMaxThreads fiber stacks, mapped once and never freed
+  std::vector<unsigned char> warp_slots;  // 32 lanes x 16 bytes per warp
+  std::vector<unsigned char> dyn_smem;
+  void* sched_sp = nullptr;
+  const void* sched_bottom = nullptr;  // the scheduler's stack, for ASan
+  size_t sched_size = 0;
+  int cur = 0;
+  int n = 0;
+  std::function<void()> body;
+  std::exception_ptr error;  // thrown inside a thread (an emulator check), rethrown by the launch
+};
+
+inline Block& block() {
+  static Block b;
+  return b;
+}
+
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr int kMaxThreads = 1024;
+
+inline std::map<const void*, int>& smem_optin() {
+  static std::map<const void*, int> m;
+  return m;
+}
+
+inline int linear_tid() {
+  return static_cast<int>(threadIdx_.x + threadIdx_.y * blockDim_.x +
+                          threadIdx_.z * blockDim_.x * blockDim_.y);
+}
+
+// Thread -> scheduler.
+inline void yield(State s) {
+  Block& b = block();
+  Thread& t = b.threads[b.cur];
+  t.state = s;
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, b.sched_bottom, b.sched_size);
+  emu_fiber_switch(&t.sp, b.sched_sp);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  emu_fiber_switch(&t.sp, b.sched_sp);
+#endif
+}
+
+[[noreturn]] inline void fiber_entry() {
+  Block& b = block();
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &b.sched_bottom, &b.sched_size);
+#endif
+  try {
+    b.body();
+  } catch (...) {
+    if (!b.error) b.error = std::current_exception();
+  }
+  yield(kDone);
+  __builtin_unreachable();
+}
+
+// A fresh thread's stack: the frame emu_fiber_switch pops (FP control words, six registers), then
+// fiber_entry as the return address, 16-byte aligned as after a call.
+inline void* init_stack(char* base, size_t size) {
+  auto top = reinterpret_cast<uintptr_t>(base + size) & ~uintptr_t(15);
+  auto* sp = reinterpret_cast<uint64_t*>(top);
+  *--sp = 0;                                           // alignment: entry sees rsp % 16 == 8
+  *--sp = reinterpret_cast<uint64_t>(&fiber_entry);    // ret target
+  for (int i = 0; i < 6; ++i) *--sp = 0;               // rbp rbx r12 r13 r14 r15
+  --sp;
+  uint32_t mxcsr;
+  uint16_t fcw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fcw));
+  std::memcpy(reinterpret_cast<char*>(sp), &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(sp) + 4, &fcw, 2);
+  return sp;
+}
+
+// Scheduler -> thread i.
+inline void resume(int i) {
+  Block& b = block();
+  b.cur = i;
+  threadIdx_ = b.threads[i].tid;
+  char* stack = b.stacks + static_cast<size_t>(i) * kStackBytes;
+#if EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, stack, kStackBytes);
+  emu_fiber_switch(&b.sched_sp, b.threads[i].sp);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)stack;
+  emu_fiber_switch(&b.sched_sp, b.threads[i].sp);
+#endif
+  if (b.error) {
+    std::exception_ptr e = b.error;
+    b.error = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+inline bool reverse_order() {
+  const char* v = std::getenv("TORCHCV_EMU_ORDER");
+  return v != nullptr && std::string(v) == "reverse";
+}
+
+// Runs every thread of the current block to completion (see the model above).
+inline void run_block(const char* kernel) {
+  Block& b = block();
+  const bool rev = reverse_order();
+  const int nwarps = (b.n + 31) / 32;
+  for (;;) {
+    for (int k = 0; k < b.n; ++k) {
+      const int i = rev ? b.n - 1 - k : k;
+      if (b.threads[i].state == kRunnable) resume(i);
+    }
+    int live = 0, at_sync = 0;
+    for (const Thread& t : b.threads) {
+      live += t.state != kDone;
+      at_sync += t.state == kAtSync;
+    }
+    if (live == 0) return;
+    bool released = false;
+    for (int w = 0; w < nwarps; ++w) {
+      const int lo = w * 32, hi = std::min(b.n, lo + 32);
+      int waiting = 0, done = 0;
+      for (int i = lo; i < hi; ++i) {
+        waiting += b.threads[i].state == kAtWarp;
+        done += b.threads[i].state == kDone;
+      }
+      if (waiting == 0) continue;
+      TORCH_CHECK(done == 0, "cuda_emu: ", kernel, ": warp shuffle in warp ", w, " of block (",
+                  blockIdx_.x, ",", blockIdx_.y, ",", blockIdx_.z, ") with ", done,
+                  " exited lane(s) (full-mask shuffle: undefined on the GPU)");
+      if (waiting == hi - lo) {
+        for (int i = lo; i < hi; ++i) b.threads[i].state = kRunnable;
+        released = true;
+      }
+    }
+    if (released) continue;
+    if (at_sync == live) {
+      for (Thread& t : b.threads) {
+        if (t.state == kAtSync) t.state = kRunnable;
+      }
+      continue;
+    }
+    TORCH_CHECK(false, "cuda_emu: ", kernel, ": deadlock in block (", blockIdx_.x, ",", blockIdx_.y, ",",
+                blockIdx_.z, "): ", at_sync, " of ", live,
+                " live threads at __syncthreads, the others at a warp shuffle whose warp is not "
+                "complete (a barrier or shuffle in divergent code)");
+  }
+}
+
+struct Launch {
+  const char* name;
+  dim3 grid, blk;
+  size_t smem;
+
+  // build.py rewrites `kernel<<<grid, block[, smem[, stream]]>>>(args)` as
+  // `emu::Launch::make("kernel", grid, block[, smem[, stream]])(kernel, args)`.
+  static Launch make(const char* name, dim3 grid, dim3 blk, size_t smem = 0, cudaStream_t = nullptr) {
+    return Launch{name, grid, blk, smem};
+  }
+
+  template <typename... P, typename... A>
+  void operator()(void (*kernel)(P...), A&&... a) const {
+    static_assert(sizeof...(P) == sizeof...(A), "cuda_emu: kernel argument count");
+    std::tuple<std::decay_t<P>...> args(static_cast<std::decay_t<P>>(a)...);
+    run(reinterpret_cast<const void*>(kernel), [&] { std::apply(kernel, args); });
+  }
+
+  void run(const void* key, const std::function<void()>& body) const {
+    // TORCHCV_EMU_LOG=path: each launched kernel (as spelled at the launch) once, for coverage.
+    if (const char* log = std::getenv("TORCHCV_EMU_LOG")) {
+      static std::set<std::string> seen;
+      if (seen.insert(name).second) std::ofstream(log, std::ios::app) << name << "\n";
+    }
+    const unsigned long long nthreads = 1ull * blk.x * blk.y * blk.z;
+    TORCH_CHECK(grid.x >= 1 && grid.y >= 1 && grid.z >= 1, "cuda_emu: ", name, ": launch with an empty grid (",
+                grid.x, ",", grid.y, ",", grid.z, "): invalid configuration argument on the GPU");
+    TORCH_CHECK(grid.x <= 2147483647u && grid.y <= 65535u && grid.z <= 65535u,
+                "cuda_emu: ", name, ": grid (", grid.x, ",", grid.y, ",", grid.z, ") out of range");
+    TORCH_CHECK(nthreads >= 1 && nthreads <= kMaxThreads && blk.z <= 64, "cuda_emu: ", name, ": block (", blk.x, ",",
+                blk.y, ",", blk.z, ") out of range");
+    auto it = smem_optin().find(key);
+    const size_t limit = it != smem_optin().end() ? static_cast<size_t>(it->second) : 48 * 1024;
+    TORCH_CHECK(smem <= limit, "cuda_emu: ", name, ": ", smem, " bytes of dynamic shared memory but the kernel may "
+                "use ", limit, " (cudaFuncSetAttribute(MaxDynamicSharedMemorySize) missing?)");
+    TORCH_CHECK(smem <= cudaDeviceProp{}.sharedMemPerBlockOptin, "cuda_emu: ", name, ": ", smem,
+                " bytes of dynamic shared memory exceed the device's limit");
+    Block& b = block();
+    b.n = static_cast<int>(nthreads);
+    b.threads.assign(b.n, Thread{});
+    if (b.stacks == nullptr) {
+      void* p = mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      TORCH_CHECK(p != MAP_FAILED, "cuda_emu: cannot map the fiber stacks");
+      b.stacks = static_cast<char*>(p);
+    }
+    b.warp_slots.assign(static_cast<size_t>((b.n + 31) / 32) * 32 * 16, 0);
+    b.body = body;
+    blockDim_ = blk;
+    gridDim_ = grid;
+    for (unsigned bz = 0; bz < grid.z; ++bz) {
+      for (unsigned by = 0; by < grid.y; ++by) {
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          blockIdx_ = dim3(bx, by, bz);
+          b.dyn_smem.assign(smem + 16, 0xff);  // NaN bytes: uninitialized reads stand out
+#if EMU_ASAN
+          // Finished threads never return from their entry function: clear their frames' poison.
+          __asan_unpoison_memory_region(b.stacks, static_cast<size_t>(b.n) * kStackBytes);
+#endif
+          for (int i = 0; i < b.n; ++i) {
+            Thread& t = b.threads[i];
+            t.state = kRunnable;
+            t.tid = dim3(i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y));
+            t.sp = init_stack(b.stacks + static_cast<size_t>(i) * kStackBytes, kStackBytes);
+          }
+          run_block(name);
+        }
+      }
+    }
+  }
+};
+
+// 16-byte aligned dynamic shared memory of the running block.
+inline void* dynamic_smem() {
+  auto p = reinterpret_cast<uintptr_t>(block().dyn_smem.data());
+  return reinterpret_cast<void*>((p + 15) & ~uintptr_t(15));
+}
+
+// Warp exchange: every lane publishes v, then reads lane src's value.
+template <typename T, typename F>
+T warp_exchange(unsigned mask, T v, F src_of, const char* what) {
+  static_assert(sizeof(T) <= 16, "cuda_emu: shuffle of a type over 16 bytes");
+  TORCH_CHECK(mask == 0xffffffffu, "cuda_emu: ", what, " with a partial mask is not emulated");
+  Block& b = block();
+  const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
+  unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * 16;
+  std::memcpy(slots + lane * 16, &v, sizeof(T));
+  yield(kAtWarp);
+  const int src = src_of(lane);
+  TORCH_CHECK(base + src < b.n, "cuda_emu: ", what, " reads lane ", src, " of a partial warp");
+  T r;
+  std::memcpy(&r, slots + src * 16, sizeof(T));
+  yield(kAtWarp);  // nobody overwrites a slot before every lane has read
+  return r;
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::threadIdx_)
+#define blockIdx (::emu::blockIdx_)
+#define blockDim (::emu::blockDim_)
+#define gridDim (::emu::gridDim_)
+
+inline void __syncthreads() { emu::yield(emu::kAtSync); }
+
+// Warp barrier (full mask).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  TORCH_CHECK(mask == 0xffffffffu, "cuda_emu: __syncwarp with a partial mask is not emulated");
+  emu::yield(emu::kAtWarp);
+}
+
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+// CUDA's global min / max overloads.
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
+  return b < a ? b : a;
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? b : a;
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) {
+    const int seg = lane % width;
+    return seg + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  }, "__shfl_down_sync");
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) {
+    const int src = lane ^ lane_mask;
+    return (src / width == lane / width) ? src : lane;
+  }, "__shfl_xor_sync");
+}
+
+template <typename K>
+cudaError_t cudaFuncSetAttribute(K* kernel, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    emu::smem_optin()[reinterpret_cast<const void*>(kernel)] = value;
+  }
+  return cudaSuccess;
+}
+
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+struct EmuStream {
+  operator cudaStream_t() const { return nullptr; }
+};
+inline EmuStream getCurrentCUDAStream() { return {}; }
+}  // namespace c10::cuda
+
+namespace at::cuda {
+inline cudaDeviceProp* getCurrentDeviceProperties() {
+  static cudaDeviceProp p;
+  return &p;
+}
+}  // namespace at::cuda
