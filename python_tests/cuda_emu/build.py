@@ -33,6 +33,8 @@ NAMESPACE = "torchcv_ext_emu"
 # The kernel expression: a (qualified) name with optional template arguments (one nesting level).
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;]*(?:<[^<>;]*>[^<>;]*)*>)?)\s*<<<(.*?)>>>\s*\(\s*(\)?)",
                      re.S)
+# A static shared array declaration: `__shared__ T a[N][M], b[N];` (names before their brackets).
+_SHARED = re.compile(r"__shared__\s+([^;{}]*?)\s+(\w+\s*(?:\[[^\]]*\])+(?:\s*,\s*\w+\s*(?:\[[^\]]*\])+)*)\s*;")
 _DYN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
@@ -43,11 +45,18 @@ def rewrite_cu(src: str) -> str:
         head = f'emu::Launch::make("{kernel}", {cfg})({kernel}'
         return head + (")" if close else ", ")
 
-    out, n = _LAUNCH.subn(launch, src)
+    out = _LAUNCH.sub(launch, src)
     if "<<<" in out:
         raise RuntimeError("cuda_emu: a kernel launch was not rewritten")
     out = _DYN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = "
                                     f"static_cast<{m.group(1)}*>(emu::dynamic_smem());", out)
+
+    def shared(m):  # static shared arrays: NaN-filled again for every block (cuda_emu.h)
+        names = re.findall(r"(\w+)\s*\[", m.group(2))
+        fills = " ".join(f"::emu::fresh_shared(&{n}, sizeof({n}));" for n in names)
+        return f"{m.group(0)} {fills}"
+
+    out = _SHARED.sub(shared, out)
     # CUDA headers -> the emulator (the ATen / c10 CUDA headers need the CUDA runtime).
     out = re.sub(r'#include\s*<(?:c10/cuda|ATen/cuda)/[^>]+>', '#include "cuda_emu.h"', out)
     out = out.replace("TORCH_LIBRARY_IMPL(torchcv_ext, CUDA, m)", f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)")
@@ -96,7 +105,10 @@ def build(verbose: bool = False) -> str:
     """Compile (ninja, incremental) and return the shared library's path."""
     from torch.utils import cpp_extension
 
-    flags = ["-O1", "-g", "-std=c++20", "-fsanitize=address", "-fno-omit-frame-pointer", "-w"]
+    # -fcf-protection=none: the fiber switch returns across stacks, which a CET shadow stack
+    # would reject.
+    flags = ["-O1", "-g", "-std=c++20", "-fsanitize=address", "-fno-omit-frame-pointer",
+             "-fcf-protection=none", "-w"]
     cpp_extension.load(
         name="torchcv_ext_emu", sources=sources(), build_directory=BUILD_DIR,
         extra_include_paths=[HERE, os.path.join(REPO, "csrc", "include")],

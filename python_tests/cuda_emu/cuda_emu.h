@@ -16,11 +16,14 @@
 //     shuffle in divergent code -- are reported as a deadlock.
 //   * __shfl_down_sync / __shfl_xor_sync (full mask only): a warp-wide exchange; an exited or
 //     missing source lane is an error, as it is undefined on the GPU.
-//   * __shared__ variables are static (one copy, shared by the running block; they keep the
-//     previous block's values, so an uninitialized read of one is not caught); dynamic shared
-//     memory is a per-launch buffer filled with NaN bytes for every block (uninitialized reads
-//     show up) and checked against the kernel's cudaFuncSetAttribute opt-in (48 KiB without).
-//   * __syncwarp (full mask) is a warp barrier; __ldg a plain load.
+//   * __shared__ arrays are static (one copy, shared by the running block), refilled with NaN
+//     bytes for each block (build.py registers them); dynamic shared memory is a per-block buffer
+//     of exactly the launch's size, NaN-filled too, and checked against the kernel's
+//     cudaFuncSetAttribute opt-in (48 KiB without). Uninitialized reads show up as NaN.
+//   * __syncwarp (full mask) is a warp barrier; the lanes of a warp must all wait at the same
+//     warp operation (shuffle or __syncwarp, counted per lane), else it is an error. __ldg is a
+//     plain load.
+//   * fiber stacks: 256 KiB each with a guard page below (an overflow faults).
 //   * launch checks as on the GPU: grid and block dimensions in range and non-zero.
 //   * out-of-bounds accesses of global memory (CPU tensors) and of shared arrays: AddressSanitizer.
 #pragma once
@@ -96,7 +99,7 @@ enum State { kRunnable, kAtSync, kAtWarp, kDone };
 // swapcontext makes one per switch, and ASan's interceptor clears the whole stack's shadow).
 extern "C" void emu_fiber_switch(void** from, void* to);
 asm(R"(
-  .text
+  .pushsection .text
   .p2align 4
   .weak emu_fiber_switch
   .type emu_fiber_switch, @function
@@ -123,19 +126,24 @@ emu_fiber_switch:
   popq %rbp
   ret
   .size emu_fiber_switch, .-emu_fiber_switch
+  .popsection
 )");
 
 struct Thread {
   void* sp = nullptr;
   dim3 tid;
   State state = kRunnable;
+  const char* warp_op = nullptr;  // the warp operation a kAtWarp thread waits in, and its count:
+  uint64_t warp_seq = 0;          // every lane of a warp must be at the same one
 };
 
 struct Block {
   std::vector<Thread> threads;
   char* stacks = nullptr;  // kMaxThreads fiber stacks, mapped once and never freed
   std::vector<unsigned char> warp_slots;  // 32 lanes x 16 bytes per warp
-  std::vector<unsigned char> dyn_smem;
+  unsigned char* dyn_smem = nullptr;  // exactly the launch's bytes (ASan sees overruns)
+  uint64_t generation = 0;            // one per block run: static __shared__ arrays refill
+  std::map<const void*, uint64_t> shared_gen;
   void* sched_sp = nullptr;
   const void* sched_bottom = nullptr;  // the scheduler's stack, for ASan
   size_t sched_size = 0;
@@ -150,7 +158,8 @@ inline Block& block() {
   return b;
 }
 
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = 256 * 1024;  // + a guard page below each stack
+constexpr size_t kGuardBytes = 4096;
 constexpr int kMaxThreads = 1024;
 
 inline std::map<const void*, int>& smem_optin() {
@@ -163,19 +172,32 @@ inline int linear_tid() {
                           threadIdx_.z * blockDim_.x * blockDim_.y);
 }
 
-// Thread -> scheduler.
+// Thread -> scheduler (for good when s == kDone).
 inline void yield(State s) {
   Block& b = block();
   Thread& t = b.threads[b.cur];
   t.state = s;
 #if EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, b.sched_bottom, b.sched_size);
+  __sanitizer_start_switch_fiber(s == kDone ? nullptr : &fake, b.sched_bottom, b.sched_size);
   emu_fiber_switch(&t.sp, b.sched_sp);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
   emu_fiber_switch(&t.sp, b.sched_sp);
 #endif
+}
+
+// Lane -> warp barrier of operation `op` (every lane of the warp must reach the same one).
+inline void warp_wait(const char* op) {
+  Block& b = block();
+  Thread& t = b.threads[b.cur];
+  t.warp_op = op;
+  ++t.warp_seq;
+  yield(kAtWarp);
+}
+
+inline char* stack_of(int i) {
+  return block().stacks + static_cast<size_t>(i) * (kStackBytes + kGuardBytes) + kGuardBytes;
 }
 
 [[noreturn]] inline void fiber_entry() {
@@ -188,6 +210,13 @@ inline void yield(State s) {
   } catch (...) {
     if (!b.error) b.error = std::current_exception();
   }
+#if EMU_ASAN
+  // This frame and yield's never return: clear their stack poison now (down to 4 KiB below),
+  // or the next block's thread on this stack would trip over it.
+  char* top = stack_of(b.cur) + kStackBytes;
+  char* low = static_cast<char*>(__builtin_frame_address(0)) - 4096;
+  __asan_unpoison_memory_region(low, static_cast<size_t>(top - low));
+#endif
   yield(kDone);
   __builtin_unreachable();
 }
@@ -215,7 +244,7 @@ inline void resume(int i) {
   Block& b = block();
   b.cur = i;
   threadIdx_ = b.threads[i].tid;
-  char* stack = b.stacks + static_cast<size_t>(i) * kStackBytes;
+  char* stack = stack_of(i);
 #if EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, stack, kStackBytes);
@@ -266,6 +295,15 @@ inline void run_block(const char* kernel) {
                   blockIdx_.x, ",", blockIdx_.y, ",", blockIdx_.z, ") with ", done,
                   " exited lane(s) (full-mask shuffle: undefined on the GPU)");
       if (waiting == hi - lo) {
+        for (int i = lo + 1; i < hi; ++i) {
+          const Thread& a = b.threads[lo];
+          const Thread& t = b.threads[i];
+          TORCH_CHECK(std::strcmp(t.warp_op, a.warp_op) == 0 && t.warp_seq == a.warp_seq, "cuda_emu: ", kernel,
+                      ": lanes ", lo % 32, " and ", i % 32, " of warp ", w, " in block (", blockIdx_.x,
+                      ",", blockIdx_.y, ",", blockIdx_.z, ") wait at different warp operations (",
+                      a.warp_op, " #", a.warp_seq, " vs ", t.warp_op, " #", t.warp_seq,
+                      "): divergent shuffles / __syncwarp");
+        }
         for (int i = lo; i < hi; ++i) b.threads[i].state = kRunnable;
         released = true;
       }
@@ -295,10 +333,17 @@ struct Launch {
     return Launch{name, grid, blk, smem};
   }
 
+  // Argument -> parameter by copy-initialization: the implicit conversions nvcc allows, no casts.
+  template <typename T, typename U>
+  static T convert(U&& u) {
+    T t = std::forward<U>(u);
+    return t;
+  }
+
   template <typename... P, typename... A>
   void operator()(void (*kernel)(P...), A&&... a) const {
     static_assert(sizeof...(P) == sizeof...(A), "cuda_emu: kernel argument count");
-    std::tuple<std::decay_t<P>...> args(static_cast<std::decay_t<P>>(a)...);
+    std::tuple<std::decay_t<P>...> args(convert<std::decay_t<P>>(std::forward<A>(a))...);
     run(reinterpret_cast<const void*>(kernel), [&] { std::apply(kernel, args); });
   }
 
@@ -325,10 +370,15 @@ struct Launch {
     b.n = static_cast<int>(nthreads);
     b.threads.assign(b.n, Thread{});
     if (b.stacks == nullptr) {
-      void* p = mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
+      const size_t stride = kStackBytes + kGuardBytes;
+      void* p = mmap(nullptr, kMaxThreads * stride, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       TORCH_CHECK(p != MAP_FAILED, "cuda_emu: cannot map the fiber stacks");
       b.stacks = static_cast<char*>(p);
+      for (int i = 0; i < kMaxThreads; ++i) {  // a stack overflow faults instead of corrupting
+        TORCH_CHECK(mprotect(b.stacks + i * stride, kGuardBytes, PROT_NONE) == 0,
+                    "cuda_emu: cannot protect a stack guard page");
+      }
     }
     b.warp_slots.assign(static_cast<size_t>((b.n + 31) / 32) * 32 * 16, 0);
     b.body = body;
@@ -338,18 +388,29 @@ struct Launch {
       for (unsigned by = 0; by < grid.y; ++by) {
         for (unsigned bx = 0; bx < grid.x; ++bx) {
           blockIdx_ = dim3(bx, by, bz);
-          b.dyn_smem.assign(smem + 16, 0xff);  // NaN bytes: uninitialized reads stand out
-#if EMU_ASAN
-          // Finished threads never return from their entry function: clear their frames' poison.
-          __asan_unpoison_memory_region(b.stacks, static_cast<size_t>(b.n) * kStackBytes);
-#endif
+          ++b.generation;
+          // NaN bytes: uninitialized reads stand out. Exactly `smem` bytes, 16-byte aligned.
+          b.dyn_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
+          std::memset(b.dyn_smem, 0xff, smem);
           for (int i = 0; i < b.n; ++i) {
             Thread& t = b.threads[i];
-            t.state = kRunnable;
+            t = Thread{};
             t.tid = dim3(i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y));
-            t.sp = init_stack(b.stacks + static_cast<size_t>(i) * kStackBytes, kStackBytes);
+            t.sp = init_stack(stack_of(i), kStackBytes);
           }
-          run_block(name);
+          try {
+            run_block(name);
+          } catch (...) {
+            ::operator delete[](b.dyn_smem, std::align_val_t(16));
+            b.dyn_smem = nullptr;
+#if EMU_ASAN
+            // The block's other threads stay suspended mid-kernel, their frames poisoned.
+            for (int k = 0; k < b.n; ++k) __asan_unpoison_memory_region(stack_of(k), kStackBytes);
+#endif
+            throw;
+          }
+          ::operator delete[](b.dyn_smem, std::align_val_t(16));
+          b.dyn_smem = nullptr;
         }
       }
     }
@@ -357,9 +418,17 @@ struct Launch {
 };
 
 // 16-byte aligned dynamic shared memory of the running block.
-inline void* dynamic_smem() {
-  auto p = reinterpret_cast<uintptr_t>(block().dyn_smem.data());
-  return reinterpret_cast<void*>((p + 15) & ~uintptr_t(15));
+inline void* dynamic_smem() { return block().dyn_smem; }
+
+// build.py adds a call after every static __shared__ declaration: the first thread of a block
+// that passes it fills the array with NaN bytes, so a read before any write of this block shows.
+inline void fresh_shared(void* p, size_t bytes) {
+  Block& b = block();
+  uint64_t& gen = b.shared_gen[p];
+  if (gen != b.generation) {
+    std::memset(p, 0xff, bytes);
+    gen = b.generation;
+  }
 }
 
 // Warp exchange: every lane publishes v, then reads lane src's value.
@@ -371,12 +440,12 @@ T warp_exchange(unsigned mask, T v, F src_of, const char* what) {
   const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
   unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * 16;
   std::memcpy(slots + lane * 16, &v, sizeof(T));
-  yield(kAtWarp);
+  warp_wait(what);
   const int src = src_of(lane);
   TORCH_CHECK(base + src < b.n, "cuda_emu: ", what, " reads lane ", src, " of a partial warp");
   T r;
   std::memcpy(&r, slots + src * 16, sizeof(T));
-  yield(kAtWarp);  // nobody overwrites a slot before every lane has read
+  warp_wait(what);  // nobody overwrites a slot before every lane has read
   return r;
 }
 
@@ -392,7 +461,7 @@ inline void __syncthreads() { emu::yield(emu::kAtSync); }
 // Warp barrier (full mask).
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   TORCH_CHECK(mask == 0xffffffffu, "cuda_emu: __syncwarp with a partial mask is not emulated");
-  emu::yield(emu::kAtWarp);
+  emu::warp_wait("__syncwarp");
 }
 
 template <typename T>
@@ -421,8 +490,8 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return emu::warp_exchange(mask, v, [&](int lane) {
-    const int src = lane ^ lane_mask;
-    return (src / width == lane / width) ? src : lane;
+    const int src = lane ^ lane_mask;  // a later group's lane: the caller's own value (CUDA)
+    return src / width <= lane / width ? src : lane;
   }, "__shfl_xor_sync");
 }
 

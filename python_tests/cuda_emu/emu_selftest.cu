@@ -38,6 +38,26 @@ __global__ void divergent_shuffle_kernel(float* out) {
   out[t] = v;
 }
 
+// Half a warp at a shuffle, the other half at __syncwarp: undefined on the GPU.
+__global__ void shuffle_vs_syncwarp_kernel(float* out) {
+  const int t = threadIdx.x;
+  float v = static_cast<float>(t);
+  if (t < 16) {
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  } else {
+    __syncwarp();
+  }
+  out[t] = v;
+}
+
+// Reads a static shared array before this block wrote it (the previous block did).
+__global__ void static_smem_kernel(float* out) {
+  __shared__ float sm[64];
+  const int t = threadIdx.x;
+  if (blockIdx.x == 1) out[t] = sm[t];
+  sm[t] = 1.0f;
+}
+
 // Reads dynamic shared memory nobody wrote (two instances: one never gets the 64 KiB opt-in).
 template <int kInstance>
 __global__ void uninitialized_smem_kernel(float* out) {
@@ -64,6 +84,10 @@ at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
     exited_lanes_kernel<<<1, 32, 0, stream>>>(o);
   } else if (which == "divergent_shuffle") {
     divergent_shuffle_kernel<<<1, 32, 0, stream>>>(o);
+  } else if (which == "shuffle_vs_syncwarp") {
+    shuffle_vs_syncwarp_kernel<<<1, 32, 0, stream>>>(o);
+  } else if (which == "static_smem_fresh") {
+    static_smem_kernel<<<2, 64, 0, stream>>>(o);
   } else if (which == "uninitialized_smem") {
     uninitialized_smem_kernel<0><<<1, 64, 64 * sizeof(float), stream>>>(o);
   } else if (which == "reduce") {
