@@ -1,20 +1,22 @@
 """Build the CUDA-emulator library: csrc/cuda/{dwconv_bn_act,squeeze_excite,channel_shuffle,
 hardswish}.cu (and the emulator's own broken-kernel checks, emu_selftest.cu) rewritten for
-python_tests/cuda_emu/cuda_emu.h and compiled as C++ with g++ and AddressSanitizer, registered as the CPU kernels of a separate op namespace, ``torchcv_ext_emu``
-(same schemas as ``torchcv_ext``, from csrc/registration.cpp). The ops then run the CUDA host and
-kernel code on CPU tensors: ``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
+python_tests/cuda_emu/cuda_emu.h and compiled as C++ with g++ and AddressSanitizer, registered as
+the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as ``torchcv_ext``,
+from csrc/registration.cpp). The ops then run the CUDA host and kernel code on CPU tensors:
+``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
 
-The library needs the ASan runtime loaded first: run the process with
-``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0`` (see
-python_tests/test_cuda_emulated.py, which does that for python_tests/cuda_emu/cases.py).
+The library needs the ASan runtime loaded first (and libstdc++ with it, or ASan aborts on the first
+C++ exception): run the process with
+``LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so.6)"
+ASAN_OPTIONS=detect_leaks=0``, as python_tests/test_cuda_emulated.py does for cases.py.
 
-    python python_tests/cuda_emu/build.py   # build (cached under build/cuda_emu/torch-<version>)
+    python python_tests/cuda_emu/build.py   # with that LD_PRELOAD: build (cached under
+                                            # build/cuda_emu/torch-<version>) and load
 """
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,12 +95,6 @@ def sources() -> list:
     srcs.append(path)
     srcs.append(os.path.join(REPO, "csrc", "activations.cpp"))
     return srcs
-
-
-def asan_runtime() -> str:
-    out = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True)
-    path = out.stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else ""
 
 
 def build(verbose: bool = False) -> str:

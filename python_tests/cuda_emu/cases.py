@@ -80,9 +80,8 @@ def close(actual, expected, dtype, scale=4.0):
 
 def misaligned(t: torch.Tensor) -> torch.Tensor:
     """The same values in the same layout, starting one element past a 64-byte boundary."""
-    fmt = CL if (t.dim() == 4 and t.is_contiguous(memory_format=CL) and not t.is_contiguous()) else NCHW
     buf = torch.empty(t.numel() + 1, dtype=t.dtype)
-    if fmt == CL:
+    if t.dim() == 4 and t.is_contiguous(memory_format=CL) and not t.is_contiguous():
         n, c, h, w = t.shape
         out = buf[1:].view(n, h, w, c).permute(0, 3, 1, 2)
     else:
