@@ -26,26 +26,18 @@ __global__ void exited_lanes_kernel(float* out) {
   out[t] = __shfl_xor_sync(0xffffffffu, static_cast<float>(t), 1);
 }
 
-// Half a warp waits at a shuffle, the other half at __syncthreads: a deadlock on the GPU.
+// Half a warp waits at a shuffle, the other half at __syncthreads (a deadlock on the GPU) or at
+// __syncwarp (undefined).
+template <bool kSyncwarp>
 __global__ void divergent_shuffle_kernel(float* out) {
   const int t = threadIdx.x;
   float v = static_cast<float>(t);
   if (t < 16) {
     v = __shfl_xor_sync(0xffffffffu, v, 1);
+  } else if (kSyncwarp) {
+    __syncwarp();
   } else {
     __syncthreads();
-  }
-  out[t] = v;
-}
-
-// Half a warp at a shuffle, the other half at __syncwarp: undefined on the GPU.
-__global__ void shuffle_vs_syncwarp_kernel(float* out) {
-  const int t = threadIdx.x;
-  float v = static_cast<float>(t);
-  if (t < 16) {
-    v = __shfl_xor_sync(0xffffffffu, v, 1);
-  } else {
-    __syncwarp();
   }
   out[t] = v;
 }
@@ -83,9 +75,9 @@ at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
   } else if (which == "exited_lanes") {
     exited_lanes_kernel<<<1, 32, 0, stream>>>(o);
   } else if (which == "divergent_shuffle") {
-    divergent_shuffle_kernel<<<1, 32, 0, stream>>>(o);
+    divergent_shuffle_kernel<false><<<1, 32, 0, stream>>>(o);
   } else if (which == "shuffle_vs_syncwarp") {
-    shuffle_vs_syncwarp_kernel<<<1, 32, 0, stream>>>(o);
+    divergent_shuffle_kernel<true><<<1, 32, 0, stream>>>(o);
   } else if (which == "static_smem_fresh") {
     static_smem_kernel<<<2, 64, 0, stream>>>(o);
   } else if (which == "uninitialized_smem") {
