@@ -470,9 +470,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ssa_bwd_nchw_kernel(const T* __restrict__ grad, const T* __restrict__ z,
                         const acc_of<T>* __restrict__ mu, const acc_of<T>* __restrict__ sc,
-                        const acc_of<T>* __restrict__ sh,
-                        T* __restrict__ gz, const int64_t C, const PlaneMap m, const Act act,
-                        acc_of<T>* __restrict__ part) {
+                        const acc_of<T>* __restrict__ sh, T* __restrict__ gz, const int64_t C,
+                        const PlaneMap m, const Act act, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   __shared__ acc_t va[kThreads], vb[kThreads];
   int64_t plane, pix;
@@ -530,9 +529,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ssa_bwd_cl_kernel(const T* __restrict__ grad, const T* __restrict__ z,
                       const acc_of<T>* __restrict__ mu, const acc_of<T>* __restrict__ sc,
-                      const acc_of<T>* __restrict__ sh,
-                      T* __restrict__ gz, const int64_t C, const int64_t P, const int64_t R,
-                      const Act act, acc_of<T>* __restrict__ part) {
+                      const acc_of<T>* __restrict__ sh, T* __restrict__ gz, const int64_t C,
+                      const int64_t P, const int64_t R, const Act act, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   __shared__ acc_t sa[kRows][kLanes], sb[kRows][kLanes];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
@@ -963,8 +961,7 @@ struct CudaBackend {
         ssa_bwd_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
             grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
             scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
-            C, Pix, R, act,
-            part.mutable_data_ptr<acc_t>());
+            C, Pix, R, act, part.mutable_data_ptr<acc_t>());
       } else {
         const PlaneMap m = plane_map(N * C, HW);
         const unsigned blocks = grid_1d(m.blocks, "_scale_shift_act_backward");
@@ -973,8 +970,7 @@ struct CudaBackend {
         ssa_bwd_nchw_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
             grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
             scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
-            C, m, act,
-            part.mutable_data_ptr<acc_t>());
+            C, m, act, part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::Tensor sums = at::empty({2 * C}, scale.options());
