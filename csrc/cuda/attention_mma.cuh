@@ -22,6 +22,7 @@
 #include <algorithm>
 
 #include "attention_common.cuh"
+#include "attention_ptx.cuh"
 
 namespace torchcv_ext::attn {
 
@@ -37,15 +38,7 @@ struct Mma<__half> {
   static __device__ __forceinline__ __half cvt(float x) { return __float2half_rn(x); }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();  // the launcher refuses devices below sm_80
-#endif
+    ptx::mma_m16n8k16_f16(c, a, b0, b1);
   }
 };
 
@@ -58,15 +51,7 @@ struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 cvt(float x) { return __float2bfloat16_rn(x); }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
+    ptx::mma_m16n8k16_bf16(c, a, b0, b1);
   }
 };
 
@@ -103,15 +88,7 @@ template <typename T>
 __device__ __forceinline__ void ldsm_b_trans(uint32_t (&b)[4], const T* s, int ld, int k0, int n0,
                                              int lane) {
   const T* p = s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-               : "r"(addr));
-#else
-  (void)p;
-  __trap();
-#endif
+  ptx::ldmatrix_x4_trans(b, p);
 }
 
 // C[NT tiles of 8 columns] += A (16 x 16K) x B with B[k][n] = s[k][n] (row-major shared tile,
@@ -156,30 +133,12 @@ __device__ __forceinline__ void zero(float (&c)[NT][4]) {
   for (int i = 0; i < NT; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
 }
 
-// Global -> shared copies with cp.async (sm_80+): they land in shared memory after
-// cp_async_wait_all() (each thread waits for its own copies; a __syncthreads() then publishes
-// the tile to the CTA).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#else
-  (void)dst, (void)src, (void)valid;
-  __trap();
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-#endif
-}
+// Global -> shared copies with cp.async (ptx::cp_async_16, commit, wait): they land in shared
+// memory after cp_async_wait_all() (each thread waits for its own copies; a __syncthreads() then
+// publishes the tile to the CTA).
+using ptx::cp_async_16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait_all;
 
 // Copy rows [n0, n0 + ROWS) of an operand (D contiguous elements each, 16-byte aligned) into a
 // row-major shared tile dst[ROWS][lds] with 16-byte cp.async copies, as one commit group. Rows at
