@@ -1,12 +1,9 @@
-"""The CUDA kernels of dwconv_bn_act, squeeze_excite, channel_shuffle and hardswish, run on the CPU
-by the CUDA emulator (python_tests/cuda_emu/: cuda_emu.h, build.py, cases.py), so that every test
+"""The CUDA kernels of every op (dwconv_bn_act, squeeze_excite, channel_shuffle, hardswish,
+attention), run on the CPU by the CUDA emulator (python_tests/cuda_emu/: cuda_emu.h, build.py, cases.py), so that every test
 run executes the CUDA code paths, not only a GPU session. The cases run in a subprocess because the
 emulator library is built with AddressSanitizer, whose runtime must be preloaded; ASan's reports
 (out-of-bounds accesses) land in the failure message. Takes a few minutes: g++ builds the library
-(cached under build/cuda_emu), then about 120 cases.
-
-The attention kernels (tensor-core mma.sync PTX) are not emulated here: see
-python_tests/emulate_attention_mma.py and test_attention.py.
+(cached under build/cuda_emu), then about 140 cases.
 """
 from __future__ import annotations
 

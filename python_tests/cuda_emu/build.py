@@ -1,6 +1,7 @@
-"""Build the CUDA-emulator library: csrc/cuda/{dwconv_bn_act,squeeze_excite,channel_shuffle,
-hardswish}.cu (and the emulator's own broken-kernel checks, emu_selftest.cu) rewritten for
-python_tests/cuda_emu/cuda_emu.h and compiled as C++ with g++ and AddressSanitizer, registered as
+"""Build the CUDA-emulator library: every csrc/cuda/*.cu file and the headers they include (and the
+emulator's own broken-kernel checks, emu_selftest.cu) rewritten for python_tests/cuda_emu/cuda_emu.h
+(attention_ptx.cuh's PTX instructions: ptx_emu.h) and compiled as C++ with g++ and AddressSanitizer,
+registered as
 the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as ``torchcv_ext``,
 from csrc/registration.cpp). The ops then run the CUDA host and kernel code on CPU tensors:
 ``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
@@ -21,7 +22,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-KERNEL_FILES = ["dwconv_bn_act.cu", "squeeze_excite.cu", "channel_shuffle.cu", "hardswish.cu"]
+CUDA_DIR = os.path.join(REPO, "csrc", "cuda")
+KERNEL_FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith(".cu"))
+# Local headers of the .cu files: rewritten next to them (build dir), except the PTX wrappers,
+# which the emulator replaces.
+HEADER_FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith((".cuh", ".h")) and f != "attention_ptx.cuh")
 def _build_dir() -> str:
     import torch
 
@@ -40,12 +45,13 @@ _SHARED = re.compile(r"__shared__\s+([^;{}]*?)\s+(\w+\s*(?:\[[^\]]*\])+(?:\s*,\s
 _DYN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
-def rewrite_cu(src: str) -> str:
-    """CUDA source -> C++ for cuda_emu.h."""
+def rewrite_cu(src: str, path: str) -> str:
+    """CUDA source -> C++ for cuda_emu.h. Line numbers are kept (and `#line` names `path`), so
+    compiler errors and AddressSanitizer reports point at the original source."""
     def launch(m):
         kernel, cfg, close = m.group(1), " ".join(m.group(2).split()), m.group(3)
         head = f'emu::Launch::make("{kernel}", {cfg})({kernel}'
-        return head + (")" if close else ", ")
+        return head + (")" if close else ", ") + "\n" * m.group(0).count("\n")
 
     out = _LAUNCH.sub(launch, src)
     if "<<<" in out:
@@ -60,12 +66,16 @@ def rewrite_cu(src: str) -> str:
 
     out = _SHARED.sub(shared, out)
     # CUDA headers -> the emulator (the ATen / c10 CUDA headers need the CUDA runtime).
-    out = re.sub(r'#include\s*<(?:c10/cuda|ATen/cuda)/[^>]+>', '#include "cuda_emu.h"', out)
+    out = re.sub(r'#include\s*<(?:(?:c10/cuda|ATen/cuda)/[^>]+|cuda_runtime\.h|cuda_fp16\.h|cuda_bf16\.h)>',
+                 '#include "cuda_emu.h"', out)
+    out = out.replace('#include "attention_ptx.cuh"', '#include "ptx_emu.h"')
     out = out.replace("TORCH_LIBRARY_IMPL(torchcv_ext, CUDA, m)", f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)")
     out = out.replace("c10::DeviceType::CUDA", "c10::DeviceType::CPU")
-    if f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)" not in out:
-        raise RuntimeError("cuda_emu: no TORCH_LIBRARY_IMPL(torchcv_ext, CUDA, m) found")
-    return '#include "cuda_emu.h"\n' + out
+    if re.search(r"TORCH_LIBRARY_IMPL\((?!" + NAMESPACE + r", CPU, m\))", out):
+        raise RuntimeError("cuda_emu: a TORCH_LIBRARY_IMPL other than (torchcv_ext, CUDA, m)")
+    if re.search(r"\basm\s*(?:volatile\s*)?\(", out):
+        raise RuntimeError("cuda_emu: inline PTX outside attention_ptx.cuh")
+    return f'#include "cuda_emu.h"\n#line 1 "{path}"\n' + out
 
 
 def _write_if_changed(path: str, text: str) -> None:
@@ -79,12 +89,15 @@ def _write_if_changed(path: str, text: str) -> None:
 
 def sources() -> list:
     os.makedirs(BUILD_DIR, exist_ok=True)
+    for name in HEADER_FILES:
+        with open(os.path.join(CUDA_DIR, name)) as f:
+            _write_if_changed(os.path.join(BUILD_DIR, name), rewrite_cu(f.read(), f.name))
     srcs = []
-    cu_files = [os.path.join(REPO, "csrc", "cuda", name) for name in KERNEL_FILES]
+    cu_files = [os.path.join(CUDA_DIR, name) for name in KERNEL_FILES]
     for path_cu in cu_files + [os.path.join(HERE, "emu_selftest.cu")]:
         name = os.path.basename(path_cu)
         with open(path_cu) as f:
-            text = rewrite_cu(f.read())
+            text = rewrite_cu(f.read(), path_cu)
         path = os.path.join(BUILD_DIR, name.replace(".cu", "_emu.cpp"))
         _write_if_changed(path, text)
         srcs.append(path)

@@ -1,10 +1,12 @@
-"""The CUDA kernels of dwconv_bn_act, squeeze_excite, channel_shuffle and hardswish executed by the
-CPU emulator (cuda_emu.h, built by build.py) on CPU tensors, host launch code included: every launch
-path (NCHW tile / packed / chunked planes, channels_last blocked / generic, vector / scalar / head
-/ tail, split reductions, shared-memory opt-in, deterministic and cuBLAS-style parameter
-gradients, empty inputs) vs the float64 references, each run under two thread schedules that must
-give the same bits (a missing __syncthreads or a race changes them), with AddressSanitizer watching
-every global and shared-memory access.
+"""The CUDA kernels of every op (dwconv_bn_act, squeeze_excite, channel_shuffle, hardswish,
+attention) executed by the CPU emulator (cuda_emu.h and ptx_emu.h, built by build.py) on CPU
+tensors, host launch code included: every launch path (NCHW tile / packed / chunked planes,
+channels_last blocked / generic, vector / scalar / head / tail, split reductions, shared-memory
+opt-in, deterministic and cuBLAS-style parameter gradients, the tensor-core attention kernels per
+dtype and head dim with both dQ strategies, the fp32 SIMT attention kernels, empty inputs) vs the
+float64 references, each run under two thread schedules that must give the same bits (a missing
+__syncthreads or cp.async wait, or a race, changes them), with AddressSanitizer watching every
+global and shared-memory access.
 
 Not collected by the main test run (the library needs ASan preloaded):
 python_tests/test_cuda_emulated.py runs this file in a subprocess, or by hand:
@@ -29,6 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import build  # noqa: E402
 from testing import TOL  # noqa: E402
 
+from torchcv_ext.ops.reference import attention as ref_attn  # noqa: E402
 from torchcv_ext.ops.reference import channel_shuffle as ref_cs  # noqa: E402
 from torchcv_ext.ops.reference import dwconv_bn_act as ref_dw  # noqa: E402
 from torchcv_ext.ops.reference import hardswish as ref_hs  # noqa: E402
@@ -354,6 +357,140 @@ def test_hardswish(dtype, n, mis):
         close(run2(lambda: bwd(g, x))[0], rb(d(g), d(x)), dtype)
 
 
+# ---- attention ------------------------------------------------------------------------------------
+# (B, H, Nq, Nk, D): partial tiles on both sides (64-row tensor-core tiles, 32 / 64-row fp32
+# tiles; 32-row query tiles of the dK/dV pass and 32-key tiles of the dQ pass at D = 128), several
+# tiles of the double-buffered loops, Nq != Nk.
+ATTN_SHAPES = [
+    (1, 2, 1, 1, 32),
+    (2, 1, 70, 70, 64),
+    (1, 1, 7, 130, 128),
+    (1, 1, 130, 33, 32),
+    (1, 1, 65, 70, 128),
+]
+ATTN_IDS = ["x".join(map(str, s)) for s in ATTN_SHAPES]
+HALF = [torch.float16, torch.bfloat16]
+
+
+def _attn_inputs(shape, dtype, seed=0, layout="bhnd"):
+    """q, k, v, grad_out; layout "bnhd": (B, N, H, D) storage viewed as (B, H, N, D), as from a
+    fused qkv projection."""
+    b, h, nq, nk, dim = shape
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        t = torch.randn(b, n, h, dim, generator=g).to(dtype)
+        return t.transpose(1, 2) if layout == "bnhd" else t.transpose(1, 2).contiguous()
+    return make(nq), make(nk), make(nk), make(nq)
+
+
+def _attn_expected(q, k, v, go, scale):
+    """float64 (out, lse, dq, dk, dv)."""
+    q, k, v = (t.double().requires_grad_(True) for t in (q, k, v))
+    out, lse = ref_attn.attention(q, k, v, scale)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), go.double())
+    return out.detach(), lse, dq, dk, dv
+
+
+def _attn_eager(q, k, v, go, scale):
+    """(out, dq, dk, dv) of plain matmul-softmax in the inputs' precision: the flash-attention
+    rule's error baseline (python_tests/test_attention.py)."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    s = ref_attn.default_scale(q.shape[-1], scale)
+    out = torch.softmax(q @ k.transpose(-2, -1) * s, dim=-1) @ v
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v), go))
+
+
+def _attn_check(got, q, k, v, go, scale):
+    """got = (out, lse, dq, dk, dv) vs float64: float32 by TOL (widened with the reduction
+    length), float16 / bfloat16 by flash-attention's rule (at most 2x eager's error)."""
+    exact = _attn_expected(q, k, v, go, scale)
+    dtype = q.dtype
+    close(got[1], exact[1], torch.float32)  # lse: float32 for every input dtype
+    if dtype == torch.float32:
+        widen = (max(q.shape[2], k.shape[2]) / 16) ** 0.5
+        for name, a, b in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), (exact[0], *exact[2:])):
+            close(a, b, dtype, scale=max(widen, 1.0) * 4)
+        return
+    eager = _attn_eager(q, k, v, go, scale)
+    for name, a, e, x in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), eager, (exact[0], *exact[2:])):
+        assert a.dtype == dtype and a.shape == x.shape
+        err = (a.double() - x).abs().max().item()
+        base = (e.double() - x).abs().max().item()
+        assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
+
+
+@contextlib.contextmanager
+def atomic_dq(on: bool):
+    """TORCHCV_EXT_ATTENTION_DQ=atomic: the fp16 / bf16 backward's dQ from atomics in the dK/dV
+    pass (csrc/cuda/attention.cu: use_atomic_dq)."""
+    prev = os.environ.pop("TORCHCV_EXT_ATTENTION_DQ", None)
+    if on:
+        os.environ["TORCHCV_EXT_ATTENTION_DQ"] = "atomic"
+    try:
+        yield
+    finally:
+        os.environ.pop("TORCHCV_EXT_ATTENTION_DQ", None)
+        if prev is not None:
+            os.environ["TORCHCV_EXT_ATTENTION_DQ"] = prev
+
+
+def _attn_run(q, k, v, go, scale):
+    out, lse = run2(lambda: EMU.attention(q, k, v, scale))
+    grads = run2(lambda: EMU._attention_backward(go, q, k, v, out, lse, scale))
+    return out, lse, *grads
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=ATTN_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_attention(shape, dtype):
+    """Forward and backward (the separate, deterministic dQ pass for fp16 / bf16)."""
+    q, k, v, go = _attn_inputs(shape, dtype, layout="bnhd" if shape[2] == 70 else "bhnd")
+    scale = 0.3 if shape[2] == 130 else None
+    got = _attn_run(q, k, v, go, scale)
+    assert got[0].transpose(1, 2).is_contiguous()  # (B, N, H, D) storage
+    _attn_check(got, q, k, v, go, scale)
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES[1:], ids=ATTN_IDS[1:])
+@pytest.mark.parametrize("dtype", HALF)
+def test_attention_atomic_dq(shape, dtype):
+    """The dK/dV pass that also produces dQ with float32 atomics, then dq_convert_kernel; off in
+    deterministic mode (the same bits as the separate pass)."""
+    q, k, v, go = _attn_inputs(shape, dtype, seed=1)
+    out, lse = EMU.attention(q, k, v, None)
+    separate = EMU._attention_backward(go, q, k, v, out, lse, None)
+    with atomic_dq(True):
+        grads = run2(lambda: EMU._attention_backward(go, q, k, v, out, lse, None))
+        with deterministic(True):
+            det = EMU._attention_backward(go, q, k, v, out, lse, None)
+    _attn_check((out, lse, *grads), q, k, v, go, None)
+    for a, b in zip(det, separate):
+        assert torch.equal(a, b)
+    assert torch.equal(grads[1], separate[1]) and torch.equal(grads[2], separate[2])  # dk, dv
+
+
+def test_attention_misaligned_and_edge_inputs():
+    # Rows not 16-byte aligned: the host code copies them (rows_ready) before the 16-byte copies.
+    q, k, v, go = _attn_inputs((1, 2, 9, 11, 32), torch.float16, seed=2)
+    q, k, v, go = (misaligned(t) for t in (q, k, v, go))
+    assert q.data_ptr() % 16 != 0
+    _attn_check(_attn_run(q, k, v, go, None), q, k, v, go, None)
+    # Empty batch / no queries / no keys: no launch (an empty grid is an error in the emulator).
+    for dtype in (torch.float32, torch.bfloat16):
+        e = torch.randn(0, 2, 5, 64).to(dtype)
+        out, lse = EMU.attention(e, e, e, None)
+        assert out.shape == (0, 2, 5, 64) and lse.shape == (0, 2, 5)
+        q = torch.randn(1, 2, 3, 64).to(dtype)
+        kv = torch.randn(1, 2, 0, 64).to(dtype)
+        out, lse = EMU.attention(q, kv, kv, None)
+        assert (out == 0).all() and torch.isneginf(lse).all()
+        grads = EMU._attention_backward(q, q, kv, kv, out, lse, None)
+        assert all((t == 0).all() for t in grads) and grads[1].shape == kv.shape
+    with pytest.raises(RuntimeError, match="head_dim must be 32, 64 or 128 on CUDA"):
+        EMU.attention(*(torch.randn(1, 1, 4, 48).half() for _ in range(3)), None)
+
+
 # ---- coverage: every kernel of the emulated .cu files was launched by the cases above -----------
 
 # Launch sites the cases cannot reach: 64-bit index variants, taken only past 2^32 elements.
@@ -370,8 +507,8 @@ def test_every_kernel_and_launch_site_reached():
     """Runs last (file order): every __global__ function of the emulated files, and every launch
     site (as spelled in the source) but UNREACHED_LAUNCHES, ran in the cases above."""
     defined, sites = set(), set()
-    for name in build.KERNEL_FILES:
-        with open(os.path.join(build.REPO, "csrc", "cuda", name)) as f:
+    for name in build.KERNEL_FILES + build.HEADER_FILES:
+        with open(os.path.join(build.CUDA_DIR, name)) as f:
             src = f.read()
         defined |= set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", src))
         sites |= {m.group(1) for m in build._LAUNCH.finditer(src)}

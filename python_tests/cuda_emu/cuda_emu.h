@@ -1,9 +1,9 @@
-// A small CUDA execution emulator for the CPU: runs this project's SIMT kernels (csrc/cuda/
-// dwconv_bn_act.cu, squeeze_excite.cu, channel_shuffle.cu, hardswish.cu -- not the tensor-core
-// attention kernels, which python_tests/emulate_attention_mma.py covers) on CPU tensors, host
-// launch code included, so that machines without a GPU execute the CUDA code paths in every test
-// run. build.py rewrites a .cu file for it (launch syntax, CUDA headers, dispatch key) and
-// compiles it with g++ and AddressSanitizer.
+// A small CUDA execution emulator for the CPU: runs this project's CUDA kernels (every file of
+// csrc/cuda/: dwconv_bn_act, squeeze_excite, channel_shuffle, hardswish and the attention kernels,
+// whose few PTX instructions ptx_emu.h implements) on CPU tensors, host launch code included, so
+// that machines without a GPU execute the CUDA code paths in every test run. build.py rewrites a
+// .cu file for it (launch syntax, CUDA headers, dispatch key) and compiles it with g++ and
+// AddressSanitizer.
 //
 // Model:
 //   * blocks run one after another; the threads of a block are fibers on one OS thread (a small
@@ -21,8 +21,11 @@
 //     of exactly the launch's size, NaN-filled too, and checked against the kernel's
 //     cudaFuncSetAttribute opt-in (48 KiB without). Uninitialized reads show up as NaN.
 //   * __syncwarp (full mask) is a warp barrier; the lanes of a warp must all wait at the same
-//     warp operation (shuffle or __syncwarp, counted per lane), else it is an error. __ldg is a
-//     plain load.
+//     warp operation (shuffle, __syncwarp, or ptx_emu.h's mma / ldmatrix, counted per lane), else
+//     it is an error. __ldg is a plain load.
+//   * atomicAdd (float, float2) is a plain read-modify-write: threads never run concurrently.
+//   * __half / __nv_bfloat16 are c10::Half / c10::BFloat16 (round-to-nearest-even conversions,
+//     as the CUDA _rn intrinsics).
 //   * fiber stacks: 256 KiB each with a guard page below (an overflow faults).
 //   * launch checks as on the GPU: grid and block dimensions in range and non-zero.
 //   * out-of-bounds accesses of global memory (CPU tensors) and of shared arrays: AddressSanitizer.
@@ -31,8 +34,12 @@
 #include <sys/mman.h>
 
 #include <c10/core/Device.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
+#include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +62,7 @@ typedef struct CUstream_st* cudaStream_t;
 typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
 // The fields of cudaDeviceProp the kernels' host code reads, with an H100's values.
 struct cudaDeviceProp {
@@ -83,6 +91,7 @@ struct cudaDeviceProp {
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __align__(n) alignas(n)
 #define __shared__ static
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)
 #define C10_CUDA_CHECK(expr) ((void)(expr))
@@ -129,19 +138,30 @@ emu_fiber_switch:
   .popsection
 )");
 
+// A cp.async copy not yet landed (ptx_emu.h): 16 bytes, or 16 zero bytes when !valid.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  bool valid;
+};
+
 struct Thread {
   void* sp = nullptr;
   dim3 tid;
   State state = kRunnable;
   const char* warp_op = nullptr;  // the warp operation a kAtWarp thread waits in, and its count:
   uint64_t warp_seq = 0;          // every lane of a warp must be at the same one
+  std::vector<AsyncCopy> copies;  // this thread's cp.async copies in flight
 };
+
+constexpr size_t kSlotBytes = 64;  // per lane, for warp exchanges
 
 struct Block {
   std::vector<Thread> threads;
   char* stacks = nullptr;  // kMaxThreads fiber stacks, mapped once and never freed
-  std::vector<unsigned char> warp_slots;  // 32 lanes x 16 bytes per warp
+  std::vector<unsigned char> warp_slots;  // 32 lanes x kSlotBytes per warp
   unsigned char* dyn_smem = nullptr;  // exactly the launch's bytes (ASan sees overruns)
+  size_t dyn_smem_bytes = 0;
   uint64_t generation = 0;            // one per block run: static __shared__ arrays refill
   std::map<const void*, uint64_t> shared_gen;
   void* sched_sp = nullptr;
@@ -200,6 +220,18 @@ inline char* stack_of(int i) {
   return block().stacks + static_cast<size_t>(i) * (kStackBytes + kGuardBytes) + kGuardBytes;
 }
 
+// Lands a thread's cp.async copies in issue order.
+inline void complete_copies(Thread& t) {
+  for (const AsyncCopy& c : t.copies) {
+    if (c.valid) {
+      std::memcpy(c.dst, c.src, 16);
+    } else {
+      std::memset(c.dst, 0, 16);
+    }
+  }
+  t.copies.clear();
+}
+
 [[noreturn]] inline void fiber_entry() {
   Block& b = block();
 #if EMU_ASAN
@@ -207,6 +239,7 @@ inline char* stack_of(int i) {
 #endif
   try {
     b.body();
+    complete_copies(b.threads[b.cur]);  // an exiting thread's copies still land
   } catch (...) {
     if (!b.error) b.error = std::current_exception();
   }
@@ -380,7 +413,7 @@ struct Launch {
                     "cuda_emu: cannot protect a stack guard page");
       }
     }
-    b.warp_slots.assign(static_cast<size_t>((b.n + 31) / 32) * 32 * 16, 0);
+    b.warp_slots.assign(static_cast<size_t>((b.n + 31) / 32) * 32 * kSlotBytes, 0);
     b.body = body;
     blockDim_ = blk;
     gridDim_ = grid;
@@ -391,6 +424,7 @@ struct Launch {
           ++b.generation;
           // NaN bytes: uninitialized reads stand out. Exactly `smem` bytes, 16-byte aligned.
           b.dyn_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
+          b.dyn_smem_bytes = smem;
           std::memset(b.dyn_smem, 0xff, smem);
           for (int i = 0; i < b.n; ++i) {
             Thread& t = b.threads[i];
@@ -431,20 +465,43 @@ inline void fresh_shared(void* p, size_t bytes) {
   }
 }
 
+// True when [p, p + bytes) lies in the running block's dynamic shared memory.
+inline bool in_dynamic_smem(const void* p, size_t bytes) {
+  const Block& b = block();
+  const auto* c = static_cast<const unsigned char*>(p);
+  return b.dyn_smem != nullptr && c >= b.dyn_smem && c + bytes <= b.dyn_smem + b.dyn_smem_bytes;
+}
+
+// Every lane of the calling thread's warp publishes v; returns all 32 values (lane order).
+template <typename T>
+std::array<T, 32> warp_gather(const T& v, const char* what) {
+  static_assert(sizeof(T) <= kSlotBytes && std::is_trivially_copyable_v<T>, "cuda_emu: warp_gather");
+  Block& b = block();
+  const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
+  TORCH_CHECK(base + 32 <= b.n, "cuda_emu: ", what, " in a partial warp");
+  unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * kSlotBytes;
+  std::memcpy(slots + lane * kSlotBytes, &v, sizeof(T));
+  warp_wait(what);
+  std::array<T, 32> all;
+  for (int l = 0; l < 32; ++l) std::memcpy(&all[l], slots + l * kSlotBytes, sizeof(T));
+  warp_wait(what);  // nobody overwrites a slot before every lane has read
+  return all;
+}
+
 // Warp exchange: every lane publishes v, then reads lane src's value.
 template <typename T, typename F>
 T warp_exchange(unsigned mask, T v, F src_of, const char* what) {
-  static_assert(sizeof(T) <= 16, "cuda_emu: shuffle of a type over 16 bytes");
+  static_assert(sizeof(T) <= kSlotBytes, "cuda_emu: shuffle of a type over 64 bytes");
   TORCH_CHECK(mask == 0xffffffffu, "cuda_emu: ", what, " with a partial mask is not emulated");
   Block& b = block();
   const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
-  unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * 16;
-  std::memcpy(slots + lane * 16, &v, sizeof(T));
+  unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * kSlotBytes;
+  std::memcpy(slots + lane * kSlotBytes, &v, sizeof(T));
   warp_wait(what);
   const int src = src_of(lane);
   TORCH_CHECK(base + src < b.n, "cuda_emu: ", what, " reads lane ", src, " of a partial warp");
   T r;
-  std::memcpy(&r, slots + src * 16, sizeof(T));
+  std::memcpy(&r, slots + src * kSlotBytes, sizeof(T));
   warp_wait(what);  // nobody overwrites a slot before every lane has read
   return r;
 }
@@ -493,6 +550,56 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     const int src = lane ^ lane_mask;  // a later group's lane: the caller's own value (CUDA)
     return src / width <= lane / width ? src : lane;
   }, "__shfl_xor_sync");
+}
+
+// Half types: c10's, with CUDA's names and conversion intrinsics.
+using __half = c10::Half;
+using __nv_bfloat16 = c10::BFloat16;
+struct __half2 {
+  __half x, y;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+inline __half __float2half_rn(float v) { return __half(v); }
+inline float __half2float(__half v) { return static_cast<float>(v); }
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__half(lo), __half(hi)}; }
+inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
+inline float __bfloat162float(__nv_bfloat16 v) { return static_cast<float>(v); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__nv_bfloat16(lo), __nv_bfloat16(hi)};
+}
+
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
+// Threads never run concurrently: a plain read-modify-write is atomic.
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline float2 atomicAdd(float2* p, float2 v) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 8 == 0, "cuda_emu: atomicAdd(float2*) on an address not 8-byte aligned");
+  const float2 old = *p;
+  p->x = old.x + v.x;
+  p->y = old.y + v.y;
+  return old;
+}
+
+inline cudaError_t cudaGetDevice(int* dev) {
+  *dev = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  const cudaDeviceProp p;
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = p.major; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(p.sharedMemPerBlockOptin); break;
+  }
+  return cudaSuccess;
 }
 
 template <typename K>
