@@ -119,6 +119,30 @@ def test_emulator_catches_broken_kernels():
     assert st("smem_optin").isnan().all()
 
 
+def test_emulator_ptx_instructions():
+    """ptx_emu.h: mma.sync and ldmatrix.trans give the PTX ISA's results, and misuse is reported."""
+    def st(which):
+        return EMU._emu_selftest(torch.empty(0), which)
+    r, k, n = torch.arange(16), torch.arange(16), torch.arange(8)
+    a = ((r[:, None] + 2 * k[None, :]) % 5 - 2).float()
+    b = ((3 * k[:, None] + n[None, :]) % 7 - 3).float()
+    assert torch.equal(run2(lambda: st("mma"))[0], (a @ b)[:8].flatten())
+    with pytest.raises(RuntimeError, match="exited lane"):
+        st("mma_exited_lanes")
+    lane = torch.arange(32)
+    g, t = lane // 4, lane % 4
+    expected = torch.stack([16 * (2 * t) + g, 16 * (2 * t + 1) + g], 1).flatten().float()
+    assert torch.equal(run2(lambda: st("ldmatrix_trans"))[0], expected)
+    with pytest.raises(RuntimeError, match="not 16-byte aligned"):
+        st("ldmatrix_misaligned")
+    # cp.async: even threads copy, odd ones zero-fill; every thread reads its neighbour's 4 floats.
+    src = (torch.arange(64) + 1).float().view(16, 4)
+    src[1::2] = 0
+    assert torch.equal(run2(lambda: st("cp_async_wait"))[0], src.roll(-1, 0).flatten())
+    with pytest.raises(AssertionError, match="differ between thread schedules"):
+        run2(lambda: st("cp_async_no_wait"))
+
+
 # ---- depthwise conv + BN + activation -----------------------------------------------------------
 # (N, C, H, W, (kh, kw), (sh, sw), (ph, pw), (dh, dw), layout): the kernel each one reaches
 DW_CASES = [
