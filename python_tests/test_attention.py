@@ -20,7 +20,7 @@ from torchcv_ext.nn import MultiheadSelfAttention
 from torchcv_ext.ops import attention
 from torchcv_ext.ops.reference import attention as ref
 
-from testing import DEVICES, TOL, assert_close, requires_ext
+from testing import DEVICES, TOL, assert_close, assert_flash_rule, eager_attention, requires_ext
 
 op = torch.ops.torchcv_ext.attention if torchcv_ext.extension_loaded() else None
 HALF = [torch.float16, torch.bfloat16]
@@ -47,22 +47,11 @@ def _qkv(b, h, nq, nk, d, dtype, device, requires_grad=False):
     return [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in ts]
 
 
-def _eager(q, k, v, scale=None):
-    """Plain matmul-softmax in the inputs' own precision (flash-attention's `attention_ref` with
-    upcast=False): the error baseline of the 2x rule."""
-    s = ref.default_scale(q.shape[-1], scale)
-    return torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * s, dim=-1).matmul(v)
-
-
 def _fwd_bwd(fn, q, k, v, go, scale):
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     out = fn(q, k, v, scale)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), go)
     return out.detach(), dq, dk, dv
-
-
-def _max_err(a, b):
-    return (a.double() - b.double()).abs().max().item()
 
 
 # Vision lengths (odd, crossing the 64-row tiles) and head dims of the CUDA kernels.
@@ -112,13 +101,12 @@ def test_flash_attention_rule_half(device, dtype, shape, cpu_kernel):
     q, k, v = _qkv(b, h, nq, nk, d, dtype, device)
     go = torch.randn(b, h, nq, d, dtype=dtype, device=device)
     ours = _fwd_bwd(attention, q, k, v, go, None)
-    eager = _fwd_bwd(_eager, q, k, v, go, None)
-    exact = _fwd_bwd(_eager, q.double(), k.double(), v.double(), go.double(), None)
+    eager = _fwd_bwd(eager_attention, q, k, v, go, None)
+    exact = _fwd_bwd(eager_attention, q.double(), k.double(), v.double(), go.double(), None)
     for name, o, e, x in zip(("out", "dq", "dk", "dv"), ours, eager, exact):
         assert o.dtype == dtype
         assert torch.isfinite(o).all(), name
-        err, base = _max_err(o, x), _max_err(e, x)
-        assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
+        assert_flash_rule(o, e, x, name)
 
 
 @pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
@@ -426,8 +414,8 @@ def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
     assert torch.equal(dk, sep[1]) and torch.equal(dv, sep[2])
     torch.testing.assert_close(dq, sep[0], **TOL[dtype])
     want = _fwd_bwd(lambda *a: ref.attention(*a)[0], q.double(), k.double(), v.double(), go.double(), None)[1]
-    eager = _fwd_bwd(_eager, q, k, v, go, None)[1]
-    assert _max_err(dq, want) <= 2 * _max_err(eager, want) + 1e-5
+    eager = _fwd_bwd(eager_attention, q, k, v, go, None)[1]
+    assert_flash_rule(dq, eager, want, "dq")
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -456,12 +444,12 @@ def test_cuda_misaligned_and_strided():
     assert q.data_ptr() % 16 != 0
     out = attention(q, q, q)
     exp = ref.attention(q.double(), q.double(), q.double())[0]
-    eager = _eager(q, q, q)
-    assert _max_err(out, exp) <= 2 * _max_err(eager, exp) + 1e-5
+    eager = eager_attention(q, q, q)
+    assert_flash_rule(out, eager, exp, "out")
     qkv = torch.randn(2, 70, 3, 4, 64, device="cuda", dtype=torch.bfloat16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     exp = ref.attention(q.double(), k.double(), v.double())[0]
-    assert _max_err(attention(q, k, v), exp) <= 2 * _max_err(_eager(q, k, v), exp) + 1e-5
+    assert_flash_rule(attention(q, k, v), eager_attention(q, k, v), exp, "out")
 
 
 @pytest.mark.cuda

@@ -34,6 +34,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
                                atol=tol["atol"] * scale, rtol=tol["rtol"] * scale)
 
 
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:
+    """Plain matmul-softmax in the inputs' own precision (flash-attention's `attention_ref` with
+    upcast=False): the error baseline of flash-attention's test rule."""
+    s = 1.0 / q.shape[-1] ** 0.5 if scale is None else scale
+    return torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * s, dim=-1).matmul(v)
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def assert_flash_rule(got: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor, name: str = ""):
+    """flash-attention's rule for reduced precision: the error of `got` vs the `exact` (float64)
+    result is at most twice that of `eager` (the same computation in eager PyTorch, same dtype)."""
+    err, base = max_err(got, exact), max_err(eager, exact)
+    assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
+
+
 def run_python(args, cwd) -> str:
     """Run ``python *args`` in ``cwd`` (not the repo root, whose source tree would shadow an
     installed package), importing the same torchcv_ext this test process imported; returns stdout."""

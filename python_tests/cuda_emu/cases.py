@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import build  # noqa: E402
-from testing import TOL  # noqa: E402
+from testing import TOL, assert_flash_rule, eager_attention  # noqa: E402
 
 from torchcv_ext.ops.reference import attention as ref_attn  # noqa: E402
 from torchcv_ext.ops.reference import channel_shuffle as ref_cs  # noqa: E402
@@ -418,10 +418,9 @@ def _attn_expected(q, k, v, go, scale):
 
 def _attn_eager(q, k, v, go, scale):
     """(out, dq, dk, dv) of plain matmul-softmax in the inputs' precision: the flash-attention
-    rule's error baseline (python_tests/test_attention.py)."""
+    rule's error baseline."""
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
-    s = ref_attn.default_scale(q.shape[-1], scale)
-    out = torch.softmax(q @ k.transpose(-2, -1) * s, dim=-1) @ v
+    out = eager_attention(q, k, v, scale)
     return (out.detach(), *torch.autograd.grad(out, (q, k, v), go))
 
 
@@ -439,9 +438,7 @@ def _attn_check(got, q, k, v, go, scale):
     eager = _attn_eager(q, k, v, go, scale)
     for name, a, e, x in zip(("out", "dq", "dk", "dv"), (got[0], *got[2:]), eager, (exact[0], *exact[2:])):
         assert a.dtype == dtype and a.shape == x.shape
-        err = (a.double() - x).abs().max().item()
-        base = (e.double() - x).abs().max().item()
-        assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
+        assert_flash_rule(a, e, x, name)
 
 
 @contextlib.contextmanager
