@@ -10,8 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 
+#include "index_width.cuh"
 #include "torchcv_ext/channel_shuffle_host.h"
 
 namespace torchcv_ext {
@@ -53,7 +53,7 @@ struct CudaRun {
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const bool inner = p.dst_st[0].ss == 1 && p.dst_st[1].ss == 1;
     // 32-bit index arithmetic when it cannot overflow (also for the grid-stride increment).
-    const bool small = total + blocks * kThreads < std::numeric_limits<int32_t>::max();
+    const bool small = index_fits<int32_t>(total, blocks * kThreads);
     if (small && inner) {
       shuffle_kernel<T, int32_t, true><<<blocks, kThreads, 0, stream>>>(p);
     } else if (small) {

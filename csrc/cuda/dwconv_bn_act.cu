@@ -27,6 +27,7 @@
 
 #include <algorithm>
 
+#include "index_width.cuh"
 #include "torchcv_ext/dwconv_bn_act_host.h"
 
 namespace torchcv_ext {
@@ -893,9 +894,7 @@ inline int64_t grid_for(int64_t numel) {
 }
 
 // 32-bit indices are safe when every index and the last grid-stride increment stay below 2^32.
-inline bool fits_u32(int64_t numel, int64_t blocks) {
-  return numel + blocks * kThreads < (int64_t{1} << 32);
-}
+inline bool fits_u32(int64_t numel, int64_t blocks) { return index_fits<uint32_t>(numel, blocks * kThreads); }
 
 #define TCV_DW_DISPATCH(T, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)

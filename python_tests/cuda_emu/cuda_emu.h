@@ -93,6 +93,7 @@ struct cudaDeviceProp {
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
 #define __shared__ static
+#define TORCHCV_CUDA_EMU 1
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)
 #define C10_CUDA_CHECK(expr) ((void)(expr))
 
@@ -297,6 +298,13 @@ inline void resume(int i) {
 inline bool reverse_order() {
   const char* v = std::getenv("TORCHCV_EMU_ORDER");
   return v != nullptr && std::string(v) == "reverse";
+}
+
+// TORCHCV_EMU_INDEX64=1: the kernels' 64-bit index variants at any size (csrc/cuda/index_width.cuh),
+// so that tests reach them without 2^32-element tensors.
+inline bool force_index64() {
+  const char* v = std::getenv("TORCHCV_EMU_INDEX64");
+  return v != nullptr && std::string(v) == "1";
 }
 
 // Runs every thread of the current block to completion (see the model above).
