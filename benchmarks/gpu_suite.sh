@@ -108,7 +108,10 @@ run_step env 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total
 
 CC="$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null || echo 9.0)"
 if run_step build 300 env TORCH_CUDA_ARCH_LIST="$CC" MAX_JOBS="$(nproc)" TORCHCV_EXT_CUDA=ON \
+     TORCHCV_EXT_PTXAS_LOG="$WORK/ptxas" \
      $PY -m pip install --no-build-isolation --no-deps --no-index --force-reinstall -v "$REPO"; then
+  # Registers and spills of every kernel for this GPU's arch (the table lands in work.tgz).
+  run_step ptxas 30 $PY "$REPO/.ci/ptxas_check.py" "$WORK/ptxas" --out "$WORK/ptxas.md"
   export TORCHCV_EXT_REQUIRE_EXT=1  # tests, sanitizers and benchmarks must not fall back to the reference
   # Outside the repo, so the installed package (not the source tree) is imported.
   run_step info 60 bash -c "cd /tmp && $PY -m torchcv_ext.info --cuda"
