@@ -4,9 +4,10 @@ tensors, host launch code included: every launch path (NCHW tile / packed / chun
 channels_last blocked / generic, vector / scalar / head / tail, split reductions, shared-memory
 opt-in, deterministic and cuBLAS-style parameter gradients, the tensor-core attention kernels per
 dtype and head dim with both dQ strategies, the fp32 SIMT attention kernels, empty inputs) vs the
-float64 references, each run under two thread schedules that must give the same bits (a missing
-__syncthreads or cp.async wait, or a race, changes them), with AddressSanitizer watching every
-global and shared-memory access.
+float64 references, each run under two schedules (threads and blocks in forward, then reverse
+order) that must give the same bits (a missing __syncthreads or cp.async wait, a race, or a block
+reading another block's output changes them), with AddressSanitizer watching every global and
+shared-memory access.
 
 Not collected by the main test run (the library needs ASan preloaded):
 python_tests/test_cuda_emulated.py runs this file in a subprocess, or by hand:
@@ -51,8 +52,8 @@ def _flat(out):
 
 
 def run2(fn):
-    """fn() under the forward and the reverse thread schedule; the results must be bit-identical
-    (every kernel here reduces in a fixed order). Returns the first."""
+    """fn() under the forward and the reverse schedule (thread and block order); the results must be
+    bit-identical (every kernel here reduces in a fixed order). Returns the first."""
     results = []
     for order in ("forward", "reverse"):
         os.environ["TORCHCV_EMU_ORDER"] = order
@@ -64,7 +65,8 @@ def run2(fn):
         if isinstance(a, torch.Tensor):
             assert a.shape == b.shape and a.stride() == b.stride()
             assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), \
-                "results differ between thread schedules (race or missing __syncthreads)"
+                "results differ between thread schedules (race, missing __syncthreads, or a block " \
+                "reading another block's output)"
     return results[0]
 
 
@@ -101,6 +103,8 @@ def test_emulator_catches_broken_kernels():
     assert torch.equal(run2(lambda: st("sync"))[0], (torch.arange(64) + 1).remainder(64).float())
     with pytest.raises(AssertionError, match="differ between thread schedules"):
         run2(lambda: st("race"))
+    with pytest.raises(AssertionError, match="differ between thread schedules"):
+        run2(lambda: st("cross_block"))
     with pytest.raises(RuntimeError, match="exited lane"):
         st("exited_lanes")
     with pytest.raises(RuntimeError, match="deadlock"):
@@ -514,18 +518,24 @@ def test_attention(shape, dtype):
 @pytest.mark.parametrize("dtype", HALF)
 def test_attention_atomic_dq(shape, dtype):
     """The dK/dV pass that also produces dQ with float32 atomics, then dq_convert_kernel; off in
-    deterministic mode (the same bits as the separate pass)."""
+    deterministic mode (the same bits as the separate pass). dQ's atomic sums depend on the block
+    order (reversed in the reverse schedule), so each schedule's result is checked on its own."""
     q, k, v, go = _attn_inputs(shape, dtype, seed=1)
     out, lse = EMU.attention(q, k, v, None)
     separate = EMU._attention_backward(go, q, k, v, out, lse, None)
-    with atomic_dq(True):
-        grads = run2(lambda: EMU._attention_backward(go, q, k, v, out, lse, None))
-        with deterministic(True):
-            det = EMU._attention_backward(go, q, k, v, out, lse, None)
-    _attn_check((out, lse, *grads), q, k, v, go, None)
-    for a, b in zip(det, separate):
-        assert torch.equal(a, b)
-    assert torch.equal(grads[1], separate[1]) and torch.equal(grads[2], separate[2])  # dk, dv
+    for order in ("forward", "reverse"):
+        os.environ["TORCHCV_EMU_ORDER"] = order
+        try:
+            with atomic_dq(True):
+                grads = EMU._attention_backward(go, q, k, v, out, lse, None)
+                with deterministic(True):
+                    det = EMU._attention_backward(go, q, k, v, out, lse, None)
+        finally:
+            os.environ.pop("TORCHCV_EMU_ORDER", None)
+        _attn_check((out, lse, *grads), q, k, v, go, None)
+        for a, b in zip(det, separate):
+            assert torch.equal(a, b)
+        assert torch.equal(grads[1], separate[1]) and torch.equal(grads[2], separate[2])  # dk, dv
 
 
 def test_attention_misaligned_and_edge_inputs():

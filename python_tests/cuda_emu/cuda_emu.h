@@ -6,10 +6,12 @@
 // AddressSanitizer.
 //
 // Model:
-//   * blocks run one after another; the threads of a block are fibers on one OS thread (a small
-//     x86-64 stack switch, annotated for AddressSanitizer), run round-robin in a chosen order
-//     (TORCHCV_EMU_ORDER=forward|reverse) until each reaches a barrier or exits. Deterministic, and a missing __syncthreads shows up as wrong results
-//     (thread 0 reads shared memory before thread 1 has written it, or overwrites it first);
+//   * blocks run one after another (in reverse order under TORCHCV_EMU_ORDER=reverse); the threads
+//     of a block are fibers on one OS thread (a small x86-64 stack switch, annotated for
+//     AddressSanitizer), run round-robin in a chosen order (TORCHCV_EMU_ORDER=forward|reverse)
+//     until each reaches a barrier or exits. Deterministic, and a missing __syncthreads shows up
+//     as wrong results (thread 0 reads shared memory before thread 1 has written it, or
+//     overwrites it first), as does a block reading another block's output of the same launch;
 //     running both orders must give the same bits for the deterministic kernels.
 //   * __syncthreads: released when every live thread of the block has arrived (exited threads do
 //     not count, as on sm_70+). Threads stuck at different barriers -- a __syncthreads or a warp
@@ -425,36 +427,38 @@ struct Launch {
     b.body = body;
     blockDim_ = blk;
     gridDim_ = grid;
-    for (unsigned bz = 0; bz < grid.z; ++bz) {
-      for (unsigned by = 0; by < grid.y; ++by) {
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx_ = dim3(bx, by, bz);
-          ++b.generation;
-          // NaN bytes: uninitialized reads stand out. Exactly `smem` bytes, 16-byte aligned.
-          b.dyn_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
-          b.dyn_smem_bytes = smem;
-          std::memset(b.dyn_smem, 0xff, smem);
-          for (int i = 0; i < b.n; ++i) {
-            Thread& t = b.threads[i];
-            t = Thread{};
-            t.tid = dim3(i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y));
-            t.sp = init_stack(stack_of(i), kStackBytes);
-          }
-          try {
-            run_block(name);
-          } catch (...) {
-            ::operator delete[](b.dyn_smem, std::align_val_t(16));
-            b.dyn_smem = nullptr;
-#if EMU_ASAN
-            // The block's other threads stay suspended mid-kernel, their frames poisoned.
-            for (int k = 0; k < b.n; ++k) __asan_unpoison_memory_region(stack_of(k), kStackBytes);
-#endif
-            throw;
-          }
-          ::operator delete[](b.dyn_smem, std::align_val_t(16));
-          b.dyn_smem = nullptr;
-        }
+    // Blocks in linear order, reversed under the reverse schedule (a block that reads what another
+    // block of the same launch writes then sees different data).
+    const bool rev = reverse_order();
+    const uint64_t nblocks = uint64_t{grid.x} * grid.y * grid.z;
+    for (uint64_t k = 0; k < nblocks; ++k) {
+      const uint64_t lin = rev ? nblocks - 1 - k : k;
+      blockIdx_ = dim3(static_cast<unsigned>(lin % grid.x), static_cast<unsigned>(lin / grid.x % grid.y),
+                       static_cast<unsigned>(lin / (uint64_t{grid.x} * grid.y)));
+      ++b.generation;
+      // NaN bytes: uninitialized reads stand out. Exactly `smem` bytes, 16-byte aligned.
+      b.dyn_smem = static_cast<unsigned char*>(::operator new[](smem, std::align_val_t(16)));
+      b.dyn_smem_bytes = smem;
+      std::memset(b.dyn_smem, 0xff, smem);
+      for (int i = 0; i < b.n; ++i) {
+        Thread& t = b.threads[i];
+        t = Thread{};
+        t.tid = dim3(i % blk.x, (i / blk.x) % blk.y, i / (blk.x * blk.y));
+        t.sp = init_stack(stack_of(i), kStackBytes);
       }
+      try {
+        run_block(name);
+      } catch (...) {
+        ::operator delete[](b.dyn_smem, std::align_val_t(16));
+        b.dyn_smem = nullptr;
+#if EMU_ASAN
+        // The block's other threads stay suspended mid-kernel, their frames poisoned.
+        for (int i = 0; i < b.n; ++i) __asan_unpoison_memory_region(stack_of(i), kStackBytes);
+#endif
+        throw;
+      }
+      ::operator delete[](b.dyn_smem, std::align_val_t(16));
+      b.dyn_smem = nullptr;
     }
   }
 };

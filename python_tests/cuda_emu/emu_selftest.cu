@@ -47,6 +47,16 @@ __global__ void divergent_shuffle_kernel(float* out) {
   out[t] = v;
 }
 
+// Block 1 reads what block 0 writes in the same launch: no ordering between blocks on the GPU.
+__global__ void cross_block_kernel(float* out) {
+  const int t = threadIdx.x;
+  if (blockIdx.x == 0) {
+    out[t] = 5.0f;
+  } else {
+    out[32 + t] = out[t] + 1.0f;
+  }
+}
+
 // Reads a static shared array before this block wrote it (the previous block did).
 __global__ void static_smem_kernel(float* out) {
   __shared__ float sm[64];
@@ -166,6 +176,8 @@ at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
     cudaFuncSetAttribute(uninitialized_smem_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          64 * 1024);
     uninitialized_smem_kernel<1><<<1, 64, 64 * 1024, stream>>>(o);
+  } else if (which == "cross_block") {
+    cross_block_kernel<<<2, 32, 0, stream>>>(o);
   } else if (which == "mma") {
     mma_kernel<<<1, 32, 0, stream>>>(o);
   } else if (which == "mma_exited_lanes") {
