@@ -1,10 +1,9 @@
 """Build the CUDA-emulator library: every csrc/cuda/*.cu file and the headers they include (and the
 emulator's own broken-kernel checks, emu_selftest.cu) rewritten for python_tests/cuda_emu/cuda_emu.h
 (attention_ptx.cuh's PTX instructions: ptx_emu.h) and compiled as C++ with g++ and AddressSanitizer,
-registered as
-the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as ``torchcv_ext``,
-from csrc/registration.cpp). The ops then run the CUDA host and kernel code on CPU tensors:
-``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
+registered as the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as
+``torchcv_ext``, from csrc/registration.cpp). The ops then run the CUDA host and kernel code on
+CPU tensors: ``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
 
 The library needs the ASan runtime loaded first (and libstdc++ with it, or ASan aborts on the first
 C++ exception): run the process with
@@ -26,7 +25,10 @@ CUDA_DIR = os.path.join(REPO, "csrc", "cuda")
 KERNEL_FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith(".cu"))
 # Local headers of the .cu files: rewritten next to them (build dir), except the PTX wrappers,
 # which the emulator replaces.
-HEADER_FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith((".cuh", ".h")) and f != "attention_ptx.cuh")
+HEADER_FILES = sorted(f for f in os.listdir(CUDA_DIR)
+                      if f.endswith((".cuh", ".h")) and f != "attention_ptx.cuh")
+
+
 def _build_dir() -> str:
     import torch
 
