@@ -139,6 +139,8 @@ def test_emulator_ptx_instructions():
     assert torch.equal(run2(lambda: st("ldmatrix_trans"))[0], expected)
     with pytest.raises(RuntimeError, match="not 16-byte aligned"):
         st("ldmatrix_misaligned")
+    with pytest.raises(RuntimeError, match="bank conflict"):
+        st("ldmatrix_bank_conflict")
     # cp.async: even threads copy, odd ones zero-fill; every thread reads its neighbour's 4 floats.
     src = (torch.arange(64) + 1).float().view(16, 4)
     src[1::2] = 0

@@ -113,12 +113,12 @@ __global__ void mma_exited_lanes_kernel(float* out) {
 // A 16 x 16 half tile s[r][c] = 16r + c in dynamic shared memory (rows padded to 24 elements);
 // ldmatrix.x4.trans with the lane addresses of attention_mma.cuh's ldsm_b_trans (k0 = n0 = 0).
 // out[2 * lane + i] = the lower (i = 0) / upper half of register 0 (matrix 0 = rows 0..7,
-// columns 0..7): s[2t][g] and s[2t + 1][g]. kMisaligned: lane 0's address is off by 2 bytes.
-template <bool kMisaligned>
+// columns 0..7): s[2t][g] and s[2t + 1][g]. kMisaligned: lane 0's address is off by 2 bytes;
+// ld = 16 (rows not padded): every other row in the same banks.
+template <bool kMisaligned, int ld = 24>
 __global__ void ldmatrix_kernel(float* out) {
   extern __shared__ __align__(16) unsigned char smem[];
   __half* s = reinterpret_cast<__half*>(smem);
-  constexpr int ld = 24;
   const int lane = threadIdx.x;
   for (int i = lane; i < 16 * ld; i += 32) s[i] = __float2half_rn(static_cast<float>(16 * (i / ld) + i % ld));
   __syncwarp();
@@ -186,6 +186,8 @@ at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
     ldmatrix_kernel<false><<<1, 32, 16 * 24 * 2, stream>>>(o);
   } else if (which == "ldmatrix_misaligned") {
     ldmatrix_kernel<true><<<1, 32, 16 * 24 * 2, stream>>>(o);
+  } else if (which == "ldmatrix_bank_conflict") {
+    ldmatrix_kernel<false, 16><<<1, 32, 16 * 24 * 2, stream>>>(o);
   } else if (which == "cp_async_wait" || which == "cp_async_no_wait") {
     const at::Tensor in = at::arange(64, out.options()) + 1;
     if (which == "cp_async_wait") {

@@ -7,7 +7,9 @@
 //     are gathered, the 16 x 8 tile computed in double from the exact operand values and rounded
 //     once to float (the tensor cores' fp32 accumulation differs from this in the last bits).
 //   * ldmatrix.x4.trans: a warp operation; every lane's row address must be 16-byte aligned and
-//     lie (with its 16 bytes) in the block's dynamic shared memory.
+//     lie (with its 16 bytes) in the block's dynamic shared memory, and each matrix's 8 rows must
+//     fall in distinct 16-byte bank groups ((address / 16) % 8): a bank conflict is reported as an
+//     error (the kernels pad their tiles to avoid them; a change that loses the padding shows here).
 //   * cp.async.cg 16 bytes: dst in dynamic shared memory, both addresses 16-byte aligned. Under the
 //     forward thread order a copy lands at the thread's cp_async_wait_all() (or when it exits);
 //     under the reverse order at once. Reading a tile before the wait and the barrier after it
@@ -80,6 +82,12 @@ inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
   emu_detail::check_smem(row, "ldmatrix.x4.trans");
   const auto rows = ::emu::warp_gather(row, "ldmatrix.x4.trans");
+  for (int i = 0; i < 4; ++i) {  // one shared-memory phase per matrix: 8 rows x 16 bytes
+    unsigned groups = 0;
+    for (int r = 0; r < 8; ++r) groups |= 1u << ((reinterpret_cast<uintptr_t>(rows[8 * i + r]) / 16) % 8);
+    TORCH_CHECK(groups == 0xffu, "cuda_emu: ldmatrix.x4.trans: the rows of matrix ", i,
+                " share shared-memory banks (a bank conflict; pad the tile's rows)");
+  }
   const int lane = ::emu::linear_tid() % 32, g = lane / 4, t = lane % 4;
   for (int i = 0; i < 4; ++i) {  // matrix i: rows given by lanes 8i .. 8i + 7
     uint16_t lo, hi;             // [2t][g] and [2t + 1][g]
