@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import torchcv_ext
+from torchcv_ext.ops.reference import attention as ref_attention
 
 #: Devices every op test runs on; CUDA cases carry the `cuda` marker (skipped without a GPU).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -37,7 +38,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:
     """Plain matmul-softmax in the inputs' own precision (flash-attention's `attention_ref` with
     upcast=False): the error baseline of flash-attention's test rule."""
-    s = 1.0 / q.shape[-1] ** 0.5 if scale is None else scale
+    s = ref_attention.default_scale(q.shape[-1], scale)
     return torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * s, dim=-1).matmul(v)
 
 

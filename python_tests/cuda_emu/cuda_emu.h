@@ -165,6 +165,7 @@ struct Block {
   std::vector<unsigned char> warp_slots;  // 32 lanes x kSlotBytes per warp
   unsigned char* dyn_smem = nullptr;  // exactly the launch's bytes (ASan sees overruns)
   size_t dyn_smem_bytes = 0;
+  bool reverse = false;  // the launch's schedule: threads and blocks in reverse order
   uint64_t generation = 0;            // one per block run: static __shared__ arrays refill
   std::map<const void*, uint64_t> shared_gen;
   void* sched_sp = nullptr;
@@ -312,7 +313,7 @@ inline bool force_index64() {
 // Runs every thread of the current block to completion (see the model above).
 inline void run_block(const char* kernel) {
   Block& b = block();
-  const bool rev = reverse_order();
+  const bool rev = b.reverse;
   const int nwarps = (b.n + 31) / 32;
   for (;;) {
     for (int k = 0; k < b.n; ++k) {
@@ -429,7 +430,8 @@ struct Launch {
     gridDim_ = grid;
     // Blocks in linear order, reversed under the reverse schedule (a block that reads what another
     // block of the same launch writes then sees different data).
-    const bool rev = reverse_order();
+    b.reverse = reverse_order();
+    const bool rev = b.reverse;
     const uint64_t nblocks = uint64_t{grid.x} * grid.y * grid.z;
     for (uint64_t k = 0; k < nblocks; ++k) {
       const uint64_t lin = rev ? nblocks - 1 - k : k;
@@ -484,37 +486,49 @@ inline bool in_dynamic_smem(const void* p, size_t bytes) {
   return b.dyn_smem != nullptr && c >= b.dyn_smem && c + bytes <= b.dyn_smem + b.dyn_smem_bytes;
 }
 
-// Every lane of the calling thread's warp publishes v; returns all 32 values (lane order).
-template <typename T>
-std::array<T, 32> warp_gather(const T& v, const char* what) {
-  static_assert(sizeof(T) <= kSlotBytes && std::is_trivially_copyable_v<T>, "cuda_emu: warp_gather");
+// The protocol of every warp operation: each lane publishes v in its slot, waits for the whole
+// warp, reads what it needs with read(slot_of, lane, lanes) (slot_of(l): lane l's value; lanes:
+// the warp's width, under 32 in a partial last warp), then waits again so that no slot is
+// overwritten before every lane has read.
+template <typename T, typename R>
+void warp_publish_read(const T& v, const char* what, R&& read) {
+  static_assert(sizeof(T) <= kSlotBytes && std::is_trivially_copyable_v<T>,
+                "cuda_emu: warp operation on a type over 64 bytes");
   Block& b = block();
   const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
-  TORCH_CHECK(base + 32 <= b.n, "cuda_emu: ", what, " in a partial warp");
   unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * kSlotBytes;
   std::memcpy(slots + lane * kSlotBytes, &v, sizeof(T));
   warp_wait(what);
+  read([&](int l) {
+    T r;
+    std::memcpy(&r, slots + l * kSlotBytes, sizeof(T));
+    return r;
+  }, lane, std::min(32, b.n - base));
+  warp_wait(what);
+}
+
+// Every lane of the calling thread's (full) warp publishes v; returns all 32 values (lane order).
+template <typename T>
+std::array<T, 32> warp_gather(const T& v, const char* what) {
+  const int base = linear_tid() / 32 * 32;
+  TORCH_CHECK(base + 32 <= block().n, "cuda_emu: ", what, " in a partial warp");
   std::array<T, 32> all;
-  for (int l = 0; l < 32; ++l) std::memcpy(&all[l], slots + l * kSlotBytes, sizeof(T));
-  warp_wait(what);  // nobody overwrites a slot before every lane has read
+  warp_publish_read(v, what, [&](auto slot_of, int, int) {
+    for (int l = 0; l < 32; ++l) all[l] = slot_of(l);
+  });
   return all;
 }
 
 // Warp exchange: every lane publishes v, then reads lane src's value.
 template <typename T, typename F>
 T warp_exchange(unsigned mask, T v, F src_of, const char* what) {
-  static_assert(sizeof(T) <= kSlotBytes, "cuda_emu: shuffle of a type over 64 bytes");
   TORCH_CHECK(mask == 0xffffffffu, "cuda_emu: ", what, " with a partial mask is not emulated");
-  Block& b = block();
-  const int tid = linear_tid(), lane = tid % 32, base = tid - lane;
-  unsigned char* slots = b.warp_slots.data() + static_cast<size_t>(base / 32) * 32 * kSlotBytes;
-  std::memcpy(slots + lane * kSlotBytes, &v, sizeof(T));
-  warp_wait(what);
-  const int src = src_of(lane);
-  TORCH_CHECK(base + src < b.n, "cuda_emu: ", what, " reads lane ", src, " of a partial warp");
   T r;
-  std::memcpy(&r, slots + src * kSlotBytes, sizeof(T));
-  warp_wait(what);  // nobody overwrites a slot before every lane has read
+  warp_publish_read(v, what, [&](auto slot_of, int lane, int lanes) {
+    const int src = src_of(lane);
+    TORCH_CHECK(src < lanes, "cuda_emu: ", what, " reads lane ", src, " of a partial warp");
+    r = slot_of(src);
+  });
   return r;
 }
 

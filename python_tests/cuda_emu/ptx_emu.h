@@ -104,7 +104,7 @@ inline void cp_async_16(void* dst, const void* src, bool valid) {
   ::emu::Block& b = ::emu::block();
   ::emu::Thread& t = b.threads[b.cur];
   t.copies.push_back({dst, src, valid});
-  if (::emu::reverse_order()) ::emu::complete_copies(t);
+  if (b.reverse) ::emu::complete_copies(t);
 }
 
 inline void cp_async_commit() {}
