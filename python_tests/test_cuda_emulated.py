@@ -3,7 +3,11 @@ attention), run on the CPU by the CUDA emulator (python_tests/cuda_emu/: cuda_em
 run executes the CUDA code paths, not only a GPU session. The cases run in a subprocess because the
 emulator library is built with AddressSanitizer, whose runtime must be preloaded; ASan's reports
 (out-of-bounds accesses) land in the failure message. Takes a few minutes: g++ builds the library
-(cached under build/cuda_emu), then about 140 cases.
+(cached under build/cuda_emu), then about 150 cases.
+
+The second test counts the kernels' global-memory traffic in the emulator (cuda_emu/traffic.py, a
+second build without ASan) and checks it against the budgets there: DRAM bytes against each op's
+floor, and the coalescing of the warps' loads and stores.
 """
 from __future__ import annotations
 
@@ -52,3 +56,17 @@ def test_cuda_kernels_in_emulator(tmp_path):
     assert r.returncode == 0, (f"emulated CUDA cases failed (rc {r.returncode}):\n{r.stdout[-8000:]}\n"
                                f"{r.stderr[-4000:]}\n{reports[-8000:]}")
     assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-3000:]
+
+
+@pytest.mark.skipif(not (shutil.which("g++") and sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+                    reason="needs x86-64 Linux and g++")
+@pytest.mark.skipif(os.environ.get("TORCHCV_EXT_SKIP_CUDA_EMU") == "1",
+                    reason="TORCHCV_EXT_SKIP_CUDA_EMU=1 (e.g. CI's second, older-torch test run)")
+def test_cuda_kernels_memory_traffic(tmp_path):
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(torchcv_ext.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))
+    cmd = [sys.executable, os.path.join(HERE, "cuda_emu", "traffic.py"), "--quick", "--check", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"traffic check failed (rc {r.returncode}):\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert os.path.exists(tmp_path / "traffic.json")

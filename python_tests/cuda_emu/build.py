@@ -29,14 +29,25 @@ HEADER_FILES = sorted(f for f in os.listdir(CUDA_DIR)
                       if f.endswith((".cuh", ".h")) and f != "attention_ptx.cuh")
 
 
-def _build_dir() -> str:
+def _build_dir(flavor: str = "asan") -> str:
     import torch
 
-    return os.path.join(REPO, "build", "cuda_emu", f"torch-{torch.__version__.split('+')[0]}")
+    suffix = "" if flavor == "asan" else f"-{flavor}"
+    return os.path.join(REPO, "build", "cuda_emu", f"torch-{torch.__version__.split('+')[0]}{suffix}")
 
 
 BUILD_DIR = _build_dir()
 NAMESPACE = "torchcv_ext_emu"
+
+# The two builds: "asan" (AddressSanitizer; cases.py) and "traffic" (every load and store calls
+# traffic.cpp's recorder, through GCC's kernel-address sanitizer in outline form; traffic.py). A
+# process loads one of them: both define the same op namespace.
+FLAVORS = {
+    "asan": dict(cflags=["-g", "-fsanitize=address"], ldflags=["-fsanitize=address"], extra=[]),
+    "traffic": dict(cflags=["-fsanitize=kernel-address", "--param=asan-instrumentation-with-call-threshold=0",
+                            "--param=asan-stack=0", "--param=asan-globals=0", "-DTORCHCV_EMU_TRAFFIC"],
+                    ldflags=[], extra=[os.path.join(HERE, "traffic.cpp")]),
+}
 
 # kernel<<<grid, block[, smem[, stream]]>>>(  ->  emu::Launch::make("kernel", grid, ...)(kernel,
 # The kernel expression: a (qualified) name with optional template arguments (one nesting level).
@@ -89,44 +100,46 @@ def _write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
-def sources() -> list:
-    os.makedirs(BUILD_DIR, exist_ok=True)
+def sources(build_dir: str = BUILD_DIR) -> list:
+    os.makedirs(build_dir, exist_ok=True)
     for name in HEADER_FILES:
         with open(os.path.join(CUDA_DIR, name)) as f:
-            _write_if_changed(os.path.join(BUILD_DIR, name), rewrite_cu(f.read(), f.name))
+            _write_if_changed(os.path.join(build_dir, name), rewrite_cu(f.read(), f.name))
     srcs = []
     cu_files = [os.path.join(CUDA_DIR, name) for name in KERNEL_FILES]
     for path_cu in cu_files + [os.path.join(HERE, "emu_selftest.cu")]:
         name = os.path.basename(path_cu)
         with open(path_cu) as f:
             text = rewrite_cu(f.read(), path_cu)
-        path = os.path.join(BUILD_DIR, name.replace(".cu", "_emu.cpp"))
+        path = os.path.join(build_dir, name.replace(".cu", "_emu.cpp"))
         _write_if_changed(path, text)
         srcs.append(path)
     with open(os.path.join(REPO, "csrc", "registration.cpp")) as f:
         reg = f.read().replace("TORCH_LIBRARY(torchcv_ext, m)", f"TORCH_LIBRARY({NAMESPACE}, m)")
-    path = os.path.join(BUILD_DIR, "registration_emu.cpp")
+    path = os.path.join(build_dir, "registration_emu.cpp")
     _write_if_changed(path, reg)
     srcs.append(path)
     srcs.append(os.path.join(REPO, "csrc", "activations.cpp"))
     return srcs
 
 
-def build(verbose: bool = False) -> str:
-    """Compile (ninja, incremental) and return the shared library's path."""
+def build(verbose: bool = False, flavor: str = "asan") -> str:
+    """Compile (ninja, incremental) and load the library of `flavor` (FLAVORS); returns its path."""
     from torch.utils import cpp_extension
 
+    fl = FLAVORS[flavor]
+    build_dir = _build_dir(flavor)
+    name = "torchcv_ext_emu" if flavor == "asan" else f"torchcv_ext_emu_{flavor}"
     # -fcf-protection=none: the fiber switch returns across stacks, which a CET shadow stack
     # would reject.
-    flags = ["-O1", "-g", "-std=c++20", "-fsanitize=address", "-fno-omit-frame-pointer",
-             "-fcf-protection=none", "-w"]
+    flags = ["-O1", "-std=c++20", "-fno-omit-frame-pointer", "-fcf-protection=none", "-w"] + fl["cflags"]
     cpp_extension.load(
-        name="torchcv_ext_emu", sources=sources(), build_directory=BUILD_DIR,
+        name=name, sources=sources(build_dir) + fl["extra"], build_directory=build_dir,
         extra_include_paths=[HERE, os.path.join(REPO, "csrc", "include")],
-        extra_cflags=flags, extra_ldflags=["-fsanitize=address"], is_python_module=False,
+        extra_cflags=flags, extra_ldflags=fl["ldflags"], is_python_module=False,
         is_standalone=False, verbose=verbose)
-    return os.path.join(BUILD_DIR, "torchcv_ext_emu.so")
+    return os.path.join(build_dir, f"{name}.so")
 
 
 if __name__ == "__main__":
-    print(build(verbose="-v" in sys.argv))
+    print(build(verbose="-v" in sys.argv, flavor="traffic" if "--traffic" in sys.argv else "asan"))

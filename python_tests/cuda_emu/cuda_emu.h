@@ -79,7 +79,13 @@ struct cudaDeviceProp {
 #if !defined(__x86_64__)
 #error "cuda_emu.h: the fiber switch is written for x86-64"
 #endif
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(TORCHCV_EMU_TRAFFIC)  // build.py's traffic flavor (traffic.h), not AddressSanitizer
+#include "traffic.h"
+#define EMU_TRAFFIC(...) __VA_ARGS__
+#else
+#define EMU_TRAFFIC(...)
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(TORCHCV_EMU_TRAFFIC)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
@@ -289,7 +295,9 @@ inline void resume(int i) {
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
   (void)stack;
+  EMU_TRAFFIC(traffic::in_kernel = true;)
   emu_fiber_switch(&b.sched_sp, b.threads[i].sp);
+  EMU_TRAFFIC(traffic::in_kernel = false;)
 #endif
   if (b.error) {
     std::exception_ptr e = b.error;
@@ -433,6 +441,7 @@ struct Launch {
     b.reverse = reverse_order();
     const bool rev = b.reverse;
     const uint64_t nblocks = uint64_t{grid.x} * grid.y * grid.z;
+    EMU_TRAFFIC(traffic::launch_begin(name);)
     for (uint64_t k = 0; k < nblocks; ++k) {
       const uint64_t lin = rev ? nblocks - 1 - k : k;
       blockIdx_ = dim3(static_cast<unsigned>(lin % grid.x), static_cast<unsigned>(lin / grid.x % grid.y),
@@ -461,7 +470,9 @@ struct Launch {
       }
       ::operator delete[](b.dyn_smem, std::align_val_t(16));
       b.dyn_smem = nullptr;
+      EMU_TRAFFIC(traffic::block_end();)
     }
+    EMU_TRAFFIC(traffic::launch_end();)
   }
 };
 
@@ -547,8 +558,9 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   emu::warp_wait("__syncwarp");
 }
 
+// always_inline (here and in atomicAdd): the traffic flavor tells load sites apart by address.
 template <typename T>
-inline T __ldg(const T* p) {
+__attribute__((always_inline)) inline T __ldg(const T* p) {
   return *p;
 }
 
@@ -602,12 +614,12 @@ struct alignas(8) float2 {
 inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // Threads never run concurrently: a plain read-modify-write is atomic.
-inline float atomicAdd(float* p, float v) {
+__attribute__((always_inline)) inline float atomicAdd(float* p, float v) {
   const float old = *p;
   *p = old + v;
   return old;
 }
-inline float2 atomicAdd(float2* p, float2 v) {
+__attribute__((always_inline)) inline float2 atomicAdd(float2* p, float2 v) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 8 == 0, "cuda_emu: atomicAdd(float2*) on an address not 8-byte aligned");
   const float2 old = *p;
   p->x = old.x + v.x;

@@ -145,6 +145,15 @@ __global__ void cp_async_kernel(const float* in, float* out) {
   for (int i = 0; i < 4; ++i) out[4 * t + i] = s[4 * ((t + 1) % 16) + i];
 }
 
+// Known access patterns for the traffic flavor (traffic.py checks their counts): 64 threads copy
+// in[f(t)] to out[t], f(t) = t (coalesced), 2t (every other float: half of each sector wasted) or 0
+// (a broadcast: one sector per request).
+template <int kStride>
+__global__ void copy_kernel(const float* in, float* out) {
+  const int t = threadIdx.x;
+  out[t] = in[kStride * t];
+}
+
 at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
   const std::string which(which_sv);
   at::Tensor out = at::zeros({64}, like.options().dtype(at::kFloat));
@@ -194,6 +203,16 @@ at::Tensor emu_selftest(const at::Tensor& like, c10::string_view which_sv) {
       cp_async_kernel<true><<<1, 16, 64 * sizeof(float), stream>>>(in.data_ptr<float>(), o);
     } else {
       cp_async_kernel<false><<<1, 16, 64 * sizeof(float), stream>>>(in.data_ptr<float>(), o);
+    }
+  } else if (which == "copy_coalesced" || which == "copy_strided" || which == "copy_broadcast") {
+    const at::Tensor in = at::arange(128, out.options());
+    const float* i = in.data_ptr<float>();
+    if (which == "copy_coalesced") {
+      copy_kernel<1><<<1, 64, 0, stream>>>(i, o);
+    } else if (which == "copy_strided") {
+      copy_kernel<2><<<1, 64, 0, stream>>>(i, o);
+    } else {
+      copy_kernel<0><<<1, 64, 0, stream>>>(i, o);
     }
   } else {
     TORCH_CHECK(false, "emu_selftest: unknown case ", which);

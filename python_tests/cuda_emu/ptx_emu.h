@@ -97,13 +97,15 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
   }
 }
 
-inline void cp_async_16(void* dst, const void* src, bool valid) {
+// noinline in the traffic flavor: its return address names the copy site.
+EMU_TRAFFIC(__attribute__((noinline))) inline void cp_async_16(void* dst, const void* src, bool valid) {
   emu_detail::check_smem(dst, "cp.async");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(src) % 16 == 0,
               "cuda_emu: cp.async: global address not 16-byte aligned");
   ::emu::Block& b = ::emu::block();
   ::emu::Thread& t = b.threads[b.cur];
   t.copies.push_back({dst, src, valid});
+  EMU_TRAFFIC(if (valid) ::emu::traffic::record(src, 16, false, __builtin_return_address(0));)
   if (b.reverse) ::emu::complete_copies(t);
 }
 
