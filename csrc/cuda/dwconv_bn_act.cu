@@ -584,6 +584,8 @@ struct DzLoader {
 
 // dx: one thread per input element, in gx's memory order (NCHW or channels_last).
 // I: index type of the decomposition (uint32_t when it fits, see ssa_kernel).
+// w: (C, kh * kw) for NCHW; (kh * kw, C) for channels_last, where the lanes of a warp are
+// consecutive channels: their weight loads are then contiguous (python_tests/cuda_emu/traffic.py).
 template <typename T, bool kCL, typename I>
 __global__ void __launch_bounds__(kThreads)
     grad_input_kernel(const DzLoader<T> dz, const acc_of<T>* __restrict__ w, T* __restrict__ gx,
@@ -612,8 +614,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int64_t n64 = n, c64 = c;
     auto dzp = [&](int64_t oh, int64_t ow) { return dz(n64, c64, oh, ow); };
-    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, w + c64 * kk, 1, g, static_cast<int64_t>(ih),
-                                                static_cast<int64_t>(iw)));
+    const acc_t* wc = kCL ? w + c64 : w + c64 * kk;
+    const int64_t ws = kCL ? g.C : 1;
+    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, wc, ws, g, static_cast<int64_t>(ih), static_cast<int64_t>(iw)));
   }
 }
 
@@ -746,9 +749,21 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- launch helpers -------------------------------------------------------------------------
-inline int64_t cl_rows_per_thread(int64_t P) {
-  // kRows * R pixels per block, at most 65535 blocks along y.
-  return std::max<int64_t>(8, ceil_div(P, kRows * int64_t{65535}));
+inline int64_t cl_rows_per_thread(int64_t P, int64_t C) {
+  // Pixels per thread of the channels_last reductions (blocks of kLanes channels x kRows pixel
+  // rows, R pixels per row; chunk = blockIdx.y): at least 8, and enough that the grid has about
+  // 2048 blocks, two waves of 8 resident 256-thread blocks on a 132-SM H100. Every block
+  // writes a partial result per channel (per channel and tap in grad_weight_cl_k_kernel: C * kk *
+  // chunks floats, read again by sum_finalize_kernel), so chunks beyond what fills the GPU only
+  // add traffic: with R = 8, a 120-channel 28 x 28 5 x 5 layer at batch 128 wrote (and then read)
+  // partial weight gradients a quarter the size of the dz, z and x reads they sum. At most 65535
+  // chunks.
+  int64_t target_blocks = 2048;
+#ifdef TORCHCV_CUDA_EMU  // python_tests/cuda_emu: TORCHCV_EMU_CL_BLOCKS=n, R > 8 at test sizes
+  target_blocks = ::emu::env_int("TORCHCV_EMU_CL_BLOCKS", target_blocks);
+#endif
+  const int64_t chunks = std::max<int64_t>(1, target_blocks / ceil_div(C, int64_t{kLanes}));
+  return std::max({int64_t{8}, ceil_div(P, kRows * chunks), ceil_div(P, kRows * int64_t{65535})});
 }
 
 // Runs the tile kernel when the geometry is one it is instantiated for; false otherwise.
@@ -822,7 +837,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor* 
                          (g.sh == 1 || g.sh == 2);
     // work items: output pixels, or groups of kVW adjacent pixels for the blocked kernel
     const int64_t Pix = blocked ? g.N * g.Ho * ceil_div(g.Wo, kVW) : g.N * g.Ho * g.Wo;
-    const int64_t R = cl_rows_per_thread(Pix);
+    const int64_t R = cl_rows_per_thread(Pix, g.C);
     const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
                     static_cast<unsigned>(ceil_div(Pix, kRows * R)));
     const dim3 block(kLanes, kRows);
@@ -952,7 +967,7 @@ struct CudaBackend {
       int64_t P;
       if (cl) {
         const int64_t Pix = N * HW;
-        const int64_t R = cl_rows_per_thread(Pix);
+        const int64_t R = cl_rows_per_thread(Pix, C);
         const dim3 grid(static_cast<unsigned>(ceil_div(C, kLanes)),
                         static_cast<unsigned>(ceil_div(Pix, kRows * R)));
         P = grid.y;
@@ -1002,7 +1017,8 @@ struct CudaBackend {
       const int64_t numel = gx.numel();
       const int64_t blocks = grid_for(numel);
       const bool small = fits_u32(numel, blocks);
-      const acc_t* wd = w.const_data_ptr<acc_t>();
+      const at::Tensor wt = cl ? w.reshape({g.C, kk}).t().contiguous() : w;  // see grad_input_kernel
+      const acc_t* wd = wt.const_data_ptr<acc_t>();
       scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
       if (cl && small) {
         grad_input_kernel<scalar_t, true, uint32_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
@@ -1018,7 +1034,7 @@ struct CudaBackend {
       int64_t chunks;
       at::Tensor part;
       if (cl) {
-        const int64_t R = cl_rows_per_thread(Pix);
+        const int64_t R = cl_rows_per_thread(Pix, g.C);
         const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
                         static_cast<unsigned>(ceil_div(Pix, kRows * R)));
         chunks = grid.y;

@@ -180,18 +180,19 @@ sums_cl(const T* __restrict__ x, const T* __restrict__ dy, A* __restrict__ ws_x,
     if (kDual) red[kDual ? 1 : 0][t * V + e] = axy[e];
   }
   __syncthreads();
-  if (t < cw && grp < groups) {
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      A sx = 0, sxy = 0;
-      for (int r = 0; r < rows; ++r) {
-        sx += red[0][(r * cw + t) * V + e];
-        if (kDual) sxy += red[kDual ? 1 : 0][(r * cw + t) * V + e];
-      }
-      const int64_t idx = k * N * C + n * C + grp * V + e;
-      ws_x[idx] = sx;
-      if (kDual) ws_xy[idx] = sxy;
+  // The block's cw * V channel sums, thread j summing channel j of the block over the rows in
+  // order: consecutive threads, consecutive channels (coalesced stores and bank-conflict-free
+  // shared reads; a thread per group storing its V channels strode the stores by V).
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * cw * V;
+  for (int j = t; j < cw * V && c0 + j < C; j += kThreads) {
+    A sx = 0, sxy = 0;
+    for (int r = 0; r < rows; ++r) {
+      sx += red[0][r * cw * V + j];
+      if (kDual) sxy += red[kDual ? 1 : 0][r * cw * V + j];
     }
+    const int64_t idx = k * N * C + n * C + c0 + j;
+    ws_x[idx] = sx;
+    if (kDual) ws_xy[idx] = sxy;
   }
 }
 

@@ -425,6 +425,28 @@ def test_dwconv_index64(case):
     close(gx, e[0], torch.float32)
 
 
+@pytest.mark.parametrize("case", [DW_CASES[8], DW_CASES[14]], ids=[DW_IDS[8], DW_IDS[14]])
+def test_dwconv_cl_long_rows(case):
+    """The channels_last reductions (batch statistics, scale_shift_act backward, weight gradient)
+    with more than 8 pixels per thread and a partial last chunk: the grid sized for a 4-block
+    target (TORCHCV_EMU_CL_BLOCKS, csrc/cuda/dwconv_bn_act.cu's cl_rows_per_thread)."""
+    x, w, conv = _dw_inputs(case, torch.float32, seed=5)
+    c = x.shape[1]
+    sc, sh = torch.rand(c) + 0.5, torch.randn(c)
+    with env("TORCHCV_EMU_CL_BLOCKS", "4"):
+        z, mean, var = run2(lambda: EMU.dwconv_bn_stats(x, w, *conv))
+        g = torch.randn(z.shape).contiguous(memory_format=CL)
+        gz, gs, gb = run2(lambda: EMU._scale_shift_act_backward(g, z, sc, sh, "relu", mean))
+        gx, gw = run2(lambda: EMU._dwconv_bn_stats_backward(g, mean, var, x, z, mean, w, *conv))
+    for a, b in zip((z, mean, var), ref_dw.dwconv_bn_stats(d(x), d(w), *conv)):
+        close(a, b, torch.float32)
+    for a, b in zip((gz, gs, gb), ref_dw.scale_shift_act_backward(d(g), d(z), d(sc), d(sh), "relu", d(mean))):
+        close(a, b, torch.float32)
+    e = ref_dw.dwconv_bn_stats_backward(d(g), d(mean), d(var), d(x), d(z), d(mean), d(w), *conv)
+    close(gx, e[0], torch.float32)
+    close(gw, e[1], torch.float32)
+
+
 @pytest.mark.parametrize("layout", [NCHW, CL])
 def test_channel_shuffle_index64(layout):
     x = torch.randn(2, 12, 5, 7).contiguous(memory_format=layout)

@@ -318,6 +318,12 @@ inline bool force_index64() {
   return v != nullptr && std::string(v) == "1";
 }
 
+// An integer from the environment (the kernels' launch-shape knobs that tests turn), or fallback.
+inline int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::strtoll(v, nullptr, 10) : fallback;
+}
+
 // Runs every thread of the current block to completion (see the model above).
 inline void run_block(const char* kernel) {
   Block& b = block();
