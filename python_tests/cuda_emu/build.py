@@ -3,7 +3,8 @@ emulator's own broken-kernel checks, emu_selftest.cu) rewritten for python_tests
 (attention_ptx.cuh's PTX instructions: ptx_emu.h) and compiled as C++ with g++ and AddressSanitizer,
 registered as the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as
 ``torchcv_ext``, from csrc/registration.cpp). The ops then run the CUDA host and kernel code on
-CPU tensors: ``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``.
+CPU tensors: ``torch.ops.torchcv_ext_emu.dwconv_bn_act(x_cpu, ...)``. A second build, the "traffic"
+flavor (FLAVORS, traffic.h), counts the kernels' global-memory traffic instead (traffic.py).
 
 The library needs the ASan runtime loaded first (and libstdc++ with it, or ASan aborts on the first
 C++ exception): run the process with
@@ -12,6 +13,7 @@ ASAN_OPTIONS=detect_leaks=0``, as python_tests/test_cuda_emulated.py does for ca
 
     python python_tests/cuda_emu/build.py   # with that LD_PRELOAD: build (cached under
                                             # build/cuda_emu/torch-<version>) and load
+    python python_tests/cuda_emu/build.py --traffic   # the traffic flavor (no LD_PRELOAD)
 """
 from __future__ import annotations
 

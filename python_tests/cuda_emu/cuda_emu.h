@@ -31,6 +31,8 @@
 //   * fiber stacks: 256 KiB each with a guard page below (an overflow faults).
 //   * launch checks as on the GPU: grid and block dimensions in range and non-zero.
 //   * out-of-bounds accesses of global memory (CPU tensors) and of shared arrays: AddressSanitizer.
+//   * build.py's traffic flavor (TORCHCV_EMU_TRAFFIC, no ASan) records every global-memory access
+//     of the kernel threads instead, as warp requests of 32-byte sectors (traffic.h).
 #pragma once
 
 #include <sys/mman.h>
