@@ -26,11 +26,14 @@ import sys
 # is the correctness path; fp16 / bf16 are the fast ones.
 # mlp_kernel: squeeze-excite's per-sample MLP (one block per sample, a few microseconds next to
 # the passes over x); ptxas spills some bytes around its activation calls.
+# grad_nchw_kernel / grad_cl_kernel in float64 (depthwise conv backward: the gradcheck path, not
+# a fast one) spill a few 8-byte values; their float / half instantiations do not.
 # (The patterns also match mangled names, for machines without c++filt.)
 SPILL_BUDGETS = [
     (re.compile(r"_mma_kernel"), 0),
     (re.compile(r"dkdv_f32_kernel(<128>|ILi128E)"), 1024),
     (re.compile(r"\bmlp_kernel|\dmlp_kernel"), 256),
+    (re.compile(r"grad_(nchw|cl)_kernel(<double>|IdE)"), 128),
 ]
 DEFAULT_BUDGET = 32
 

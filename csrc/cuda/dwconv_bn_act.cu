@@ -582,54 +582,47 @@ struct DzLoader {
   }
 };
 
-// dx: one thread per input element, in gx's memory order (NCHW or channels_last).
-// I: index type of the decomposition (uint32_t when it fits, see ssa_kernel).
-// w: (C, kh * kw) for NCHW; (kh * kw, C) for channels_last, where the lanes of a warp are
-// consecutive channels: their weight loads are then contiguous (python_tests/cuda_emu/traffic.py).
-template <typename T, bool kCL, typename I>
-__global__ void __launch_bounds__(kThreads)
-    grad_input_kernel(const DzLoader<T> dz, const acc_of<T>* __restrict__ w, T* __restrict__ gx,
-                      const Geom g) {
+// dx and dw in one kernel, so that dz (and z) are read once for both (the transposed conv's halo
+// and the taps' x come from L1/L2). Each output position o owns the input positions
+// [own_lo(o), own_hi(o)) along each dim: the s inputs its window starts at, the last output also
+// the rest of the input (and an output past the input's end, possible with padding > k - 1, none).
+// The owned ranges partition the input, so a block summing dw over a set of outputs writes dx of
+// exactly the inputs those outputs own, and every dx is written once.
+__device__ __forceinline__ int64_t own_lo(int64_t o, int s, int64_t in) {
+  return o * s < in ? o * s : in;
+}
+__device__ __forceinline__ int64_t own_hi(int64_t o, int s, int64_t out, int64_t in) {
+  return o == out - 1 ? in : own_lo(o + 1, s, in);
+}
+
+// dx of the inputs owned by output (n, oh, ow) of channel c. w: the channel's first tap, tap t at
+// w[t * ws].
+template <typename T>
+__device__ __forceinline__ void owned_input_grads(const DzLoader<T>& dz, const acc_of<T>* w, int64_t ws,
+                                                  T* __restrict__ gx, const Strides4& gxs, const Geom& g,
+                                                  int64_t n, int64_t c, int64_t oh, int64_t ow) {
   using acc_t = acc_of<T>;
-  const I numel = static_cast<I>(g.N * g.C * g.H * g.W);
-  const I step = static_cast<I>(gridDim.x) * kThreads;
-  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
-  const I C = static_cast<I>(g.C), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
-  for (I i = static_cast<I>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += step) {
-    I n, c, ih, iw, t;
-    if constexpr (kCL) {
-      c = i % C;
-      t = i / C;
-      iw = t % W;
-      t /= W;
-      ih = t % H;
-      n = t / H;
-    } else {
-      iw = i % W;
-      t = i / W;
-      ih = t % H;
-      t /= H;
-      c = t % C;
-      n = t / C;
+  auto dzp = [&](int64_t a, int64_t b) { return dz(n, c, a, b); };
+  T* gp = gx + n * gxs.n + c * gxs.c;
+  const int64_t h1 = own_hi(oh, g.sh, g.Ho, g.H), w0 = own_lo(ow, g.sw, g.W), w1 = own_hi(ow, g.sw, g.Wo, g.W);
+  for (int64_t ih = own_lo(oh, g.sh, g.H); ih < h1; ++ih) {
+    for (int64_t iw = w0; iw < w1; ++iw) {
+      gp[ih * gxs.h + iw * gxs.w] = static_cast<T>(input_grad_at<acc_t>(dzp, w, ws, g, ih, iw));
     }
-    const int64_t n64 = n, c64 = c;
-    auto dzp = [&](int64_t oh, int64_t ow) { return dz(n64, c64, oh, ow); };
-    const acc_t* wc = kCL ? w + c64 : w + c64 * kk;
-    const int64_t ws = kCL ? g.C : 1;
-    gx[i] = static_cast<T>(input_grad_at<acc_t>(dzp, wc, ws, g, static_cast<int64_t>(ih), static_cast<int64_t>(iw)));
   }
 }
 
-// dw: block (channel c, chunk of kQB outputs of that channel, group blockIdx.y of up to kThreads
-// taps); thread (tap, lane) sums its tap over the chunk's outputs lane, lane + L, ...; lanes are
-// then summed in order. Kernels of more than kThreads taps (k > 15) use several tap groups.
-// part [C * kk][chunks].
-constexpr int64_t kQB = 4096;
-
+// NCHW: block (channel c, chunk of `rows` output rows of the flattened (n, oh) rows, group
+// blockIdx.y of up to kThreads taps). dw: thread (tap, lane) sums its tap over the chunk's outputs
+// lane, lane + L, ...; lanes are then summed in order; part [C * kk][chunks]. dx (tap group 0):
+// the input rows the chunk's output rows own, contiguous in the (n, ih) rows of the plane, the
+// block's threads along them (coalesced). Kernels of more than kThreads taps (k > 15) use several
+// tap groups.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    grad_weight_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
-                       const Geom g, const int64_t chunks, acc_of<T>* __restrict__ part) {
+    grad_nchw_kernel(const DzLoader<T> dz, const T* __restrict__ x, const acc_of<T>* __restrict__ w,
+                     T* __restrict__ gx, const Geom g, const int64_t rows, const int64_t chunks,
+                     acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   __shared__ acc_t red[kThreads];
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
@@ -638,12 +631,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c = static_cast<int64_t>(blockIdx.x) / chunks, chunk = blockIdx.x % chunks;
   const int64_t lt = threadIdx.x / L, lane = threadIdx.x % L;  // lt: tap within the group
   const int64_t tap = static_cast<int64_t>(blockIdx.y) * TG + lt;
-  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  const int64_t HWo = g.Ho * g.Wo, HW = g.H * g.W;
+  const int64_t r0 = chunk * rows, r1 = (chunk + 1) * rows < g.N * g.Ho ? (chunk + 1) * rows : g.N * g.Ho;
+  const Strides4 xs{g.C * HW, HW, g.W, 1};
   acc_t acc = acc_t(0);
   if (lt < TG && tap < kk) {
     const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
-    const int64_t qend = (chunk + 1) * kQB < P ? (chunk + 1) * kQB : P;
-    int64_t q = chunk * kQB + lane;
+    const int64_t qend = r1 * g.Wo;
+    int64_t q = r0 * g.Wo + lane;
     // (n, oh, ow) of q, advanced incrementally by L (divisions only when a row wraps).
     int64_t n = q / HWo, oh = (q % HWo) / g.Wo, ow = q % g.Wo;
     for (; q < qend; q += L) {
@@ -667,15 +662,37 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t l = 0; l < L; ++l) s += red[lt * L + l];
     part[(c * kk + tap) * chunks + chunk] = s;
   }
+  if (blockIdx.y != 0) return;
+  // Owned input rows [in_row(r0), in_row(r1)) of the flattened (n, ih) rows.
+  auto in_row = [&](int64_t r) { return (r / g.Ho) * g.H + own_lo(r % g.Ho, g.sh, g.H); };
+  const int64_t e1 = in_row(r1) * g.W;
+  int64_t e = in_row(r0) * g.W + threadIdx.x;
+  int64_t n = e / (HW), ih = (e % HW) / g.W, iw = e % g.W;
+  const acc_t* wc = w + c * kk;
+  for (; e < e1; e += kThreads) {
+    auto dzp = [&](int64_t a, int64_t b) { return dz(n, c, a, b); };
+    gx[n * xs.n + c * xs.c + ih * g.W + iw] = static_cast<T>(input_grad_at<acc_t>(dzp, wc, 1, g, ih, iw));
+    iw += kThreads;
+    if (iw >= g.W) {
+      ih += iw / g.W;
+      iw %= g.W;
+      if (ih >= g.H) {
+        n += ih / g.H;
+        ih %= g.H;
+      }
+    }
+  }
 }
 
-// dw, channels_last: block (kLanes channels, kRows pixel rows), each thread walking R pixels of
-// its channel (coalesced across the lanes); taps are looped outside the pixels (the pixels' dz and
-// x come from L1 after the first tap). Rows are summed in order. part [C * kk][chunks].
+// channels_last: block (kLanes channels, kRows pixel rows), each thread walking R output pixels
+// of its channel (coalesced across the lanes); taps are looped outside the pixels (the pixels' dz
+// and x come from L1 after the first tap), rows summed in order, part [C * kk][chunks]; then dx
+// of the inputs each of the thread's outputs owns. wt: (kk, C), the lanes' weights contiguous.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    grad_weight_cl_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
-                          const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
+    grad_cl_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
+                   const acc_of<T>* __restrict__ wt, T* __restrict__ gx, const Strides4 gxs,
+                   const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   __shared__ acc_t red[kRows][kLanes];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kLanes + threadIdx.x;
@@ -701,17 +718,27 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // red is reused by the next tap
   }
+  if (c >= g.C) return;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t q = q0 + r * kRows + threadIdx.y;
+    if (q >= P) break;
+    const int64_t n = q / HWo, pix = q % HWo;
+    owned_input_grads(dz, wt + c, g.C, gx, gxs, g, n, c, pix / g.Wo, pix % g.Wo);
+  }
 }
 
-// grad_weight_cl_kernel for a KH x KW kernel known at compile time (3x3, 5x5, 7x7): pixels are
-// walked once, each pixel's (n, oh, ow) decomposition (64-bit divisions) and dz (the BN backward
-// of gz, z) computed once and applied to all KH * KW taps, held in registers. The generic kernel
-// above redoes both for every tap. Same summation order per tap (pixels in order, then rows in
-// order): the same bits as the generic kernel.
+// grad_cl_kernel for a KH x KW kernel known at compile time (3x3, 5x5, 7x7): pixels are walked
+// once, each pixel's (n, oh, ow) decomposition (64-bit divisions) and dz (the BN backward of gz,
+// z) computed once and applied to all KH * KW taps, held in registers. Same summation order per
+// tap as grad_cl_kernel (pixels in order, then rows in order): the same bits. Launch bounds
+// (kThreads, 1): with the transposed conv in the same kernel, ptxas otherwise caps the registers
+// at 64-128 and spills the accumulators (100-800 B, .ci/ptxas_check.py); with them it takes what
+// the KK sums need (62-150, as the weight-gradient kernel this replaced).
 template <typename T, int KH, int KW>
-__global__ void __launch_bounds__(kThreads)
-    grad_weight_cl_k_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
-                            const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
+__global__ void __launch_bounds__(kThreads, 1)
+    grad_cl_k_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
+                     const acc_of<T>* __restrict__ wt, T* __restrict__ gx, const Strides4 gxs,
+                     const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
   using acc_t = acc_of<T>;
   constexpr int KK = KH * KW;
   __shared__ acc_t red[kRows][kLanes];
@@ -746,6 +773,15 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // red is reused by the next tap
   }
+  // dx after the sums (not in the same pixel loop: the KK accumulators would stay live across
+  // the transposed conv and spill); the pixels' dz were just read, from L1/L2.
+  if (c >= g.C) return;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t q = q0 + r * kRows + threadIdx.y;
+    if (q >= P) break;
+    const int64_t n = q / HWo, pix = q % HWo;
+    owned_input_grads(dz, wt + c, g.C, gx, gxs, g, n, c, pix / g.Wo, pix % g.Wo);
+  }
 }
 
 // ---- launch helpers -------------------------------------------------------------------------
@@ -764,6 +800,15 @@ inline int64_t cl_rows_per_thread(int64_t P, int64_t C) {
 #endif
   const int64_t chunks = std::max<int64_t>(1, target_blocks / ceil_div(C, int64_t{kLanes}));
   return std::max({int64_t{8}, ceil_div(P, kRows * chunks), ceil_div(P, kRows * int64_t{65535})});
+}
+
+// Output rows per block of grad_nchw_kernel: fewer rows (more blocks) toward ~2048 blocks, as
+// cl_rows_per_thread, but at least 512 outputs per block (each block writes kk partial weight
+// gradients, read again by sum_finalize_kernel) and at most 4096.
+inline int64_t nchw_grad_rows(const Geom& g) {
+  const int64_t lo = ceil_div(512, g.Wo), hi = std::max<int64_t>(1, 4096 / g.Wo);
+  const int64_t rows = ceil_div(g.N * g.Ho, ceil_div(2048, g.C));
+  return std::max(std::min(rows, hi), std::min(lo, hi));
 }
 
 // Runs the tile kernel when the geometry is one it is instantiated for; false otherwise.
@@ -1014,50 +1059,38 @@ struct CudaBackend {
       DzLoader<scalar_t> dz{gz.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), strides_of(z),
                             mean.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(),
                             b.const_data_ptr<acc_t>(), use_b};
-      const int64_t numel = gx.numel();
-      const int64_t blocks = grid_for(numel);
-      const bool small = fits_u32(numel, blocks);
-      const at::Tensor wt = cl ? w.reshape({g.C, kk}).t().contiguous() : w;  // see grad_input_kernel
-      const acc_t* wd = wt.const_data_ptr<acc_t>();
+      const scalar_t* xd = x.const_data_ptr<scalar_t>();
       scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
-      if (cl && small) {
-        grad_input_kernel<scalar_t, true, uint32_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
-      } else if (cl) {
-        grad_input_kernel<scalar_t, true, int64_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
-      } else if (small) {
-        grad_input_kernel<scalar_t, false, uint32_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
-      } else {
-        grad_input_kernel<scalar_t, false, int64_t><<<blocks, kThreads, 0, stream>>>(dz, wd, gxd, g);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t Pix = g.N * g.Ho * g.Wo;
       int64_t chunks;
       at::Tensor part;
       if (cl) {
-        const int64_t R = cl_rows_per_thread(Pix, g.C);
+        const at::Tensor wt = w.reshape({g.C, kk}).t().contiguous();  // (kk, C), see grad_cl_kernel
+        const acc_t* wd = wt.const_data_ptr<acc_t>();
+        const int64_t R = cl_rows_per_thread(g.N * g.Ho * g.Wo, g.C);
         const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
-                        static_cast<unsigned>(ceil_div(Pix, kRows * R)));
+                        static_cast<unsigned>(ceil_div(g.N * g.Ho * g.Wo, kRows * R)));
         chunks = grid.y;
         part = at::empty({g.C * kk * chunks}, w.options());
         const dim3 block(kLanes, kRows);
-        const scalar_t* xd = x.const_data_ptr<scalar_t>();
         acc_t* pd = part.mutable_data_ptr<acc_t>();
+        const Strides4 xs = strides_of(x), gxs = strides_of(gx);
         if (g.kh == 3 && g.kw == 3) {
-          grad_weight_cl_k_kernel<scalar_t, 3, 3><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+          grad_cl_k_kernel<scalar_t, 3, 3><<<grid, block, 0, stream>>>(dz, xd, xs, wd, gxd, gxs, g, R, pd);
         } else if (g.kh == 5 && g.kw == 5) {
-          grad_weight_cl_k_kernel<scalar_t, 5, 5><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+          grad_cl_k_kernel<scalar_t, 5, 5><<<grid, block, 0, stream>>>(dz, xd, xs, wd, gxd, gxs, g, R, pd);
         } else if (g.kh == 7 && g.kw == 7) {
-          grad_weight_cl_k_kernel<scalar_t, 7, 7><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+          grad_cl_k_kernel<scalar_t, 7, 7><<<grid, block, 0, stream>>>(dz, xd, xs, wd, gxd, gxs, g, R, pd);
         } else {
-          grad_weight_cl_kernel<scalar_t><<<grid, block, 0, stream>>>(dz, xd, strides_of(x), g, R, pd);
+          grad_cl_kernel<scalar_t><<<grid, block, 0, stream>>>(dz, xd, xs, wd, gxd, gxs, g, R, pd);
         }
       } else {
-        chunks = ceil_div(Pix, kQB);
+        const int64_t rows = nchw_grad_rows(g);
+        chunks = ceil_div(g.N * g.Ho, rows);
         part = at::empty({g.C * kk * chunks}, w.options());
         const dim3 grid(grid_1d(g.C * chunks, "_dwconv_bn_stats_backward"),
                         static_cast<unsigned>(ceil_div(kk, int64_t{kThreads})));
-        grad_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-            dz, x.const_data_ptr<scalar_t>(), strides_of(x), g, chunks, part.mutable_data_ptr<acc_t>());
+        grad_nchw_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+            dz, xd, w.const_data_ptr<acc_t>(), gxd, g, rows, chunks, part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const unsigned rows = grid_1d(g.C * kk, "_dwconv_bn_stats_backward");

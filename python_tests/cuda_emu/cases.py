@@ -183,6 +183,9 @@ DW_CASES = [
     (1, 17, 7, 9, (3, 5), (1, 2), (1, 2), 1, CL),  # fwd_cl_kernel (rectangular, mixed stride)
     (1, 5, 1, 1, 3, 1, 1, 1, CL),          # 1 x 1 output, channels_last
     (2, 16, 48, 48, 3, 1, 1, 1, CL),       # many pixels: several row chunks in the reductions
+    (2, 2, 5, 6, 3, 1, 3, 1, NCHW),        # padding > k - 1: outputs past the input own no dx
+    (1, 3, 5, 6, 3, 2, 3, 1, CL),          # the same, channels_last, stride 2
+    (1, 2, 19, 18, 17, 1, 8, 1, NCHW),     # 289 taps: two tap groups in grad_nchw_kernel
 ]
 DW_IDS = [f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-k{c[4]}-s{c[5]}-d{c[7]}-{'cl' if c[8] is CL else 'nchw'}"
           for c in DW_CASES]
@@ -411,7 +414,8 @@ def index64():
 
 @pytest.mark.parametrize("case", [DW_CASES[1], DW_CASES[9]], ids=[DW_IDS[1], DW_IDS[9]])
 def test_dwconv_index64(case):
-    """scale_shift_act and the input-gradient kernel with int64 indices (NCHW and channels_last)."""
+    """scale_shift_act with int64 indices (NCHW and channels_last), and the train backward after it
+    (the gradient kernels index in 64 bits throughout)."""
     x, w, conv = _dw_inputs(case, torch.float32, seed=4)
     c = x.shape[1]
     sc, sh = torch.rand(c) + 0.5, torch.randn(c)
