@@ -709,3 +709,57 @@ def test_module_cpu_eval_backend_bad_value(monkeypatch):
     with pytest.raises(ValueError, match="dwconv_cpu_eval_backend"):
         with torch.no_grad():
             m(torch.randn(1, 4, 5, 5))
+
+
+def test_module_eval_fold_cached_until_bn_changes(monkeypatch):
+    """Eval-mode DWConvBNAct folds BN once and reuses the fold while its tensors are unchanged;
+    in-place updates, load_state_dict, a replaced buffer and eps all refold, autograd through the
+    BN parameters gets a differentiable fold, and outputs always match the eager modules."""
+    import torchcv_ext.nn.dwconv_bn_act as mod
+
+    folds = []
+    real = mod.fold_bn
+    monkeypatch.setattr(mod, "fold_bn", lambda *a: folds.append(1) or real(*a))
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_eval_backend", "kernel")
+    eager = _eager(6, 3, 1, 1, 1, "hardswish")
+    _randomize(eager)
+    fused = DWConvBNAct(6, 3, activation="hardswish")
+    fused.load_state_dict(eager.state_dict())
+    eager.eval(), fused.eval()
+    x = torch.randn(2, 6, 7, 5)
+
+    def check(expect_folds):
+        with torch.no_grad():
+            assert_close(fused(x), eager(x), torch.float32)
+        assert len(folds) == expect_folds
+
+    check(1)
+    check(1)                                      # cached
+    with torch.no_grad():
+        for m in (eager, fused):
+            m[1].running_var.mul_(2.0)            # in place: version bump
+    check(2)
+    sd = {k: v * 0.5 if v.is_floating_point() else v for k, v in eager.state_dict().items()}
+    eager.load_state_dict(sd), fused.load_state_dict(sd)
+    check(3)
+    for m in (eager, fused):                      # a new tensor object
+        m[1].running_mean = m[1].running_mean.clone() + 0.1
+    check(4)
+    eager[1].eps = fused[1].eps = 1e-3
+    check(5)
+    with torch.inference_mode():
+        assert_close(fused(x), eager(x), torch.float32)
+    assert len(folds) == 6                        # inference mode: its own fold
+    # Autograd reaching the BN affine parameters: a fresh, differentiable fold every call.
+    fused(x).sum().backward()
+    eager(x).sum().backward()
+    assert len(folds) == 7
+    assert_close(fused[1].weight.grad, eager[1].weight.grad, torch.float32)
+    assert_close(fused[1].bias.grad, eager[1].bias.grad, torch.float32)
+    # x needs a gradient, the parameters do not: the cached fold serves.
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    xg = x.clone().requires_grad_(True)
+    fused(xg).sum().backward()
+    fused(xg).sum().backward()
+    assert len(folds) == 8

@@ -58,10 +58,10 @@ _MAX_PACKED = 4  # packed weights kept per conv (one per input shape / layout se
 
 
 class _Folded:
-    __slots__ = ("key", "weight", "bias", "packed")
+    __slots__ = ("state", "weight", "bias", "packed")
 
-    def __init__(self, key, weight, bias):
-        self.key, self.weight, self.bias = key, weight, bias
+    def __init__(self, state: _common.TensorState, weight, bias):
+        self.state, self.weight, self.bias = state, weight, bias
         self.packed: Dict[tuple, torch.Tensor] = {}
 
 
@@ -73,14 +73,15 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tens
 
 def _cached_fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> _Folded:
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors) + (
-        bn.eps, torch.is_inference_mode_enabled())
-    hit = _FOLD_CACHE.get(conv)
-    if hit is None or hit.key != key:
+    extra = (bn.eps, torch.is_inference_mode_enabled())
+    cacheable = _common.TensorState.cacheable(tensors)
+    hit = _FOLD_CACHE.get(conv) if cacheable else None
+    if hit is None or not hit.state.matches(tensors, extra):
         with torch.no_grad():
             w, b = _fold(conv, bn)
-        hit = _Folded(key, w, b)
-        _FOLD_CACHE[conv] = hit
+        hit = _Folded(_common.TensorState(tensors, extra) if cacheable else None, w, b)
+        if cacheable:
+            _FOLD_CACHE[conv] = hit
     return hit
 
 

@@ -2,7 +2,8 @@
 (op: torchcv_ext/ops/dwconv_bn_act.py)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Type, Union
+import weakref
+from typing import Callable, Optional, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -58,7 +59,8 @@ class DWConvBNAct(nn.Sequential):
             ``functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)``); overrides eps/momentum.
 
     Eval mode folds BN into a per-channel scale/shift inside the kernel (one read of x, one write
-    of y). Train mode computes batch statistics in the conv pass, then normalizes + activates,
+    of y); the fold is computed once and reused until a BN tensor changes (in place or replaced),
+    except when autograd needs the BN parameters. Train mode computes batch statistics in the conv pass, then normalizes + activates,
     and updates the running statistics exactly like ``nn.BatchNorm2d``.
     """
 
@@ -161,6 +163,31 @@ def _cpu_eval_uses_onednn(x: torch.Tensor) -> bool:
     return mode == "onednn" or x.numel() * x.element_size() <= (16 << 20)
 
 
+# bn module -> (TensorState, scale, shift): the eval-mode BN fold, reused while the tensors it came
+# from are unchanged (as conv_bn.py's folded conv weights). Folding is half a dozen tiny
+# per-channel ops: on a GPU as many kernel launches per layer and call, next to the one of the
+# fused layer. Weak keys: the cache dies with the model, never part of a state_dict.
+_SCALE_SHIFT_CACHE: "weakref.WeakKeyDictionary[nn.BatchNorm2d, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _eval_scale_shift(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fold_bn of the layer's BN (and conv bias): differentiable when autograd needs the BN affine
+    parameters (or the conv bias) or torch.compile traces, else cached."""
+    tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
+    fold = lambda: fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, conv.bias)  # noqa: E731
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (bn.weight, bn.bias, conv.bias))
+    if needs_grad or torch.compiler.is_compiling() or not _common.TensorState.cacheable(tensors):
+        return fold()
+    extra = (bn.eps, torch.is_inference_mode_enabled())
+    hit = _SCALE_SHIFT_CACHE.get(bn)
+    if hit is None or not hit[0].matches(tensors, extra):
+        with torch.no_grad():
+            hit = (_common.TensorState(tensors, extra), *fold())
+        _SCALE_SHIFT_CACHE[bn] = hit
+    return hit[1], hit[2]
+
+
 def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
                           x: torch.Tensor) -> torch.Tensor:
     """``act(bn(conv(x)))`` for a depthwise ``conv`` (channel multiplier 1) through the fused ops,
@@ -182,8 +209,7 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
             y = conv_bn.onednn_eval(conv, bn, activation, x)
             if y is not None:
                 return y
-        scale, shift = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps,
-                               conv.bias)
+        scale, shift = _eval_scale_shift(conv, bn)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)
 
     if x.device.type == "cpu" and _common.config.dwconv_cpu_train_backend == "eager":

@@ -96,6 +96,32 @@ def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out.clone(memory_format=memory_format_of(like))
 
 
+class TensorState:
+    """Which tensors a cached value was computed from, and their ``Tensor._version`` then: the
+    value stays valid while :meth:`matches` the same slots (no tensor replaced, none modified in
+    place; optimizer steps, ``load_state_dict`` and running-statistics updates bump the version).
+    It holds the tensors, so a replaced one's memory cannot come back as a new tensor that looks
+    the same. ``extra``: other values the cached one depends on (eps, inference mode, ...)."""
+
+    __slots__ = ("tensors", "versions", "extra")
+
+    def __init__(self, tensors, extra=()) -> None:
+        self.tensors = tuple(tensors)
+        self.versions = tuple(None if t is None else t._version for t in self.tensors)
+        self.extra = tuple(extra)
+
+    @staticmethod
+    def cacheable(tensors) -> bool:
+        """Inference tensors (made under ``torch.inference_mode``) have no version counter."""
+        return not any(t is not None and t.is_inference() for t in tensors)
+
+    def matches(self, tensors, extra=()) -> bool:
+        tensors = tuple(tensors)
+        return (len(tensors) == len(self.tensors) and tuple(extra) == self.extra
+                and all(a is b for a, b in zip(tensors, self.tensors))
+                and all(t is None or t._version == v for t, v in zip(tensors, self.versions)))
+
+
 #: Activation names shared with csrc/include/torchcv_ext/activations.h (same order, same math).
 ACTIVATIONS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
 
