@@ -13,8 +13,9 @@
 //   channels_last: 32 channel lanes x 8 pixel rows per block (coalesced across channels);
 //         fwd_cl_blocked_kernel (K in {3,5,7}, stride 1/2) computes 4 adjacent outputs per thread
 //         reusing each window row segment, fwd_cl_kernel covers every other geometry.
-// Backward: ssa_bwd_* (elementwise + per-channel sums), grad_input_kernel (one thread per input
-//   element, transposed conv via tap_source), grad_weight_* (per channel x tap sums).
+// Backward: ssa_bwd_* (elementwise + per-channel sums); grad_nchw_kernel / grad_cl_kernel /
+//   grad_cl_k_kernel: the input gradient (transposed conv via tap_source) and the weight
+//   gradient's per channel x tap partial sums in one pass over dz, z and x.
 // Reductions: per-block partials (Welford for the batch statistics, plain sums for gradients)
 // written to a [row][partial] buffer, merged by a second kernel in a fixed tree order. No atomics:
 // results are deterministic run to run (torch.use_deterministic_algorithms).
@@ -789,7 +790,7 @@ inline int64_t cl_rows_per_thread(int64_t P, int64_t C) {
   // Pixels per thread of the channels_last reductions (blocks of kLanes channels x kRows pixel
   // rows, R pixels per row; chunk = blockIdx.y): at least 8, and enough that the grid has about
   // 2048 blocks, two waves of 8 resident 256-thread blocks on a 132-SM H100. Every block
-  // writes a partial result per channel (per channel and tap in grad_weight_cl_k_kernel: C * kk *
+  // writes a partial result per channel (per channel and tap in grad_cl_k_kernel: C * kk *
   // chunks floats, read again by sum_finalize_kernel), so chunks beyond what fills the GPU only
   // add traffic: with R = 8, a 120-channel 28 x 28 5 x 5 layer at batch 128 wrote (and then read)
   // partial weight gradients a quarter the size of the dz, z and x reads they sum. At most 65535
