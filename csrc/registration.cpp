@@ -37,13 +37,23 @@ TORCH_LIBRARY(torchcv_ext, m) {
   // scaling keeps eager BatchNorm's precision when |mean| >> std.
   m.def("scale_shift_act(Tensor z, Tensor scale, Tensor shift, str act, Tensor? mean=None) -> Tensor",
         pt2);
+  // train, the whole layer: both passes above with scale = gamma / sqrt(var + eps) and shift =
+  // beta (weight / bias of the BatchNorm, optional) -> (y, mean, var, z); z is kept for the
+  // backward. Its backward applies the scale_shift_act backward inside the conv backward (the
+  // two backward ops below with grad_z=False / scale given), so dz is never written.
+  m.def("dwconv_bn_act_train(Tensor x, Tensor weight, Tensor? bn_weight, Tensor? bn_bias, float eps, "
+        "int[2] stride, int[2] padding, int[2] dilation, str act) -> (Tensor y, Tensor mean, "
+        "Tensor var, Tensor z)", pt2);
   // -> (grad_z, grad_scale, grad_shift); grad_mean = -grad_shift * scale is left to the caller.
+  // grad_z=False: only the two sums (the first output is empty).
   m.def("_scale_shift_act_backward(Tensor grad, Tensor z, Tensor scale, Tensor shift, str act, "
-        "Tensor? mean=None) -> (Tensor, Tensor, Tensor)", pt2);
+        "Tensor? mean=None, bool grad_z=True) -> (Tensor, Tensor, Tensor)", pt2);
   // -> (grad_x, grad_weight); grad of z is grad_z + grad_mean / M + grad_var * 2 (z - mean) / M.
+  // With scale (and shift, act): grad_z is the gradient of y = act((z - mean) * scale + shift)
+  // instead, z's own being grad_z * act'(u) * scale (the train op's backward).
   m.def("_dwconv_bn_stats_backward(Tensor grad_z, Tensor? grad_mean, Tensor? grad_var, Tensor x, "
-        "Tensor z, Tensor mean, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
-        "-> (Tensor, Tensor)", pt2);
+        "Tensor z, Tensor mean, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "Tensor? scale=None, Tensor? shift=None, str act=\"identity\") -> (Tensor, Tensor)", pt2);
 
   // ---- squeeze-and-excitation (op: squeeze_excite) ----
   // squeeze_excite(x, w1, b1, w2, b2, act, gate) = x * gate(w2 @ act(w1 @ mean_hw(x) + b1) + b2)

@@ -268,6 +268,33 @@ def test_gradcheck(device, layout, act, geom):
 @requires_ext
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_train_op_gradcheck(device, layout):
+    """dwconv_bn_act_train's one backward (the conv backward taking the gradient of y), with and
+    without BN affine parameters, with gradients reaching mean and var, and the long way when
+    the saved z output gets a gradient too."""
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=device).contiguous(memory_format=layout)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, device=device) * 0.5
+    gamma = torch.rand(3, dtype=torch.float64, device=device) + 0.5
+    beta = torch.randn(3, dtype=torch.float64, device=device)
+    conv = ([2, 1], [1, 1], [1, 1])
+    args = [t.clone().requires_grad_(True) for t in (x, w, gamma, beta)]
+
+    def all_outputs(x_, w_, g_, b_):
+        y, mean, var, z = OPS.dwconv_bn_act_train(x_, w_, g_, b_, 1e-5, *conv, "silu")
+        return y, mean, var, z
+
+    def y_mean_var(x_, w_, g_, b_):
+        return all_outputs(x_, w_, g_, b_)[:3]
+
+    assert torch.autograd.gradcheck(y_mean_var, args)
+    assert torch.autograd.gradcheck(all_outputs, args)
+    assert torch.autograd.gradcheck(lambda x_, w_: OPS.dwconv_bn_act_train(
+        x_, w_, None, None, 1e-3, *conv, "hardswish")[0], args[:2])
+
+
+@requires_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("act", ["silu", "relu6"])
 def test_scale_shift_act_gradcheck_with_mean(device, layout, act):
     """The train op's centred form act((z - mean) * scale + shift): gradients of z, scale, shift
@@ -380,6 +407,16 @@ def test_opcheck(device, layout):
                           (g, gm, gv, x.detach(), z, mean, w.detach(), *conv))
     torch.library.opcheck(OPS._dwconv_bn_stats_backward,
                           (g, None, None, x.detach(), z, mean, w.detach(), *conv))
+    # The train op and the forms of the backward ops its backward uses.
+    gamma = (torch.rand(4, device=device) + 0.5).requires_grad_(True)
+    beta = torch.randn(4, device=device, requires_grad=True)
+    torch.library.opcheck(OPS.dwconv_bn_act_train, (x, w, gamma, beta, 1e-5, *conv, "silu"))
+    torch.library.opcheck(OPS.dwconv_bn_act_train, (x, w, None, None, 1e-3, *conv, "relu"))
+    torch.library.opcheck(OPS._scale_shift_act_backward,
+                          (g, z, sc.detach(), sh.detach(), "silu", mean, False))
+    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+                          (g, gm, gv, x.detach(), z, mean, w.detach(), *conv, sc.detach(), sh.detach(),
+                           "hardswish"))
 
 
 @requires_ext

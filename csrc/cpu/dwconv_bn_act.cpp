@@ -746,7 +746,7 @@ void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Te
   const T* gd = grad.const_data_ptr<T>();
   const T* zd = z.const_data_ptr<T>();
   const acc_t* mu = mean.const_data_ptr<acc_t>();
-  T* gzd = gz.mutable_data_ptr<T>();
+  T* gzd = gz.defined() ? gz.mutable_data_ptr<T>() : nullptr;  // undefined: sums only
   const acc_t* sc = scale.const_data_ptr<acc_t>();
   const acc_t* sh = shift.const_data_ptr<acc_t>();
   acc_t* gscd = gsc.mutable_data_ptr<acc_t>();
@@ -767,7 +767,7 @@ void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Te
             const int64_t i = base + q * sc_s;
             const acc_t zv = static_cast<acc_t>(zd[i]) - m;
             const acc_t gu = bn_act_grad_u<acc_t>(kA, static_cast<acc_t>(gd[i]), zv, s, t);
-            gzd[i] = static_cast<T>(gu * s);
+            if (gzd) gzd[i] = static_cast<T>(gu * s);
             pu += gu;
             puz += gu * zv;
           }
@@ -784,7 +784,8 @@ void ssa_backward_impl(const at::Tensor& grad, const at::Tensor& z, const at::Te
 template <typename T>
 void stats_backward_impl(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
                          const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
-                         const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+                         const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
+                         at::Tensor& gw) {
   using acc_t = acc_of<T>;
   const T* gzd = gz.const_data_ptr<T>();
   const T* zd = z.const_data_ptr<T>();
@@ -797,11 +798,16 @@ void stats_backward_impl(const at::Tensor& gz, const at::Tensor& a, const at::Te
   acc_t* gwd = gw.mutable_data_ptr<acc_t>();
   const Strides4 xs = strides_of(x), zs = strides_of(z);
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
+  const acc_t* ssc = ssa.scale.defined() ? ssa.scale.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<acc_t>() : nullptr;
   // Total gradient of z at (n, c, oh, ow).
   auto dz_at = [&](int64_t n, int64_t c, int64_t oh, int64_t ow) -> acc_t {
     const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
-    const acc_t zv = use_b ? static_cast<acc_t>(zd[i]) : acc_t(0);
-    return stats_grad<acc_t>(static_cast<acc_t>(gzd[i]), zv, md[c], ad[c], bd[c], use_b);
+    const bool need_z = use_b || ssc;
+    const acc_t zv = need_z ? static_cast<acc_t>(zd[i]) : acc_t(0);
+    acc_t gv = static_cast<acc_t>(gzd[i]);
+    if (ssc) gv = ssa_grad_z<acc_t>(ssa.act, gv, zv - md[c], ssc[c], ssh[c]);
+    return stats_grad<acc_t>(gv, zv, md[c], ad[c], bd[c], use_b);
   };
   // grad x: one task per (n, c) plane.
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t b0, int64_t e0) {
@@ -877,9 +883,10 @@ struct CpuBackend {
   }
   static void stats_backward(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
                              const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
-                             const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+                             const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
+                             at::Tensor& gw) {
     TCV_DW_DISPATCH(x.scalar_type(), "_dwconv_bn_stats_backward", [&] {
-      stats_backward_impl<scalar_t>(gz, a, b, use_b, x, z, mean, w, g, gx, gw);
+      stats_backward_impl<scalar_t>(gz, a, b, use_b, x, z, mean, w, g, ssa, gx, gw);
     });
   }
 };

@@ -483,7 +483,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t c = plane % C, i = plane * m.HWo + pix;
     const acc_t zv = static_cast<acc_t>(z[i]) - mu[c];
     const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, sc[c], sh[c]);
-    gz[i] = static_cast<T>(gu * sc[c]);
+    if (gz) gz[i] = static_cast<T>(gu * sc[c]);  // null: sums only
     a = gu;
     b = gu * zv;
   }
@@ -546,7 +546,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t i = q * C + c;
       const acc_t zv = static_cast<acc_t>(z[i]) - m;
       const acc_t gu = bn_act_grad_u<acc_t>(act, static_cast<acc_t>(grad[i]), zv, s, t);
-      gz[i] = static_cast<T>(gu * s);
+      if (gz) gz[i] = static_cast<T>(gu * s);  // null: sums only
       a += gu;
       b += gu * zv;
     }
@@ -565,7 +565,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- backward of (z, mean, var) = dwconv_bn_stats(x, w) -------------------------------------
-// Total gradient of z: stats_grad(gz, z, mean, a, b) (a = dmean / M, b = 2 dvar / M).
+// Total gradient of z: stats_grad(gz, z, mean, a, b) (a = dmean / M, b = 2 dvar / M), where gz is
+// z's own gradient, or (ssc != null, the train op's backward) computed from the gradient of
+// y = act((z - mean) * ssc + ssh): ssa_grad_z, so that gz is never written.
 template <typename T>
 struct DzLoader {
   using acc_t = acc_of<T>;
@@ -576,10 +578,15 @@ struct DzLoader {
   const acc_t* a;
   const acc_t* b;
   bool use_b;
+  const acc_t* ssc;
+  const acc_t* ssh;
+  Act act;
   __device__ __forceinline__ acc_t operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
     const int64_t i = n * zs.n + c * zs.c + oh * zs.h + ow * zs.w;
-    const acc_t zv = use_b ? static_cast<acc_t>(z[i]) : acc_t(0);
-    return stats_grad<acc_t>(static_cast<acc_t>(gz[i]), zv, mean[c], a[c], b[c], use_b);
+    const acc_t zv = use_b || ssc ? static_cast<acc_t>(z[i]) : acc_t(0);
+    acc_t g = static_cast<acc_t>(gz[i]);
+    if (ssc) g = ssa_grad_z<acc_t>(act, g, zv - mean[c], ssc[c], ssh[c]);
+    return stats_grad<acc_t>(g, zv, mean[c], a[c], b[c], use_b);
   }
 };
 
@@ -618,9 +625,11 @@ __device__ __forceinline__ void owned_input_grads(const DzLoader<T>& dz, const a
 // lane, lane + L, ...; lanes are then summed in order; part [C * kk][chunks]. dx (tap group 0):
 // the input rows the chunk's output rows own, contiguous in the (n, ih) rows of the plane, the
 // block's threads along them (coalesced). Kernels of more than kThreads taps (k > 15) use several
-// tap groups.
+// tap groups. Launch bounds (kThreads, 2), here and on grad_cl_kernel: with the BN / activation
+// backward applied to dz in the loads (DzLoader), ptxas otherwise caps them at 64 registers and
+// spills (100-250 B, .ci/ptxas_check.py); 72-84 with them, two blocks per SM.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     grad_nchw_kernel(const DzLoader<T> dz, const T* __restrict__ x, const acc_of<T>* __restrict__ w,
                      T* __restrict__ gx, const Geom g, const int64_t rows, const int64_t chunks,
                      acc_of<T>* __restrict__ part) {
@@ -690,7 +699,7 @@ __global__ void __launch_bounds__(kThreads)
 // and x come from L1 after the first tap), rows summed in order, part [C * kk][chunks]; then dx
 // of the inputs each of the thread's outputs owns. wt: (kk, C), the lanes' weights contiguous.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     grad_cl_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
                    const acc_of<T>* __restrict__ wt, T* __restrict__ gx, const Strides4 gxs,
                    const Geom g, const int64_t R, acc_of<T>* __restrict__ part) {
@@ -734,7 +743,7 @@ __global__ void __launch_bounds__(kThreads)
 // tap as grad_cl_kernel (pixels in order, then rows in order): the same bits. Launch bounds
 // (kThreads, 1): with the transposed conv in the same kernel, ptxas otherwise caps the registers
 // at 64-128 and spills the accumulators (100-800 B, .ci/ptxas_check.py); with them it takes what
-// the KK sums need (62-150, as the weight-gradient kernel this replaced).
+// the KK sums need (80 / 92 / 142 for 3x3 / 5x5 / 7x7 in float32).
 template <typename T, int KH, int KW>
 __global__ void __launch_bounds__(kThreads, 1)
     grad_cl_k_kernel(const DzLoader<T> dz, const T* __restrict__ x, const Strides4 xs,
@@ -1005,10 +1014,11 @@ struct CudaBackend {
                            const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
                            at::Tensor& gsc, at::Tensor& gsh) {
     const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
-    const bool cl = !(z.is_contiguous() && grad.is_contiguous() && gz.is_contiguous());
+    const bool cl = !(z.is_contiguous() && grad.is_contiguous() && (!gz.defined() || gz.is_contiguous()));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     TCV_DW_DISPATCH(z.scalar_type(), "_scale_shift_act_backward", [&] {
       using acc_t = acc_of<scalar_t>;
+      scalar_t* gzd = gz.defined() ? gz.mutable_data_ptr<scalar_t>() : nullptr;  // null: sums only
       at::Tensor part;
       int64_t P;
       if (cl) {
@@ -1020,7 +1030,7 @@ struct CudaBackend {
         part = at::empty({2 * C * P}, scale.options());
         ssa_bwd_cl_kernel<scalar_t><<<grid, dim3(kLanes, kRows), 0, stream>>>(
             grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
-            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
+            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gzd,
             C, Pix, R, act, part.mutable_data_ptr<acc_t>());
       } else {
         const PlaneMap m = plane_map(N * C, HW);
@@ -1029,7 +1039,7 @@ struct CudaBackend {
         part = at::empty({2 * C * P}, scale.options());
         ssa_bwd_nchw_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
             grad.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
-            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gz.mutable_data_ptr<scalar_t>(),
+            scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(), gzd,
             C, m, act, part.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1045,7 +1055,8 @@ struct CudaBackend {
 
   static void stats_backward(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
                              const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
-                             const at::Tensor& w, const Geom& g, at::Tensor& gx, at::Tensor& gw) {
+                             const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
+                             at::Tensor& gw) {
     const int64_t kk = static_cast<int64_t>(g.kh) * g.kw;
     // DzLoader reads gz with z's strides: they must agree on every dim of size > 1 (a size-1 dim
     // may carry any stride, e.g. channels_last z with a 1 x 1 output next to an NCHW-strided gz).
@@ -1059,7 +1070,9 @@ struct CudaBackend {
       using acc_t = acc_of<scalar_t>;
       DzLoader<scalar_t> dz{gz.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), strides_of(z),
                             mean.const_data_ptr<acc_t>(), a.const_data_ptr<acc_t>(),
-                            b.const_data_ptr<acc_t>(), use_b};
+                            b.const_data_ptr<acc_t>(), use_b,
+                            ssa.scale.defined() ? ssa.scale.const_data_ptr<acc_t>() : nullptr,
+                            ssa.scale.defined() ? ssa.shift.const_data_ptr<acc_t>() : nullptr, ssa.act};
       const scalar_t* xd = x.const_data_ptr<scalar_t>();
       scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
       int64_t chunks;

@@ -235,6 +235,12 @@ def test_dwconv_backward_ops(case):
         e = ref_dw.scale_shift_act_backward(d(g), d(z), d(sc), d(sh), act, d(mu))
         for a, b in zip((gz, gs, gb), e):
             close(a, b, torch.float32)
+    # sums only (the train op's backward): no gz written
+    gz0, gs, gb = run2(lambda: EMU._scale_shift_act_backward(g, z, sc, sh, act, mean, False))
+    e = ref_dw.scale_shift_act_backward(d(g), d(z), d(sc), d(sh), act, d(mean))
+    assert gz0.numel() == 0
+    close(gs, e[1], torch.float32)
+    close(gb, e[2], torch.float32)
     gm, gv = torch.randn(c), torch.randn(c)
     for gmi, gvi in ((gm, gv), (None, None), (gm, None)):
         gx, gw = run2(lambda: EMU._dwconv_bn_stats_backward(g, gmi, gvi, x, z, mean, w, *conv))
@@ -242,6 +248,12 @@ def test_dwconv_backward_ops(case):
         assert gx.is_contiguous(memory_format=case[8])
         close(gx, e[0], torch.float32)
         close(gw.view_as(e[1]), e[1], torch.float32)
+    # g is the gradient of y = act((z - mean) * sc + sh): z's applied inside the conv backward
+    gx, gw = run2(lambda: EMU._dwconv_bn_stats_backward(g, gm, gv, x, z, mean, w, *conv, sc, sh, act))
+    e = ref_dw.dwconv_bn_stats_backward(d(g), d(gm), d(gv), d(x), d(z), d(mean), d(w), *conv,
+                                        d(sc), d(sh), act)
+    close(gx, e[0], torch.float32)
+    close(gw.view_as(e[1]), e[1], torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -266,6 +278,22 @@ def test_dwconv_dtypes(case, dtype):
     e = ref_dw.dwconv_bn_stats_backward(d(g), d(mean), d(var), d(x), d(z), d(mean), d(w), *conv)
     close(gx, e[0], dtype, scale=8.0)
     close(gw.view_as(e[1]), e[1], dtype, scale=8.0)
+
+
+@pytest.mark.parametrize("case", [DW_CASES[1], DW_CASES[9]], ids=[DW_IDS[1], DW_IDS[9]])
+def test_dwconv_train_op(case):
+    """dwconv_bn_act_train (stats, BatchNorm scale from the batch variance, scale_shift_act) on the
+    CUDA host code, against the reference layer."""
+    x, w, conv = _dw_inputs(case, torch.float32, seed=6)
+    c = x.shape[1]
+    gamma, beta = torch.rand(c) + 0.5, torch.randn(c)
+    for gm, bt in ((gamma, beta), (None, None)):
+        y, mean, var, z = run2(lambda: EMU.dwconv_bn_act_train(x, w, gm, bt, 1e-3, *conv, "silu"))
+        e = ref_dw.dwconv_bn_act_train(d(x), d(w), d(gm), d(bt), 1e-3, *conv, "silu")
+        assert y.is_contiguous(memory_format=case[8]) and z.is_contiguous(memory_format=case[8])
+        for a, b in zip((y, mean, var), e):
+            close(a, b, torch.float32)
+        close(z, ref_dw.dwconv_bn_stats(d(x), d(w), *conv)[0], torch.float32)
 
 
 def test_dwconv_empty_batch():

@@ -14,12 +14,20 @@ Ops (torch.ops.torchcv_ext.*):
   in a fixed order (deterministic, no float atomics).
 * ``scale_shift_act(z, scale, shift, act, mean=None)`` -- train, pass 2: normalize + affine +
   activation, ``act((z - mean) * scale + shift)`` with the batch mean, ``scale = gamma * rsqrt(var +
-  eps)`` computed by autograd-visible PyTorch ops and ``shift = beta``, so BN weight/bias and the
-  batch statistics get their gradients through autograd. Centring before scaling (as eager
-  BatchNorm does) keeps float32 precise when |mean| >> std, which folding into one shift does not.
-* backward ops: ``_scale_shift_act_backward`` (dz, dscale, dshift) and ``_dwconv_bn_stats_backward``
-  (dx, dweight given dz and the gradients of mean/var); the eval op's backward recomputes z with
-  ``dwconv_bn_stats`` and chains the two. Weight-gradient reductions run in a fixed order.
+  eps)`` and ``shift = beta``. Centring before scaling (as eager BatchNorm does) keeps float32
+  precise when |mean| >> std, which folding into one shift does not.
+* ``dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act) ->
+  (y, mean, var, z)`` -- the train layer: the two passes above as one autograd node (z is returned
+  for the backward to save). Its backward (``_train_bwd`` below) runs the scale_shift_act
+  backward's per-channel sums, BatchNorm's chain rule on the (C,) vectors, then the conv backward
+  on the gradient of y itself: z's gradient is applied inside the conv backward's loads and never
+  written (10 passes over the activations of a stride-1 layer for the whole train step, where
+  chaining the two ops' autograd makes 11).
+* backward ops: ``_scale_shift_act_backward`` (dz, dscale, dshift; ``grad_z=False``: the sums only)
+  and ``_dwconv_bn_stats_backward`` (dx, dweight given dz and the gradients of mean/var, or given
+  the gradient of y with ``scale``, ``shift``, ``act``); the eval op's backward recomputes z with
+  ``dwconv_bn_stats`` and uses the second form too. Weight-gradient reductions run in a fixed
+  order.
 
 Per-channel vectors (scale, shift, mean, var) are kept in float32 (float64 for float64 inputs);
 x, weight and the outputs use the input dtype (fp32/fp16/bf16/fp64), accumulation in float32.
@@ -147,19 +155,16 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
-    use_ops = _train_uses_ops(x)
-    if use_ops:
-        z, mean, var = torch.ops.torchcv_ext.dwconv_bn_stats(x, weight, s, p, d)
-    else:
-        x, weight, ctx = _ref_autocast(x, weight)
-        with ctx:
-            z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
+    if _train_uses_ops(x):
+        y, mean, var, _ = torch.ops.torchcv_ext.dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps,
+                                                                   s, p, d, activation)
+        return y, mean, var
+    x, weight, ctx = _ref_autocast(x, weight)
+    with ctx:
+        z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
     scale, shift = ref.batch_scale_shift(var, bn_weight, bn_bias, eps)
-    if use_ops:
-        y = torch.ops.torchcv_ext.scale_shift_act(z, scale, shift, activation, mean)
-    else:
-        with torch.autocast(z.device.type, enabled=False):
-            y = ref.scale_shift_act(z, scale, shift, activation, mean)
+    with torch.autocast(z.device.type, enabled=False):
+        y = ref.scale_shift_act(z, scale, shift, activation, mean)
     return y, mean, var
 
 
@@ -194,15 +199,21 @@ def _register() -> None:
         z, mean, var = ref.dwconv_bn_stats(x, w, s, p, d)
         return z, mean.contiguous(), var.contiguous()
 
-    def _ssa_bwd_ref(grad, z, scale, shift, act, mean=None):
-        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act, mean)
+    def _train_ref(x, w, bn_w, bn_b, eps, s, p, d, act):
+        z, mean, var = _stats_ref(x, w, s, p, d)
+        scale, shift = ref.batch_scale_shift(var, bn_w, bn_b, eps)
+        return ref.scale_shift_act(z, scale, shift, act, mean), mean, var, z
+
+    def _ssa_bwd_ref(grad, z, scale, shift, act, mean=None, grad_z=True):
+        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act, mean, grad_z)
         return gz, gs.contiguous(), gb.contiguous()
 
-    def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d):
-        gx, gw = ref.dwconv_bn_stats_backward(gz, gm, gv, x, z, mean, w, s, p, d)
+    def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d, scale=None, shift=None, act="identity"):
+        gx, gw = ref.dwconv_bn_stats_backward(gz, gm, gv, x, z, mean, w, s, p, d, scale, shift, act)
         return fresh(gx, x), gw.contiguous()
 
     _common.register_reference_kernels("dwconv_bn_stats", _stats_ref)
+    _common.register_reference_kernels("dwconv_bn_act_train", _train_ref)
     _common.register_reference_kernels("scale_shift_act", ref.scale_shift_act)
     _common.register_reference_kernels("_scale_shift_act_backward", _ssa_bwd_ref)
     _common.register_reference_kernels("_dwconv_bn_stats_backward", _stats_bwd_ref)
@@ -221,19 +232,30 @@ def _register() -> None:
         return (_like((x.shape[0], c, ho, wo), x), x.new_empty((c,), dtype=a),
                 x.new_empty((c,), dtype=a))
 
+    @torch.library.register_fake(lib + "dwconv_bn_act_train")
+    def _(x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act):
+        ho, wo = _fake_out_hw("dwconv_bn_act_train", x, weight, stride, padding, dilation)
+        a = ref.acc_dtype(x.dtype)
+        c = x.shape[1]
+        shape = (x.shape[0], c, ho, wo)
+        return (_like(shape, x), x.new_empty((c,), dtype=a), x.new_empty((c,), dtype=a),
+                _like(shape, x))
+
     @torch.library.register_fake(lib + "scale_shift_act")
     def _(z, scale, shift, act, mean=None):
         torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
         return _like(z.shape, z)
 
     @torch.library.register_fake(lib + "_scale_shift_act_backward")
-    def _(grad, z, scale, shift, act, mean=None):
+    def _(grad, z, scale, shift, act, mean=None, grad_z=True):
         a = ref.acc_dtype(z.dtype)
         c = z.shape[1]
-        return _like(z.shape, z), z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
+        gz = _like(z.shape, z) if grad_z else z.new_empty(0)
+        return gz, z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
 
     @torch.library.register_fake(lib + "_dwconv_bn_stats_backward")
-    def _(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation):
+    def _(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation, scale=None,
+          shift=None, act="identity"):
         return _like(x.shape, x), weight.new_empty(weight.shape, dtype=ref.acc_dtype(x.dtype))
 
     # Autograd.
@@ -248,11 +270,17 @@ def _register() -> None:
         s, p, d = ctx.conv
         ops = torch.ops.torchcv_ext
         # Recompute z (cheap: a depthwise conv) instead of keeping it alive from the forward.
-        z, mean, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
-        gz, g_scale, g_shift = ops._scale_shift_act_backward(grad, z, scale, shift, ctx.act)
-        gx, gw = ops._dwconv_bn_stats_backward(gz, None, None, x, z, mean, weight, s, p, d)
-        return (gx, gw.to(weight.dtype), g_scale.to(scale.dtype), g_shift.to(shift.dtype),
-                None, None, None, None)
+        z, _, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
+        g_scale = g_shift = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            _, g_scale, g_shift = ops._scale_shift_act_backward(grad, z, scale, shift, ctx.act, None, False)
+            g_scale, g_shift = g_scale.to(scale.dtype), g_shift.to(shift.dtype)
+        # The conv backward takes the gradient of y (scale/shift/act given; centre 0: the eval
+        # form act(z * scale + shift)), so z's gradient is never written.
+        zero = torch.zeros_like(scale)
+        gx, gw = ops._dwconv_bn_stats_backward(grad, None, None, x, z, zero, weight, s, p, d,
+                                               scale, shift, ctx.act)
+        return gx, gw.to(weight.dtype), g_scale, g_shift, None, None, None, None
 
     torch.library.register_autograd(lib + "dwconv_bn_act", _eval_bwd, setup_context=_eval_setup)
 
@@ -272,6 +300,46 @@ def _register() -> None:
         return gx, gw.to(weight.dtype), None, None, None
 
     torch.library.register_autograd(lib + "dwconv_bn_stats", _stats_bwd, setup_context=_stats_setup)
+
+    def _train_setup(ctx, inputs, output):
+        x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act = inputs
+        _, mean, var, z = output
+        ctx.save_for_backward(x, weight, bn_weight, bn_bias, z, mean, var)
+        ctx.eps, ctx.conv, ctx.act = eps, (stride, padding, dilation), act
+
+    def _train_bwd(ctx, g_y, g_mean, g_var, g_z):
+        """One backward for the train layer: the scale_shift_act sums, BatchNorm's per-channel chain
+        rule, then the conv backward taking g_y itself (z's gradient applied on the fly, never
+        written: a pass over the activations less than chaining the two ops' backwards)."""
+        x, weight, bn_weight, bn_bias, z, mean, var = ctx.saved_tensors
+        s, p, d = ctx.conv
+        ops = torch.ops.torchcv_ext
+        invstd = torch.rsqrt(var + ctx.eps)
+        scale, shift = ref.batch_scale_shift(var, bn_weight, bn_bias, ctx.eps)
+        if g_y is None:
+            g_y = torch.zeros_like(z)
+        fuse = g_z is None  # z is an output only to be saved; a gradient for it takes the long way
+        gz, g_scale, g_shift = ops._scale_shift_act_backward(g_y, z, scale, shift, ctx.act, mean,
+                                                             not fuse)
+        # scale = gamma * invstd, invstd = (var + eps)^-1/2, shift = beta, u = (z - mean) * scale + shift
+        g_invstd = g_scale * bn_weight.to(g_scale.dtype) if bn_weight is not None else g_scale
+        g_var_total = g_invstd * (-0.5) * invstd.pow(3)
+        if g_var is not None:
+            g_var_total = g_var_total + g_var
+        g_mean_total = -g_shift * scale
+        if g_mean is not None:
+            g_mean_total = g_mean_total + g_mean
+        if fuse:
+            gx, gw = ops._dwconv_bn_stats_backward(g_y, g_mean_total, g_var_total, x, z, mean, weight,
+                                                   s, p, d, scale, shift, ctx.act)
+        else:
+            gx, gw = ops._dwconv_bn_stats_backward(gz + g_z, g_mean_total, g_var_total, x, z, mean,
+                                                   weight, s, p, d)
+        g_bn_weight = (g_scale * invstd).to(bn_weight.dtype) if bn_weight is not None else None
+        g_bn_bias = g_shift.to(bn_bias.dtype) if bn_bias is not None else None
+        return gx, gw.to(weight.dtype), g_bn_weight, g_bn_bias, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "dwconv_bn_act_train", _train_bwd, setup_context=_train_setup)
 
     def _ssa_setup(ctx, inputs, output):
         z, scale, shift, act, mean = inputs
@@ -294,6 +362,7 @@ def _register() -> None:
     # float32, as BatchNorm keeps its parameters and statistics in float32 under autocast.
     _register_autocast("dwconv_bn_act", (0, 1))
     _register_autocast("dwconv_bn_stats", (0, 1))
+    _register_autocast("dwconv_bn_act_train", (0, 1))
     _register_autocast("scale_shift_act", (0,))
 
 

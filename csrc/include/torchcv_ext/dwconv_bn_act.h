@@ -9,7 +9,8 @@
 //           (the kernels pass z - mean as `z` to bn_act / bn_act_grad_u below)
 //   backward of y = act((z - mean) * scale + shift):  gu = g * act'(u);  dz = gu * scale;
 //           dscale = sum gu * (z - mean);  dshift = sum gu;  (dmean = -dshift * scale, in Python)
-//   backward of (z, mean, var):  dz_total = dz + dmean / M + dvar * 2 (z - mean) / M,
+//   backward of (z, mean, var):  dz_total = dz + dmean / M + dvar * 2 (z - mean) / M (dz from
+//           the gradient of y on the fly in the train op's backward: ssa_grad_z),
 //           dx = transposed depthwise conv of dz_total, dw[c,i,j] = sum dz_total * x(tap i,j)
 //
 // Accumulation type acc_t: float for fp32/fp16/bf16, double for fp64. Weights, scale, shift and
@@ -114,6 +115,13 @@ TCV_FN acc_t bn_act(Act a, acc_t z, acc_t scale, acc_t shift) {
 template <typename acc_t>
 TCV_FN acc_t bn_act_grad_u(Act a, acc_t g, acc_t z, acc_t scale, acc_t shift) {
   return g * act_backward(a, z * scale + shift);
+}
+
+// Gradient of z (centred: zc = z - mean) from the gradient g of y = act(zc * scale + shift): the
+// scale_shift_act backward's gz, which the train op's conv backward computes on the fly.
+template <typename acc_t>
+TCV_FN acc_t ssa_grad_z(Act a, acc_t g, acc_t zc, acc_t scale, acc_t shift) {
+  return bn_act_grad_u<acc_t>(a, g, zc, scale, shift) * scale;
 }
 
 // Total gradient of z from the gradients of (z, mean, var): a = dmean / M, b = 2 dvar / M.

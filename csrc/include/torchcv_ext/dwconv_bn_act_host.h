@@ -111,13 +111,20 @@ inline at::Tensor same_shape(const char* op, const char* name, const at::Tensor&
   return t.contiguous(fmt);
 }
 
+// The conv backward's view of its incoming gradient: z's own (scale undefined), or the gradient of
+// y = act((z - mean) * scale + shift), turned into z's on the fly (ssa_grad_z).
+struct SsaGrad {
+  at::Tensor scale, shift;  // acc_t, contiguous, or undefined
+  Act act = Act::Identity;
+};
+
 // The backend provides:
 //   kDevice, Guard
 //   eval(x, w, scale, shift, g, act, y)               y = act(conv(x) * scale + shift)
 //   stats(x, w, g, z, mean, var)                      z = conv(x), batch mean / biased var
 //   ssa(z, scale, shift, act, y)                      y = act(z * scale + shift)
-//   ssa_backward(grad, z, scale, shift, act, gz, gscale, gshift)
-//   stats_backward(gz, a, b, use_b, x, z, mean, w, g, gx, gw)
+//   ssa_backward(grad, z, mean, scale, shift, act, gz, gscale, gshift)   gz undefined: sums only
+//   stats_backward(gz, a, b, use_b, x, z, mean, w, g, ssa, gx, gw)       ssa: see SsaGrad
 template <typename B>
 struct Kernels {
   static at::Tensor eval(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scale,
@@ -162,6 +169,22 @@ struct Kernels {
     return {z, mean, var};
   }
 
+  // The whole train-mode layer: stats, then y = act((z - mean) * scale + shift) with
+  // scale = gamma / sqrt(var + eps), shift = beta (the reference's batch_scale_shift).
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train(
+      const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bn_weight,
+      const std::optional<at::Tensor>& bn_bias, double eps, at::IntArrayRef stride,
+      at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view act_name) {
+    const char* op = "dwconv_bn_act_train";
+    auto [z, mean, var] = stats(x_in, weight, stride, padding, dilation);
+    const typename B::Guard guard(x_in.device());
+    at::Tensor sc = (var + eps).rsqrt();
+    if (bn_weight.has_value() && bn_weight->defined()) sc = sc * channel_vec(op, "bn_weight", *bn_weight, x_in);
+    at::Tensor sh = bn_bias.has_value() && bn_bias->defined() ? channel_vec(op, "bn_bias", *bn_bias, x_in)
+                                                              : at::zeros_like(sc);
+    return {ssa(z, sc, sh, act_name, mean), mean, var, z};
+  }
+
   // The centre of scale_shift_act: `mean` as an accumulation-dtype vector, zeros when absent.
   static at::Tensor ssa_center(const char* op, const std::optional<at::Tensor>& mean,
                                const at::Tensor& z, const at::Tensor& sc) {
@@ -188,7 +211,7 @@ struct Kernels {
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> ssa_backward(
       const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& scale, const at::Tensor& shift,
-      c10::string_view act_name, const std::optional<at::Tensor>& mean) {
+      c10::string_view act_name, const std::optional<at::Tensor>& mean, bool want_gz) {
     const char* op = "_scale_shift_act_backward";
     check_device(op, z_in, B::kDevice);
     const typename B::Guard guard(z_in.device());
@@ -199,11 +222,13 @@ struct Kernels {
     const at::Tensor mu = ssa_center(op, mean, z_in, sc);
     const at::MemoryFormat fmt = memory_format_of(z_in);
     const at::Tensor gr = same_shape(op, "grad", grad, z_in, z_in.sizes(), fmt);
-    at::Tensor gz = at::empty(z_in.sizes(), z_in.options().memory_format(fmt));
+    at::Tensor gz = want_gz ? at::empty(z_in.sizes(), z_in.options().memory_format(fmt))
+                            : at::empty({0}, z_in.options());
     at::Tensor gsc = at::zeros({z_in.size(1)}, sc.options());
     at::Tensor gsh = at::zeros({z_in.size(1)}, sc.options());
-    if (gz.numel() == 0) return {gz, gsc, gsh};
-    B::ssa_backward(gr, z_in.contiguous(fmt), mu, sc, sh, act, gz, gsc, gsh);
+    if (z_in.numel() == 0) return {gz, gsc, gsh};
+    at::Tensor gz_out = want_gz ? gz : at::Tensor();
+    B::ssa_backward(gr, z_in.contiguous(fmt), mu, sc, sh, act, gz_out, gsc, gsh);
     return {gz, gsc, gsh};
   }
 
@@ -211,7 +236,8 @@ struct Kernels {
       const at::Tensor& grad_z, const std::optional<at::Tensor>& grad_mean,
       const std::optional<at::Tensor>& grad_var, const at::Tensor& x_in, const at::Tensor& z_in,
       const at::Tensor& mean, const at::Tensor& weight, at::IntArrayRef stride,
-      at::IntArrayRef padding, at::IntArrayRef dilation) {
+      at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& scale,
+      const std::optional<at::Tensor>& shift, c10::string_view act_name) {
     const char* op = "_dwconv_bn_stats_backward";
     check_device(op, x_in, B::kDevice);
     const typename B::Guard guard(x_in.device());
@@ -229,12 +255,21 @@ struct Kernels {
       a = channel_vec(op, "grad_mean", *grad_mean, x_in) / M;
     }
     if (use_b) b = channel_vec(op, "grad_var", *grad_var, x_in) * (2.0 / M);
+    SsaGrad ssa;
+    ssa.act = parse_act(std::string(act_name));
+    const bool has_scale = scale.has_value() && scale->defined();
+    TORCH_CHECK(has_scale == (shift.has_value() && shift->defined()), op,
+                ": scale and shift must be given together");
+    if (has_scale) {
+      ssa.scale = channel_vec(op, "scale", *scale, x_in);
+      ssa.shift = channel_vec(op, "shift", *shift, x_in);
+    }
     at::Tensor gx = at::empty(x_in.sizes(), x_in.options().memory_format(fmt));
     const at::Tensor wa = weight_acc(weight, x_in);
     at::Tensor gw = at::zeros_like(wa);
     if (gz.numel() != 0 && gx.numel() != 0) {
       B::stats_backward(gz, a.contiguous(), b.contiguous(), use_b, x_in.contiguous(fmt), z, mu, wa, g,
-                        gx, gw);
+                        ssa, gx, gw);
     } else if (gx.numel() != 0) {
       gx.zero_();
     }
@@ -247,6 +282,7 @@ void register_kernels(torch::Library& m) {
   using K = Kernels<B>;
   m.impl("dwconv_bn_act", &K::eval);
   m.impl("dwconv_bn_stats", &K::stats);
+  m.impl("dwconv_bn_act_train", &K::train);
   m.impl("scale_shift_act", &K::ssa);
   m.impl("_scale_shift_act_backward", &K::ssa_backward);
   m.impl("_dwconv_bn_stats_backward", &K::stats_backward);

@@ -133,33 +133,51 @@ def scale_shift_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, a
 
 # ---- backward references (explicit formulas, used as kernels where no C++ kernel exists) ----
 
-def scale_shift_act_backward(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor,
-                             shift: torch.Tensor, act: str, mean: Optional[torch.Tensor] = None
-                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of scale_shift_act w.r.t. z (z's dtype), scale and shift (accumulation dtype);
-    the gradient of mean is -grad_shift * scale."""
-    a = acc_dtype(z.dtype)
-    zc = _centred("_scale_shift_act_backward", z, mean).detach()
+def _grad_u(op: str, grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+            act: str, mean: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(gu, zc): the gradient at u = zc * scale + shift of y = act(u), zc = z - mean (acc dtype)."""
+    zc = _centred(op, z, mean).detach()
     with torch.enable_grad():
         u_leaf = (zc * _cv(scale, z) + _cv(shift, z)).detach().requires_grad_(True)
         y = apply_activation(act, u_leaf)
-        (gu,) = torch.autograd.grad(y, u_leaf, grad.to(a))
-    gz = gu * _cv(scale, z)
+        (gu,) = torch.autograd.grad(y, u_leaf, grad.to(zc.dtype))
+    return gu, zc
+
+
+def scale_shift_act_backward(grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor,
+                             shift: torch.Tensor, act: str, mean: Optional[torch.Tensor] = None,
+                             grad_z: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of scale_shift_act w.r.t. z (z's dtype; an empty tensor when ``grad_z`` is False),
+    scale and shift (accumulation dtype); the gradient of mean is -grad_shift * scale."""
+    gu, zc = _grad_u("_scale_shift_act_backward", grad, z, scale, shift, act, mean)
     g_scale = (gu * zc).sum(dim=(0, 2, 3))
     g_shift = gu.sum(dim=(0, 2, 3))
+    if not grad_z:
+        return z.new_empty(0), g_scale, g_shift
+    gz = gu * _cv(scale, z)
     return gz.to(z.dtype).contiguous(memory_format=memory_format_of(z)), g_scale, g_shift
 
 
 def dwconv_bn_stats_backward(grad_z: torch.Tensor, grad_mean: Optional[torch.Tensor],
                              grad_var: Optional[torch.Tensor], x: torch.Tensor, z: torch.Tensor,
                              mean: torch.Tensor, weight: torch.Tensor, stride: Pair, padding: Pair,
-                             dilation: Pair) -> Tuple[torch.Tensor, torch.Tensor]:
+                             dilation: Pair, scale: Optional[torch.Tensor] = None,
+                             shift: Optional[torch.Tensor] = None, act: str = "identity"
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradients of dwconv_bn_stats w.r.t. x (x's dtype) and weight (accumulation dtype).
 
     The total gradient of z is grad_z + grad_mean / M + grad_var * 2 (z - mean) / M with
-    M = N * Ho * Wo values per channel; then the depthwise conv backward."""
+    M = N * Ho * Wo values per channel; then the depthwise conv backward. With ``scale`` (and
+    ``shift``, ``act``), ``grad_z`` is the gradient of y = act((z - mean) * scale + shift) and z's
+    own is taken from it (in the accumulation dtype) first."""
     a = acc_dtype(x.dtype)
-    g = grad_z.to(a)
+    if (scale is None) != (shift is None):
+        raise RuntimeError("_dwconv_bn_stats_backward: scale and shift must be given together")
+    if scale is not None:
+        gu, _ = _grad_u("_dwconv_bn_stats_backward", grad_z, z, scale, shift, act, mean)
+        g = gu * _cv(scale, z)
+    else:
+        g = grad_z.to(a)
     m = z.shape[0] * z.shape[2] * z.shape[3]
     if grad_mean is not None:
         g = g + _cv(grad_mean, z) / m
