@@ -620,6 +620,21 @@ __device__ __forceinline__ void owned_input_grads(const DzLoader<T>& dz, const a
   }
 }
 
+// (n, h, w) of a flattened index (n * Hn + h) * Wn + w, advanced by `step` (any size):
+// divisions only when a row wraps.
+__device__ __forceinline__ void advance_nhw(int64_t& n, int64_t& h, int64_t& w, int64_t step,
+                                            int64_t Hn, int64_t Wn) {
+  w += step;
+  if (w >= Wn) {
+    h += w / Wn;
+    w %= Wn;
+    if (h >= Hn) {
+      n += h / Hn;
+      h %= Hn;
+    }
+  }
+}
+
 // NCHW: block (channel c, chunk of `rows` output rows of the flattened (n, oh) rows, group
 // blockIdx.y of up to kThreads taps). dw: thread (tap, lane) sums its tap over the chunk's outputs
 // lane, lane + L, ...; lanes are then summed in order; part [C * kk][chunks]. dx (tap group 0):
@@ -649,20 +664,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int i = static_cast<int>(tap / g.kw), j = static_cast<int>(tap % g.kw);
     const int64_t qend = r1 * g.Wo;
     int64_t q = r0 * g.Wo + lane;
-    // (n, oh, ow) of q, advanced incrementally by L (divisions only when a row wraps).
+    // (n, oh, ow) of q, advanced by L (advance_nhw).
     int64_t n = q / HWo, oh = (q % HWo) / g.Wo, ow = q % g.Wo;
     for (; q < qend; q += L) {
       const acc_t xv = tap_input<acc_t>(x + n * xs.n + c * xs.c, xs.h, xs.w, g, oh, ow, i, j);
       acc += dz(n, c, oh, ow) * xv;
-      ow += L;
-      if (ow >= g.Wo) {
-        oh += ow / g.Wo;
-        ow %= g.Wo;
-        if (oh >= g.Ho) {
-          n += oh / g.Ho;
-          oh %= g.Ho;
-        }
-      }
+      advance_nhw(n, oh, ow, L, g.Ho, g.Wo);
     }
   }
   red[threadIdx.x] = acc;
@@ -677,20 +684,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto in_row = [&](int64_t r) { return (r / g.Ho) * g.H + own_lo(r % g.Ho, g.sh, g.H); };
   const int64_t e1 = in_row(r1) * g.W;
   int64_t e = in_row(r0) * g.W + threadIdx.x;
-  int64_t n = e / (HW), ih = (e % HW) / g.W, iw = e % g.W;
+  int64_t n = e / HW, ih = (e % HW) / g.W, iw = e % g.W;
   const acc_t* wc = w + c * kk;
   for (; e < e1; e += kThreads) {
     auto dzp = [&](int64_t a, int64_t b) { return dz(n, c, a, b); };
     gx[n * xs.n + c * xs.c + ih * g.W + iw] = static_cast<T>(input_grad_at<acc_t>(dzp, wc, 1, g, ih, iw));
-    iw += kThreads;
-    if (iw >= g.W) {
-      ih += iw / g.W;
-      iw %= g.W;
-      if (ih >= g.H) {
-        n += ih / g.H;
-        ih %= g.H;
-      }
-    }
+    advance_nhw(n, ih, iw, kThreads, g.H, g.W);
   }
 }
 
