@@ -635,6 +635,21 @@ __device__ __forceinline__ void advance_nhw(int64_t& n, int64_t& h, int64_t& w, 
   }
 }
 
+// channels_last kernels: dx of the inputs owned by this thread's output pixels (flattened
+// (n, oh, ow) indices q0 + r * kRows + threadIdx.y, r < R) of channel c; wt: (kk, C).
+template <typename T>
+__device__ __forceinline__ void cl_owned_input_grads(const DzLoader<T>& dz, const acc_of<T>* wt,
+                                                     T* __restrict__ gx, const Strides4& gxs,
+                                                     const Geom& g, int64_t c, int64_t q0, int64_t R) {
+  const int64_t HWo = g.Ho * g.Wo, P = g.N * HWo;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t q = q0 + r * kRows + threadIdx.y;
+    if (q >= P) break;
+    const int64_t n = q / HWo, pix = q % HWo;
+    owned_input_grads(dz, wt + c, g.C, gx, gxs, g, n, c, pix / g.Wo, pix % g.Wo);
+  }
+}
+
 // NCHW: block (channel c, chunk of `rows` output rows of the flattened (n, oh) rows, group
 // blockIdx.y of up to kThreads taps). dw: thread (tap, lane) sums its tap over the chunk's outputs
 // lane, lane + L, ...; lanes are then summed in order; part [C * kk][chunks]. dx (tap group 0):
@@ -727,13 +742,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // red is reused by the next tap
   }
-  if (c >= g.C) return;
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t q = q0 + r * kRows + threadIdx.y;
-    if (q >= P) break;
-    const int64_t n = q / HWo, pix = q % HWo;
-    owned_input_grads(dz, wt + c, g.C, gx, gxs, g, n, c, pix / g.Wo, pix % g.Wo);
-  }
+  if (c < g.C) cl_owned_input_grads(dz, wt, gx, gxs, g, c, q0, R);
 }
 
 // grad_cl_kernel for a KH x KW kernel known at compile time (3x3, 5x5, 7x7): pixels are walked
@@ -784,13 +793,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   // dx after the sums (not in the same pixel loop: the KK accumulators would stay live across
   // the transposed conv and spill); the pixels' dz were just read, from L1/L2.
-  if (c >= g.C) return;
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t q = q0 + r * kRows + threadIdx.y;
-    if (q >= P) break;
-    const int64_t n = q / HWo, pix = q % HWo;
-    owned_input_grads(dz, wt + c, g.C, gx, gxs, g, n, c, pix / g.Wo, pix % g.Wo);
-  }
+  if (c < g.C) cl_owned_input_grads(dz, wt, gx, gxs, g, c, q0, R);
 }
 
 // ---- launch helpers -------------------------------------------------------------------------
