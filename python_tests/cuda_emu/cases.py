@@ -249,11 +249,14 @@ def test_dwconv_backward_ops(case):
         close(gx, e[0], torch.float32)
         close(gw.view_as(e[1]), e[1], torch.float32)
     # g is the gradient of y = act((z - mean) * sc + sh): z's applied inside the conv backward
-    gx, gw = run2(lambda: EMU._dwconv_bn_stats_backward(g, gm, gv, x, z, mean, w, *conv, sc, sh, act))
-    e = ref_dw.dwconv_bn_stats_backward(d(g), d(gm), d(gv), d(x), d(z), d(mean), d(w), *conv,
-                                        d(sc), d(sh), act)
-    close(gx, e[0], torch.float32)
-    close(gw.view_as(e[1]), e[1], torch.float32)
+    # (the train op's backward; the eval op's: no statistics gradients, centre 0)
+    zero = torch.zeros(c)
+    for gmi, gvi, mu in ((gm, gv, mean), (None, None, zero)):
+        gx, gw = run2(lambda: EMU._dwconv_bn_stats_backward(g, gmi, gvi, x, z, mu, w, *conv, sc, sh, act))
+        e = ref_dw.dwconv_bn_stats_backward(d(g), d(gmi), d(gvi), d(x), d(z), d(mu), d(w), *conv,
+                                            d(sc), d(sh), act)
+        close(gx, e[0], torch.float32)
+        close(gw.view_as(e[1]), e[1], torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
