@@ -814,6 +814,19 @@ inline int64_t cl_rows_per_thread(int64_t P, int64_t C) {
   return std::max({int64_t{8}, ceil_div(P, kRows * chunks), ceil_div(P, kRows * int64_t{65535})});
 }
 
+// Pixels per thread of the channels_last gradient kernels, which write kk partial sums per
+// channel and block (not 1 or 2 as the other reductions): with cl_rows_per_thread's grid of
+// ~2048 blocks those partials, written and read again by sum_finalize_kernel, came to 9-26% of
+// the kernel's dy, z, x and dx bytes on MobileNetV3-Large's depthwise layers at batch 128 in
+// bf16 (the 960-channel 7 x 7 one the most). Up to 4 * kk pixels per thread (partials ~3%), as
+// long as the grid keeps about 2 blocks per SM (264 on an H100); small batches are unchanged.
+inline int64_t cl_grad_rows_per_thread(int64_t P, int64_t C, int64_t kk) {
+  const int64_t r = cl_rows_per_thread(P, C);
+  const int64_t min_chunks = std::max<int64_t>(1, 264 / ceil_div(C, int64_t{kLanes}));
+  const int64_t r_cap = ceil_div(P, kRows * min_chunks);
+  return std::max(r, std::min(4 * kk, r_cap));
+}
+
 // Output rows per block of grad_nchw_kernel: fewer rows (more blocks) toward ~2048 blocks, as
 // cl_rows_per_thread, but at least 512 outputs per block (each block writes kk partial weight
 // gradients, read again by sum_finalize_kernel) and at most 4096.
@@ -1082,7 +1095,7 @@ struct CudaBackend {
       if (cl) {
         const at::Tensor wt = w.reshape({g.C, kk}).t().contiguous();  // (kk, C), see grad_cl_kernel
         const acc_t* wd = wt.const_data_ptr<acc_t>();
-        const int64_t R = cl_rows_per_thread(g.N * g.Ho * g.Wo, g.C);
+        const int64_t R = cl_grad_rows_per_thread(g.N * g.Ho * g.Wo, g.C, kk);
         const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
                         static_cast<unsigned>(ceil_div(g.N * g.Ho * g.Wo, kRows * R)));
         chunks = grid.y;
