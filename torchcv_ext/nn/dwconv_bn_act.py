@@ -60,8 +60,9 @@ class DWConvBNAct(nn.Sequential):
 
     Eval mode folds BN into a per-channel scale/shift inside the kernel (one read of x, one write
     of y); the fold is computed once and reused until a BN tensor changes (in place or replaced),
-    except when autograd needs the BN parameters. Train mode computes batch statistics in the conv pass, then normalizes + activates,
-    and updates the running statistics exactly like ``nn.BatchNorm2d``.
+    except when autograd needs the BN parameters. Train mode computes batch statistics in the conv
+    pass, then normalizes + activates, and updates the running statistics exactly like
+    ``nn.BatchNorm2d``; through the fused ops its backward never writes the conv output's gradient.
     """
 
     def __init__(self, channels: int, kernel_size: Union[int, tuple] = 3, stride: Union[int, tuple] = 1,
