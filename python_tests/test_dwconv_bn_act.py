@@ -279,9 +279,8 @@ def test_train_op_gradcheck(device, layout):
     conv = ([2, 1], [1, 1], [1, 1])
     args = [t.clone().requires_grad_(True) for t in (x, w, gamma, beta)]
 
-    def all_outputs(x_, w_, g_, b_):
-        y, mean, var, z = OPS.dwconv_bn_act_train(x_, w_, g_, b_, 1e-5, *conv, "silu")
-        return y, mean, var, z
+    def all_outputs(x_, w_, g_, b_):  # (y, mean, var, z)
+        return OPS.dwconv_bn_act_train(x_, w_, g_, b_, 1e-5, *conv, "silu")
 
     def y_mean_var(x_, w_, g_, b_):
         return all_outputs(x_, w_, g_, b_)[:3]

@@ -1095,9 +1095,10 @@ struct CudaBackend {
       if (cl) {
         const at::Tensor wt = w.reshape({g.C, kk}).t().contiguous();  // (kk, C), see grad_cl_kernel
         const acc_t* wd = wt.const_data_ptr<acc_t>();
-        const int64_t R = cl_grad_rows_per_thread(g.N * g.Ho * g.Wo, g.C, kk);
+        const int64_t Pix = g.N * g.Ho * g.Wo;
+        const int64_t R = cl_grad_rows_per_thread(Pix, g.C, kk);
         const dim3 grid(static_cast<unsigned>(ceil_div(g.C, kLanes)),
-                        static_cast<unsigned>(ceil_div(g.N * g.Ho * g.Wo, kRows * R)));
+                        static_cast<unsigned>(ceil_div(Pix, kRows * R)));
         chunks = grid.y;
         part = at::empty({g.C * kk * chunks}, w.options());
         const dim3 block(kLanes, kRows);

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import build  # noqa: E402
 from bench_dwconv_bn_act import LAYERS as DW_LAYERS  # noqa: E402
 from bench_squeeze_excite import SHAPES as SE_SHAPES  # noqa: E402
+from torchcv_ext.ops.reference import dwconv_bn_act as ref_dw  # noqa: E402
 
 CL = torch.channels_last
 NCHW = torch.contiguous_format
@@ -138,7 +139,7 @@ def dwconv_cases(E, quick: bool, n: int = 2) -> List[Case]:
                     # what dwconv_bn_act_train and its autograd backward launch (sc, sh: BN's
                     # gamma and beta; the per-channel math between the ops is left out)
                     _, mean, var, z = E.dwconv_bn_act_train(x, w, sc, sh, 1e-5, *conv, act)
-                    scale = sc * torch.rsqrt(var + 1e-5)
+                    scale, _ = ref_dw.batch_scale_shift(var, sc, sh, 1e-5)
                     E._scale_shift_act_backward(gy, z, scale, sh, act, mean, False)
                     return E._dwconv_bn_stats_backward(gy, gm, gv, x, z, mean, w, *conv, scale, sh, act)
 

@@ -315,7 +315,7 @@ def _register() -> None:
         s, p, d = ctx.conv
         ops = torch.ops.torchcv_ext
         invstd = torch.rsqrt(var + ctx.eps)
-        scale, shift = ref.batch_scale_shift(var, bn_weight, bn_bias, ctx.eps)
+        scale, shift = ref.scale_shift_from_invstd(invstd, bn_weight, bn_bias)
         if g_y is None:
             g_y = torch.zeros_like(z)
         fuse = g_z is None  # z is an output only to be saved; a gradient for it takes the long way

@@ -208,8 +208,12 @@ def batch_scale_shift(var: torch.Tensor, bn_weight: Optional[torch.Tensor],
     y = (z - batch_mean) * scale + shift: scale = gamma / sqrt(var + eps), shift = beta (0 without
     affine). Not folded into z * scale + (beta - mean * scale), which cancels catastrophically in
     float32 when |mean| >> std. Differentiable in var, bn_weight and bn_bias."""
-    scale = torch.rsqrt(var + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(scale.dtype)
-    shift = bn_bias.to(scale.dtype) if bn_bias is not None else torch.zeros_like(scale)
+    return scale_shift_from_invstd(torch.rsqrt(var + eps), bn_weight, bn_bias)
+
+
+def scale_shift_from_invstd(invstd: torch.Tensor, bn_weight: Optional[torch.Tensor],
+                            bn_bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """batch_scale_shift given invstd = 1 / sqrt(var + eps) (for a caller that needs invstd too)."""
+    scale = invstd * bn_weight.to(invstd.dtype) if bn_weight is not None else invstd
+    shift = bn_bias.to(invstd.dtype) if bn_bias is not None else torch.zeros_like(invstd)
     return scale, shift
