@@ -364,6 +364,32 @@ def test_train_grads_low_precision(device, dtype, layout, hw, act):
         assert_close(a, b, dtype, scale=16.0 * scale)
 
 
+@requires_ext
+def test_train_backward_takes_the_fused_path():
+    """DWConvBNAct's train backward writes no gradient of z: z (an output kept only for the
+    backward) gets no gradient, so _scale_shift_act_backward runs its sums only and the conv
+    backward applies z's gradient on the fly. (With autograd's default of materializing missing
+    gradients as zeros, it silently took the two-op path.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append((func.name(), args))
+            return func(*args, **(kwargs or {}))
+
+    m = DWConvBNAct(16, 3, 1, activation="hardswish").train()
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    y = m(x)
+    with Log():
+        y.sum().backward()
+    ssa = [a for n, a in calls if n == "torchcv_ext::_scale_shift_act_backward"]
+    conv = [a for n, a in calls if n == "torchcv_ext::_dwconv_bn_stats_backward"]
+    assert len(ssa) == 1 and ssa[0][-1] is False, "the scale_shift_act backward wrote z's gradient"
+    assert len(conv) == 1 and conv[0][-3] is not None, "the conv backward did not take y's gradient"
+
+
 def test_deterministic_grads():
     torch.use_deterministic_algorithms(True)
     try:

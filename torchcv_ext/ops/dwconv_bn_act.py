@@ -306,6 +306,10 @@ def _register() -> None:
         _, mean, var, z = output
         ctx.save_for_backward(x, weight, bn_weight, bn_bias, z, mean, var)
         ctx.eps, ctx.conv, ctx.act = eps, (stride, padding, dilation), act
+        # Outputs that receive no gradient (z always, in DWConvBNAct) arrive as None, not as
+        # zeros: a zero g_z would send the backward down the two-op path (z's gradient written,
+        # then added to g_z and read again) and cost three activation-sized passes more.
+        ctx.set_materialize_grads(False)
 
     def _train_bwd(ctx, g_y, g_mean, g_var, g_z):
         """One backward for the train layer: the scale_shift_act sums, BatchNorm's per-channel chain
