@@ -53,8 +53,9 @@ def _vecs(c, device):
 
 @pytest.fixture(autouse=True)
 def _cpu_train_kernels(monkeypatch):
-    """These tests check the C++ train kernels (the CUDA kernels' math on the CPU); the default
-    CPU train backend (eager composition) is compared with them in test_cpu_train_backends_agree."""
+    """These tests check the C++ train kernels (the CUDA kernels' math on the CPU) in every dtype;
+    the other CPU train backends are compared with them in test_cpu_train_backends_agree and
+    test_module_cpu_train_backend_choice."""
     monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "kernels")
 
 
@@ -362,6 +363,74 @@ def test_train_grads_low_precision(device, dtype, layout, hw, act):
         assert a.dtype == inp.dtype
         scale = max(1.0, b.abs().max().item())
         assert_close(a, b, dtype, scale=16.0 * scale)
+
+
+@requires_ext
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("want_gz", [False, True])
+def test_scale_shift_act_backward_cpu_float32(layout, want_gz):
+    """The float32 CPU backward of scale_shift_act (csrc/cpu/dwconv_bn_act_backward.cpp: its own
+    vectorized act' for every activation, per-plane / per-chunk partial sums) vs float64 autograd
+    of the reference on the same inputs; 40 channels = two 16-channel blocks + a tail."""
+    for c, hw in [(40, (9, 11)), (5, (30, 31))]:
+        z = (torch.randn(3, c, *hw) * 3).contiguous(memory_format=layout)
+        g = torch.randn(3, c, *hw).contiguous(memory_format=layout)
+        scale, shift = torch.rand(c) + 0.5, torch.randn(c)
+        mean = torch.randn(c) * 0.1
+        for act in ACTS + ["sigmoid"]:
+            gz, gsc, gsh = OPS._scale_shift_act_backward(g, z, scale, shift, act, mean, want_gz)
+            z64, sc64, sh64 = (t.double().requires_grad_(True) for t in (z, scale, shift))
+            y64 = ref.scale_shift_act(z64, sc64, sh64, act, mean.double())
+            e_gz, e_gsc, e_gsh = torch.autograd.grad(y64, (z64, sc64, sh64), g.double())
+            if want_gz:
+                assert gz.is_contiguous(memory_format=layout)
+                assert_close(gz, e_gz, torch.float32, scale=4.0)
+            else:
+                assert gz.numel() == 0
+            n = z[:, 0].numel()
+            assert_close(gsc, e_gsc, torch.float32, scale=4.0 * n ** 0.5)
+            assert_close(gsh, e_gsh, torch.float32, scale=4.0 * n ** 0.5)
+
+
+@requires_ext
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("c,hw", [(40, (13, 20)), (16, (7, 5)), (5, (11, 9)), (24, (40, 34))])
+def test_train_grads_cpu_float32_paths(layout, c, hw):
+    """The float32 CPU train backward (csrc/cpu/dwconv_bn_act_backward.cpp) vs the same op in
+    float64 (the generic loops, which gradcheck covers): NCHW per-plane kernels (phase-split
+    buffers at strides 2 and 3), narrow NCHW planes through the channels_last kernel (C >= 16,
+    Wo < 16), channels_last row bands with 16-channel blocks and a channel tail; gradients into
+    y only (the fused backward), into mean / var too, into z (the two-op path), without BN affine."""
+    # (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+    geoms = [((3, 3), (1, 1), (1, 1), (1, 1)), ((5, 5), (2, 2), (2, 2), (1, 1)),
+             ((3, 3), (2, 2), (1, 1), (1, 1)), ((3, 3), (1, 1), (2, 2), (2, 2)),
+             ((3, 3), (3, 3), (4, 4), (1, 1)), ((3, 5), (1, 2), (1, 2), (1, 1)),
+             ((7, 7), (1, 1), (3, 3), (1, 1))]
+    for k, s, p, d in geoms:
+        x = torch.randn(2, c, *hw).contiguous(memory_format=layout)
+        w = torch.randn(c, 1, *k) * 0.3
+        gamma, beta = torch.rand(c) + 0.5, torch.randn(c)
+        for grads_into, affine in [("y", True), ("y mean var", True), ("y z", True), ("y", False)]:
+            outs = {}
+            for dt in (torch.float32, torch.float64):
+                args = [x.to(dt).contiguous(memory_format=layout), w.to(dt)]
+                args += [gamma.to(dt), beta.to(dt)] if affine else [None, None]
+                leaves = [a.requires_grad_(True) for a in args if a is not None]
+                y, mean, var, z = OPS.dwconv_bn_act_train(*args, 1e-5, s, p, d, "silu")
+                gen = torch.Generator().manual_seed(0)
+                loss = (y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dt)).sum()
+                if "mean" in grads_into:
+                    loss = loss + (mean * torch.randn(c, generator=gen, dtype=torch.float64).to(dt)).sum()
+                    loss = loss + (var * torch.randn(c, generator=gen, dtype=torch.float64).to(dt)).sum()
+                if "z" in grads_into:
+                    loss = loss + (z * torch.randn(z.shape, generator=gen, dtype=torch.float64).to(dt)).sum()
+                outs[dt] = torch.autograd.grad(loss, leaves)
+            for name, a, b in zip(["x", "weight", "gamma", "beta"], outs[torch.float32], outs[torch.float64]):
+                # float32 sums of up to ~3000 terms: errors far below 1e-4 of the largest value
+                torch.testing.assert_close(a.double(), b, atol=1e-4 * max(1.0, b.abs().max().item()),
+                                           rtol=1e-3, msg=lambda m: f"{name} {k} {s} {p} {d} {grads_into}: {m}")
+                if name == "x":
+                    assert a.is_contiguous(memory_format=layout)
 
 
 @requires_ext
@@ -699,8 +768,8 @@ def test_cpu_train_backends_agree(monkeypatch, layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_module_cpu_train_backends_agree(monkeypatch, layout):
-    """DWConvBNAct in training mode: the default CPU backend (torch's modules) and the C++ train
-    kernels give the same outputs, gradients and running statistics over several steps."""
+    """DWConvBNAct in training mode: torch's modules and the C++ train kernels give the same
+    outputs, gradients and running statistics over several steps."""
     torch.manual_seed(0)
     base = DWConvBNAct(8, 3, stride=2, activation="silu").double()
     x = torch.randn(3, 8, 9, 7, dtype=torch.float64).contiguous(memory_format=layout)
@@ -715,6 +784,34 @@ def test_module_cpu_train_backends_agree(monkeypatch, layout):
         results.append((y, *grads, m[1].running_mean, m[1].running_var, m[1].num_batches_tracked))
     for a, b in zip(*results):
         assert_close(a, b, torch.float64)
+
+
+@requires_ext
+def test_module_cpu_train_backend_choice(monkeypatch):
+    """dwconv_cpu_train_backend="auto" (the default) runs the C++ train op for float32 inputs and
+    torch's modules for other dtypes and under CPU autocast; a bad value is a clear error."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "auto")
+    m = DWConvBNAct(8, 3, activation="relu").train()
+    for dtype, amp, fused in [(torch.float32, False, True), (torch.float64, False, False),
+                              (torch.float32, True, False)]:
+        mode = Ops()
+        with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            m.to(dtype)(torch.randn(2, 8, 6, 6, dtype=dtype))
+        assert ("torchcv_ext::dwconv_bn_act_train" in mode.names) == fused, (dtype, amp)
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "fast")
+    with pytest.raises(ValueError, match="dwconv_cpu_train_backend"):
+        m.float()(torch.randn(2, 8, 6, 6))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -8,14 +8,17 @@
 //         segment; each output row accumulates its kh*kw segments in registers (32 outputs at a
 //         time, AVX-512 / AVX2 / baseline clones picked at load time) and the whole plane then goes
 //         through the epilogue (BN fold + activation with a vectorizable exp for SiLU/sigmoid, or
-//         Welford statistics) while it is still in L1/L2.
+//         statistics: per-plane sum and squared deviations, merged Welford-style) while it is
+//         still in L1/L2.
 //         Narrow rows (Wo < 16) and strided convs: 16-channel blocks transposed into a padded tile
 //         instead (eval_nchw_blocked_f32).
 //   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
 //         channel register blocks, then the row's epilogue.
 // One read of x and one write of y. float64 uses the same loops without the float clones.
-// Train-mode and backward kernels are straightforward loops over the shared per-element math
-// (dwconv_bn_act.h) -- they exist to run (and test) exactly the math the CUDA kernels run.
+// Train forward: the stats kernel above, then scale_shift_act (vectorized for float32).
+// Backward: float32 in dwconv_bn_act_backward.cpp (vectorized, the train path DWConvBNAct takes by
+// default); other dtypes here, straightforward loops over the shared per-element math
+// (dwconv_bn_act.h) -- the CUDA kernels' math, run and tested on the CPU.
 // Reductions (statistics, weight/BN gradients) are combined in a fixed order that does not depend
 // on the number of threads: deterministic.
 #include <ATen/Dispatch.h>
@@ -25,6 +28,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "dwconv_bn_act_cpu.h"
 #include "torchcv_ext/cpu_clones.h"
 #include "torchcv_ext/dwconv_bn_act_host.h"
 
@@ -32,27 +36,9 @@ namespace torchcv_ext {
 namespace dwconv {
 namespace {
 
-template <typename T>
-using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-// Run f(std::integral_constant<Act, A>) for the runtime activation: the epilogue loops are
-// compiled once per activation, so the switch is hoisted out of them.
-template <typename F>
-void with_act(Act a, F&& f) {
-  switch (a) {
-    case Act::Identity: return f(std::integral_constant<Act, Act::Identity>{});
-    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
-    case Act::Hardswish: return f(std::integral_constant<Act, Act::Hardswish>{});
-    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
-    case Act::Hardsigmoid: return f(std::integral_constant<Act, Act::Hardsigmoid>{});
-    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
-  }
-}
+using namespace cpu;  // dwconv_bn_act_cpu.h
 
 // ---- float hot loops, compiled for AVX-512 / AVX2+FMA / baseline (cpu_clones.h) -----------------
-
-constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
 
 // One NCHW output row: out[ow] = sum_t w[t] * in[off[t] + ow] for ow in [0, roundup(Wo, 32)).
 // `in` is the row's base in the phase-split padded plane (see NchwScratch): every tap reads a
@@ -199,62 +185,6 @@ TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int6
 #undef TCV_CL_BLOCK
 #undef TCV_CL_OWBLOCK
 
-// exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
-// x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
-// std::exp it vectorizes. Everything is branch-free arithmetic: the clamps become min/max and n
-// is rounded to nearest with the 1.5 * 2^23 trick (no floorf, which is a library call -- and
-// stops vectorization -- below SSE4.1). Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39:
-// sigmoid's tails are exactly 0 / 1 in float anyway).
-__attribute__((always_inline)) inline float exp_f32(float x) {
-  x = x < -88.0f ? -88.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &e, sizeof(scale));
-  return p * scale;
-}
-
-// Activation for the float epilogues: activations.h except that SiLU / sigmoid use exp_f32 and
-// the hard activations multiply by 1/6.
-template <Act A>
-__attribute__((always_inline)) inline float act_f32(float x) {
-  if constexpr (A == Act::SiLU) {
-    return x / (1.0f + exp_f32(-x));
-  } else if constexpr (A == Act::Sigmoid) {
-    return 1.0f / (1.0f + exp_f32(-x));
-  } else if constexpr (A == Act::Hardswish || A == Act::Hardsigmoid) {
-    // relu6(x + 3) * (1/6) instead of activations.h's / 6, which is PyTorch's formula: a vector
-    // divide per element made the epilogue cost as much as a 5x5 conv (AVX-512, C1152 7x7 k5:
-    // 0.47 -> 0.31 ms); the two differ by at most an ulp or so.
-    const float r = x + 3.0f;
-    const float h = (r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r)) * (1.0f / 6.0f);
-    return A == Act::Hardswish ? x * h : h;
-  } else {
-    return act_forward(A, x);
-  }
-}
-
-// Epilogues y = act(acc * scale + shift) in float, vectorized per clone.
-#define TCV_ACT_CASES(LOOP)                                        \
-  switch (act) {                                                   \
-    case Act::Identity: { constexpr Act kA = Act::Identity; LOOP; } break;       \
-    case Act::ReLU: { constexpr Act kA = Act::ReLU; LOOP; } break;               \
-    case Act::ReLU6: { constexpr Act kA = Act::ReLU6; LOOP; } break;             \
-    case Act::Hardswish: { constexpr Act kA = Act::Hardswish; LOOP; } break;     \
-    case Act::SiLU: { constexpr Act kA = Act::SiLU; LOOP; } break;               \
-    case Act::Hardsigmoid: { constexpr Act kA = Act::Hardsigmoid; LOOP; } break; \
-    case Act::Sigmoid: { constexpr Act kA = Act::Sigmoid; LOOP; } break;         \
-  }
-
 // NCHW row: one channel, scalar scale/shift.
 TCV_CPU_CLONES void epi_row_f32(Act act, const float* in, float* out, int64_t n, float s, float b) {
   TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) out[i] = act_f32<kA>(in[i] * s + b))
@@ -268,6 +198,55 @@ TCV_CPU_CLONES void epi_pix_f32(Act act, const float* in, float* out, int64_t np
     float* o = out + q * C;
     _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = act_f32<kA>(a[c] * sc[c] + sh[c]);
   })
+}
+
+// The train forward's epilogues: y = act((z - mean) * scale + shift), centred first (dwconv_bn_act.h).
+TCV_CPU_CLONES void ssa_row_f32(Act act, const float* in, float* out, int64_t n, float m, float s, float b) {
+  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) out[i] = act_f32<kA>((in[i] - m) * s + b))
+}
+
+TCV_CPU_CLONES void ssa_pix_f32(Act act, const float* in, float* out, int64_t npix, int64_t C,
+                                const float* mu, const float* sc, const float* sh) {
+  TCV_ACT_CASES(for (int64_t q = 0; q < npix; ++q) {
+    const float* a = in + q * C;
+    float* o = out + q * C;
+    _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = act_f32<kA>((a[c] - mu[c]) * sc[c] + sh[c]);
+  })
+}
+
+// Statistics of a block held in L1/L2 (a plane, or one channel of a row): count, mean and M2 by
+// two vectorized passes (the per-element Welford update has a divide in a serial chain), merged
+// across blocks with welford_merge.
+template <typename acc_t>
+Welford<acc_t> block_stats(const acc_t* a, int64_t n) {
+  acc_t sum = acc_t(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i];
+  const acc_t m = sum / static_cast<acc_t>(n);
+  acc_t m2 = acc_t(0);
+#pragma omp simd reduction(+ : m2)
+  for (int64_t i = 0; i < n; ++i) m2 += (a[i] - m) * (a[i] - m);
+  return Welford<acc_t>{static_cast<acc_t>(n), m, m2};
+}
+
+// The same per channel of a channels_last row of npix pixels: part[c] for c < C (mean, m2: C
+// elements of scratch each).
+template <typename acc_t>
+void row_stats(const acc_t* row, int64_t npix, int64_t C, acc_t* mean, acc_t* m2, Welford<acc_t>* part) {
+  std::fill(mean, mean + C, acc_t(0));
+  std::fill(m2, m2 + C, acc_t(0));
+  for (int64_t q = 0; q < npix; ++q) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) mean[c] += row[q * C + c];
+  }
+  const acc_t inv = acc_t(1) / static_cast<acc_t>(npix);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) mean[c] *= inv;
+  for (int64_t q = 0; q < npix; ++q) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) m2[c] += (row[q * C + c] - mean[c]) * (row[q * C + c] - mean[c]);
+  }
+  for (int64_t c = 0; c < C; ++c) part[c] = Welford<acc_t>{static_cast<acc_t>(npix), mean[c], m2[c]};
 }
 
 // ---- float32 eval, NCHW, blocked: 16 channels at a time in a zero-padded tile -------------------
@@ -467,63 +446,11 @@ void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::T
   });
 }
 
-// ---- conv forward, NCHW -----------------------------------------------------------------------
-// Per-task scratch: the padded plane, stored "phase-split" so that strided taps read unit-stride
-// segments: padded (row r, col q) lives at r * rs + (q % sw) * Lp + q / sw, so output ow of tap
-// (i, j) reads row oh*sh + i*dh at in[off[t] + ow] with off[t] = i*dh*rs + (j*dw % sw)*Lp + j*dw/sw.
-// Padding cells are zeroed once (same geometry for every plane) and never written.
-template <typename acc_t>
-struct NchwScratch {
-  int64_t Hn, Wn, Lp, rs;
-  std::vector<acc_t> buf, plane;
-  std::vector<int64_t> off;
-  // Per phase: first padded data column q0 (q0 % sw == phase) and its slot q0 / sw.
-  std::vector<int64_t> q0, slot;
-  int64_t lo, hi;  // data columns [lo, hi) in padded coordinates
-  explicit NchwScratch(const Geom& g) {
-    Hn = (g.Ho - 1) * g.sh + static_cast<int64_t>(g.kh - 1) * g.dh + 1;
-    Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
-    Lp = (Wn + g.sw - 1) / g.sw + kRowBlock;  // >= every index a whole row block reads, + 1
-    rs = g.sw * Lp;
-    buf.assign(static_cast<size_t>(Hn * rs), acc_t(0));
-    // Output plane (rows of Wo) + slack: a row's last block may spill into the next rows, which
-    // are computed afterwards, or into the slack.
-    plane.assign(static_cast<size_t>(g.Ho * g.Wo + kRowBlock), acc_t(0));
-    off.resize(static_cast<size_t>(g.kh) * g.kw);
-    for (int i = 0; i < g.kh; ++i) {
-      for (int j = 0; j < g.kw; ++j) {
-        const int64_t q = static_cast<int64_t>(j) * g.dw;
-        off[i * g.kw + j] = static_cast<int64_t>(i) * g.dh * rs + (q % g.sw) * Lp + q / g.sw;
-      }
-    }
-    lo = std::min<int64_t>(g.pw, Wn);
-    hi = std::min<int64_t>(Wn, g.pw + g.W);
-    for (int ph = 0; ph < g.sw; ++ph) {
-      const int64_t q = lo + ((ph - lo % g.sw) + g.sw) % g.sw;
-      q0.push_back(q);
-      slot.push_back(ph * Lp + q / g.sw);
-    }
-  }
-};
-
 // Computes plane (n, c) of z (input plane xp, NCHW rows of W) into s.plane (Ho x Wo, acc_t)
 // and hands it to epi(plane).
 template <typename T, typename acc_t, typename Epi>
 void conv_plane_nchw(const T* xp, const acc_t* w, const Geom& g, NchwScratch<acc_t>& s, Epi&& epi) {
-  for (int64_t r = 0; r < s.Hn; ++r) {
-    const int64_t ih = r - g.ph;
-    if (ih < 0 || ih >= g.H) continue;  // padding row: stays zero
-    const T* xr = xp + ih * g.W - g.pw;  // xr[q] = x[ih, q - pw]
-    acc_t* b = s.buf.data() + r * s.rs;
-    if (g.sw == 1) {
-      for (int64_t q = s.lo; q < s.hi; ++q) b[q] = static_cast<acc_t>(xr[q]);
-    } else {
-      for (int ph = 0; ph < g.sw; ++ph) {
-        acc_t* d = b + s.slot[ph];
-        for (int64_t q = s.q0[ph]; q < s.hi; q += g.sw) *d++ = static_cast<acc_t>(xr[q]);
-      }
-    }
-  }
+  s.fill(xp, g);
   const int taps = g.kh * g.kw;
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
     const acc_t* in = s.buf.data() + oh * g.sh * s.rs;
@@ -646,18 +573,11 @@ void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Ten
     const at::Tensor wt_t = w.t().contiguous();
     const acc_t* wt = wt_t.const_data_ptr<acc_t>();
     at::parallel_for(0, nparts, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(static_cast<size_t>(g.Wo * C));
+      std::vector<acc_t> row(static_cast<size_t>(g.Wo * C)), mu(static_cast<size_t>(C)), m2(mu.size());
       for (int64_t r = begin; r < end; ++r) {
         conv_row_cl(xd, wt, g, r / g.Ho, r % g.Ho, row.data());
-        T* zr = zd + r * g.Wo * C;
-        Welford<acc_t>* pr = part.data() + r * C;
-        for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t v = row[ow * C + c];
-            zr[ow * C + c] = static_cast<T>(v);
-            welford_push(pr[c], v);
-          }
-        }
+        std::copy(row.begin(), row.end(), zd + r * g.Wo * C);  // (converts to T)
+        row_stats(row.data(), g.Wo, C, mu.data(), m2.data(), part.data() + r * C);
       }
     });
     // part is indexed [r][c]; merge below reads part[r * C + c].
@@ -670,15 +590,11 @@ void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Ten
       NchwScratch<acc_t> scratch(g);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
-        T* zp = zd + p * g.Ho * g.Wo;
-        Welford<acc_t> st = welford_init<acc_t>();
+        const int64_t HWo = g.Ho * g.Wo;
         conv_plane_nchw(xd + p * g.H * g.W, wd + c * kk, g, scratch, [&](const acc_t* a) {
-          for (int64_t i = 0; i < g.Ho * g.Wo; ++i) {
-            zp[i] = static_cast<T>(a[i]);
-            welford_push(st, a[i]);
-          }
+          std::copy(a, a + HWo, zd + p * HWo);  // (converts to T)
+          part[p] = block_stats(a, HWo);
         });
-        part[p] = st;
       }
     });
   }
@@ -711,6 +627,21 @@ void ssa_impl(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& sca
   const acc_t* sh = shift.const_data_ptr<acc_t>();
   const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
   const bool cl = !z.is_contiguous();
+  if constexpr (std::is_same_v<T, float>) {
+    if (cl) {
+      at::parallel_for(0, N * HW, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+        ssa_pix_f32(act, zd + b * C, yd + b * C, e - b, C, mu, sc, sh);
+      });
+    } else {
+      at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p) {
+          const int64_t c = p % C;
+          ssa_row_f32(act, zd + p * HW, yd + p * HW, HW, mu[c], sc[c], sh[c]);
+        }
+      });
+    }
+    return;
+  }
   with_act(act, [&](auto A) {
     constexpr Act kA = decltype(A)::value;
     if (cl) {
@@ -877,6 +808,10 @@ struct CpuBackend {
   static void ssa_backward(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
                            const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
                            at::Tensor& gsc, at::Tensor& gsh) {
+    if (z.scalar_type() == at::kFloat) {
+      ssa_backward_f32(grad, z, mean, scale, shift, act, gz, gsc, gsh);  // dwconv_bn_act_backward.cpp
+      return;
+    }
     TCV_DW_DISPATCH(z.scalar_type(), "_scale_shift_act_backward", [&] {
       ssa_backward_impl<scalar_t>(grad, z, mean, scale, shift, act, gz, gsc, gsh);
     });
@@ -885,6 +820,10 @@ struct CpuBackend {
                              const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
                              const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
                              at::Tensor& gw) {
+    if (x.scalar_type() == at::kFloat) {
+      stats_backward_f32(gz, a, b, use_b, x, z, mean, w, g, ssa, gx, gw);  // dwconv_bn_act_backward.cpp
+      return;
+    }
     TCV_DW_DISPATCH(x.scalar_type(), "_dwconv_bn_stats_backward", [&] {
       stats_backward_impl<scalar_t>(gz, a, b, use_b, x, z, mean, w, g, ssa, gx, gw);
     });

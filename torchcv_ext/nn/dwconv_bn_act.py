@@ -213,9 +213,10 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
         scale, shift = _eval_scale_shift(conv, bn)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)
 
-    if x.device.type == "cpu" and _common.config.dwconv_cpu_train_backend == "eager":
-        # CPU training: torch's own modules (oneDNN conv, one-kernel batch_norm and its backward)
-        # are the fastest composition there, and BatchNorm2d keeps its own running statistics.
+    if x.device.type == "cpu" and not _common.dwconv_cpu_train_uses_kernels(x):
+        # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend): torch's own
+        # modules (oneDNN conv, batch_norm and their backward), and BatchNorm2d keeps its own
+        # running statistics.
         return activations.apply(activation, bn(conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:

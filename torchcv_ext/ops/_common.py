@@ -13,10 +13,13 @@ NAMESPACE = "torchcv_ext"
 
 #: Run-time switches (exported as ``torchcv_ext.ops.config``).
 #:   dwconv_cpu_train_backend: the CPU path of train-mode DWConvBNAct / dwconv_bn_act_train.
-#:     "eager" (default): eager PyTorch, faster on the CPU than the plain-loop C++ train kernels --
-#:     the modules (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition
-#:     in the functional op; "kernels": the C++ kernels, which mirror the CUDA kernels' math (the
-#:     tests run both). CUDA always uses the CUDA kernels.
+#:     "auto" (default): the C++ kernels for float32 inputs outside CPU autocast (vectorized train
+#:     forward and backward: 1.0-3.0x eager on MobileNetV3 / EfficientNet-B0 layers, see
+#:     benchmarks/bench_dwconv_bn_act.py), eager PyTorch otherwise (the float16 / bfloat16 /
+#:     float64 train kernels are plain loops); "kernels": always the C++ kernels, which mirror
+#:     the CUDA kernels' math (the tests run both); "eager": eager PyTorch -- the modules
+#:     (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition in the
+#:     functional op. CUDA always uses the CUDA kernels.
 #:   dwconv_cpu_eval_backend: eval-mode DWConvBNAct on the CPU (float32 inference, no autograd):
 #:     "auto" (default): oneDNN's fused depthwise conv (BN folded, activation as a post-op) on
 #:     small problems, where its JIT kernels are faster, the fused C++ kernel on large planes
@@ -27,8 +30,18 @@ NAMESPACE = "torchcv_ext"
 #:     float32 without autograd (torchcv_ext/nn/conv_bn.py): True (default) runs one oneDNN call
 #:     with BN folded, weights pre-packed and the activation / residual add as post-ops; False runs
 #:     F.conv2d with the folded BN, then the activation.
-config = types.SimpleNamespace(dwconv_cpu_train_backend="eager", dwconv_cpu_eval_backend="auto",
+config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_backend="auto",
                                cpu_onednn_conv_bn=True)
+
+def dwconv_cpu_train_uses_kernels(x: torch.Tensor) -> bool:
+    """config.dwconv_cpu_train_backend for a CPU input ``x`` of a train-mode depthwise layer."""
+    mode = config.dwconv_cpu_train_backend
+    if mode not in ("auto", "kernels", "eager"):
+        raise ValueError(f"config.dwconv_cpu_train_backend must be 'auto', 'kernels' or 'eager', got {mode!r}")
+    if mode == "auto":
+        return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    return mode == "kernels"
+
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}

@@ -136,7 +136,7 @@ def _check_batch(z_shape) -> None:
 
 def _train_uses_ops(x: torch.Tensor) -> bool:
     return _common.op_available("dwconv_bn_stats") and (
-        x.device.type != "cpu" or _common.config.dwconv_cpu_train_backend == "kernels")
+        x.device.type != "cpu" or _common.dwconv_cpu_train_uses_kernels(x))
 
 
 def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor],

@@ -1,0 +1,388 @@
+// float32 CPU backward of the dwconv_bn_act family: _scale_shift_act_backward and
+// _dwconv_bn_stats_backward (the train layer's backward runs both: csrc/cpu/dwconv_bn_act.cpp's
+// CpuBackend sends float32 here, other dtypes to its generic loops). Math: dwconv_bn_act.h.
+//
+// _scale_shift_act_backward: per-channel sums of gu = g * act'(u) and gu * (z - mean) (and
+//   gz = gu * scale when asked), vectorized; partials per (n, c) plane (NCHW) or per fixed chunk
+//   of pixels (channels_last), added in increasing order.
+// _dwconv_bn_stats_backward: dz = the total gradient of z, computed from g (and z) once per
+//   element (ssa_grad_z + stats_grad), then
+//   NCHW: one task per (n, c) plane, everything in L1/L2: the plane's dz, its x copied into the
+//         phase-split padded buffer of the forward (NchwScratch), and a gradient buffer of the same
+//         geometry. For each output row and tap one unit-stride loop does both the weight-gradient
+//         dot product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
+//         forward's gather -- then the buffer's data cells are the plane's dx.
+//   channels_last: dz for the whole batch first (float, N x Ho x Wo x C), then dx one input row
+//         per task (a gather over the taps that read the row, 16 channels per vector), then the
+//         weight gradient per fixed chunk of output rows (kh*kw x C partials per chunk).
+// Per-channel weight-gradient partials over a task grid fixed by the shape, added in increasing
+// order: deterministic whatever the thread count.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "dwconv_bn_act_cpu.h"
+#include "torchcv_ext/cpu_clones.h"
+
+namespace torchcv_ext::dwconv::cpu {
+namespace {
+
+// ---- _scale_shift_act_backward ------------------------------------------------------------------
+
+// One NCHW plane (scalar mean / scale / shift): sums of gu and gu * zc; gz = gu * s when gz != null.
+TCV_CPU_CLONES void ssa_bwd_plane_f32(Act act, const float* g, const float* z, float* gz, int64_t n,
+                                      float m, float s, float t, float* sum_u, float* sum_uz) {
+  float su = 0.0f, suz = 0.0f;
+  TCV_ACT_CASES(
+      if (gz) {
+        _Pragma("omp simd reduction(+ : su, suz)") for (int64_t i = 0; i < n; ++i) {
+          const float zc = z[i] - m;
+          const float gu = g[i] * act_grad_f32<kA>(zc * s + t);
+          gz[i] = gu * s;
+          su += gu;
+          suz += gu * zc;
+        }
+      } else {
+        _Pragma("omp simd reduction(+ : su, suz)") for (int64_t i = 0; i < n; ++i) {
+          const float zc = z[i] - m;
+          const float gu = g[i] * act_grad_f32<kA>(zc * s + t);
+          su += gu;
+          suz += gu * zc;
+        }
+      })
+  *sum_u = su;
+  *sum_uz = suz;
+}
+
+// npix channels_last pixels: su[c] / suz[c] (C each) <- the sums over the pixels.
+TCV_CPU_CLONES void ssa_bwd_pix_f32(Act act, const float* g, const float* z, float* gz, int64_t npix,
+                                    int64_t C, const float* mu, const float* sc, const float* sh,
+                                    float* su, float* suz) {
+  std::fill(su, su + C, 0.0f);
+  std::fill(suz, suz + C, 0.0f);
+  TCV_ACT_CASES(for (int64_t q = 0; q < npix; ++q) {
+    const float* gq = g + q * C;
+    const float* zq = z + q * C;
+    float* gzq = gz ? gz + q * C : nullptr;
+    _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+      const float zc = zq[c] - mu[c];
+      const float gu = gq[c] * act_grad_f32<kA>(zc * sc[c] + sh[c]);
+      if (gzq) gzq[c] = gu * sc[c];
+      su[c] += gu;
+      suz[c] += gu * zc;
+    }
+  })
+}
+
+// Pixels per channels_last task: the task grid depends on the shape only (deterministic sums).
+int64_t cl_chunk_pixels(int64_t C) { return std::max<int64_t>(16, 8192 / std::max<int64_t>(C, 1)); }
+
+// ---- _dwconv_bn_stats_backward: dz ----------------------------------------------------------------
+
+// dz = stats_grad(g * act'(u) * s, z, m, a, b, use_b), u = (z - m) * s + t, for n elements of one
+// channel. Without a scale_shift_act in front the caller passes identity, s = 1, t = 0 (g * 1 * 1 = g).
+TCV_CPU_CLONES void dz_plane_f32(Act act, bool use_b, const float* g, const float* z, int64_t n,
+                                 float m, float s, float t, float a, float b, float* dz) {
+  TCV_ACT_CASES(
+      if (use_b) {
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+          const float zc = z[i] - m;
+          dz[i] = g[i] * act_grad_f32<kA>(zc * s + t) * s + a + b * zc;
+        }
+      } else {
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+          dz[i] = g[i] * act_grad_f32<kA>((z[i] - m) * s + t) * s + a;
+        }
+      })
+}
+
+// The same for npix channels_last pixels, per-channel vectors.
+TCV_CPU_CLONES void dz_pix_f32(Act act, bool use_b, const float* g, const float* z, int64_t npix,
+                               int64_t C, const float* mu, const float* sc, const float* sh,
+                               const float* a, const float* b, float* dz) {
+  TCV_ACT_CASES(for (int64_t q = 0; q < npix; ++q) {
+    const float* gq = g + q * C;
+    const float* zq = z + q * C;
+    float* dq = dz + q * C;
+    if (use_b) {
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+        const float zc = zq[c] - mu[c];
+        dq[c] = gq[c] * act_grad_f32<kA>(zc * sc[c] + sh[c]) * sc[c] + a[c] + b[c] * zc;
+      }
+    } else {
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+        dq[c] = gq[c] * act_grad_f32<kA>((zq[c] - mu[c]) * sc[c] + sh[c]) * sc[c] + a[c];
+      }
+    }
+  })
+}
+
+// ---- NCHW conv backward: one plane ----------------------------------------------------------------
+
+// xb: the plane's x in the phase-split padded layout, gb: a zeroed buffer of the same layout that
+// receives dx, dz: Ho x Wo. Row oh, tap t reads / writes the unit-stride segment at
+// oh * row_step + off[t] (row_step = sh * rs). dw[t] <- sum dz * x under tap t.
+TCV_CPU_CLONES void conv_bwd_plane_f32(const float* dz, const float* xb, float* gb, const int64_t* off,
+                                       const float* w, int taps, int64_t Ho, int64_t Wo, int64_t row_step,
+                                       float* dw) {
+  for (int t = 0; t < taps; ++t) dw[t] = 0.0f;
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    const float* d = dz + oh * Wo;
+    for (int t = 0; t < taps; ++t) {
+      const float* xi = xb + oh * row_step + off[t];
+      float* gi = gb + oh * row_step + off[t];
+      const float wt = w[t];
+      float acc = 0.0f;
+      _Pragma("omp simd reduction(+ : acc)") for (int64_t ow = 0; ow < Wo; ++ow) {
+        acc += d[ow] * xi[ow];
+        gi[ow] += wt * d[ow];
+      }
+      dw[t] += acc;
+    }
+  }
+}
+
+void stats_backward_nchw(const float* gd, const float* zd, const float* xd, float* gxd, const float* ad,
+                         const float* bd, bool use_b, const float* md, const float* wd, const Geom& g,
+                         Act act, const float* ssc, const float* ssh, float* gwd) {
+  const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, HWo = g.Ho * g.Wo;
+  std::vector<float> part(static_cast<size_t>(g.N * g.C * kk));
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    NchwScratch<float> s(g, /*slack=*/0);  // (rows stop at Wo)
+    std::vector<float> gbuf(s.buf.size());
+    std::vector<float>& dz = s.plane;  // (the forward's output plane: Ho x Wo + slack)
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.C;
+      const float sc = ssc ? ssc[c] : 1.0f, sh = ssc ? ssh[c] : 0.0f;
+      dz_plane_f32(ssc ? act : Act::Identity, use_b, gd + p * HWo, zd + p * HWo, HWo, md[c], sc, sh,
+                   ad[c], bd[c], dz.data());
+      s.fill(xd + p * g.H * g.W, g);
+      std::fill(gbuf.begin(), gbuf.end(), 0.0f);
+      conv_bwd_plane_f32(dz.data(), s.buf.data(), gbuf.data(), s.off.data(), wd + c * kk,
+                         static_cast<int>(kk), g.Ho, g.Wo, g.sh * s.rs, part.data() + p * kk);
+      s.extract(gbuf.data(), g, gxd + p * g.H * g.W);
+    }
+  });
+  at::parallel_for(0, g.C, 16, [&](int64_t b0, int64_t e0) {
+    for (int64_t c = b0; c < e0; ++c) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        const float* pp = part.data() + (n * g.C + c) * kk;
+        for (int64_t t = 0; t < kk; ++t) gwd[c * kk + t] += pp[t];
+      }
+    }
+  });
+}
+
+// ---- channels_last conv backward --------------------------------------------------------------
+
+// Outputs [lo, hi) whose tap j (column offset j * dw) reads an input column inside [0, W).
+inline void tap_out_range(int64_t W, int64_t Wo, int s, int p, int64_t jd, int64_t& lo, int64_t& hi) {
+  // iw = ow * s - p + jd in [0, W)  <=>  ow in [ceil((p - jd) / s), floor((W - 1 + p - jd) / s)]
+  const int64_t a = p - jd, b = W - 1 + p - jd;
+  lo = a <= 0 ? 0 : (a + s - 1) / s;
+  hi = b < 0 ? 0 : std::min<int64_t>(Wo, b / s + 1);
+  if (hi < lo) hi = lo;
+}
+
+// Input row ih of image n: its dx (gxr: W x C, overwritten) and its terms of the weight gradient,
+// acc[t * C + c] += dz * x over the (output, tap) pairs that read row ih. dzr(oh) = dz row oh of
+// image n (Wo x C), xr = x row ih (W x C), wt: the weights as (kk, C).
+template <typename DzRow>
+__attribute__((always_inline)) inline void cl_bwd_row(const DzRow& dzr, const float* xr, const float* wt,
+                                                      const Geom& g, int64_t ih, float* gxr, float* acc) {
+  const int64_t C = g.C;
+  std::fill(gxr, gxr + g.W * C, 0.0f);
+  for (int i = 0; i < g.kh; ++i) {
+    const int64_t oh = tap_source(ih, i, g.sh, g.ph, g.dh, g.Ho);
+    if (oh < 0) continue;
+    const float* dr = dzr(oh);
+    for (int j = 0; j < g.kw; ++j) {
+      const int64_t jd = static_cast<int64_t>(j) * g.dw;
+      int64_t lo, hi;
+      tap_out_range(g.W, g.Wo, g.sw, g.pw, jd, lo, hi);
+      const int64_t t = static_cast<int64_t>(i) * g.kw + j;
+      const float* wv = wt + t * C;
+      float* a = acc + t * C;
+      const int64_t step = g.sw * C, iw_lo = lo * g.sw - g.pw + jd;
+      int64_t c0 = 0;
+      // 16 channels at a time, the tap's weights and weight-gradient sums held in registers
+      // along the row.
+      for (; c0 + 16 <= C; c0 += 16) {
+        const f32x16 w16 = load16(wv + c0);
+        f32x16 a16 = load16(a + c0);
+        float* o = gxr + iw_lo * C + c0;
+        const float* xs = xr + iw_lo * C + c0;
+        const float* d = dr + lo * C + c0;
+        for (int64_t ow = lo; ow < hi; ++ow, o += step, xs += step, d += C) {
+          const f32x16 d16 = load16(d);
+          store16(o, load16(o) + w16 * d16);
+          a16 += d16 * load16(xs);
+        }
+        store16(a + c0, a16);
+      }
+      if (c0 == C) continue;
+      for (int64_t ow = lo; ow < hi; ++ow) {
+        const int64_t iw = ow * g.sw - g.pw + jd;
+        float* o = gxr + iw * C;
+        const float* xs = xr + iw * C;
+        const float* d = dr + ow * C;
+        for (int64_t c = c0; c < C; ++c) {
+          o[c] += wv[c] * d[c];
+          a[c] += d[c] * xs[c];
+        }
+      }
+    }
+  }
+}
+
+// One task: input rows [ih0, ih1) of image n. dz of the output rows they read, [oh0, oh1), goes
+// to buf first (L2-resident); then row by row dx and the weight-gradient terms (acc: kk x C).
+TCV_CPU_CLONES void cl_bwd_band_f32(Act act, bool use_b, const float* gn, const float* zn,
+                                    const float* xn, float* gxn, const float* mu, const float* sc,
+                                    const float* sh, const float* a, const float* b, const float* wt,
+                                    const Geom& g, int64_t ih0, int64_t ih1, float* buf, float* acc) {
+  const int64_t C = g.C, row = g.Wo * C;
+  // Output rows read by inputs [ih0, ih1): oh * sh - ph + i * dh in [ih0, ih1) for some tap i.
+  const int64_t lo = ih0 + g.ph - static_cast<int64_t>(g.kh - 1) * g.dh;
+  const int64_t oh0 = lo <= 0 ? 0 : (lo + g.sh - 1) / g.sh;
+  const int64_t oh1 = std::min<int64_t>(g.Ho, (ih1 - 1 + g.ph) / g.sh + 1);
+  if (oh1 > oh0) {
+    dz_pix_f32(act, use_b, gn + oh0 * row, zn + oh0 * row, (oh1 - oh0) * g.Wo, C, mu, sc, sh, a, b, buf);
+  }
+  auto dzr = [&](int64_t oh) { return buf + (oh - oh0) * row; };
+  for (int64_t ih = ih0; ih < ih1; ++ih) {
+    cl_bwd_row(dzr, xn + ih * g.W * C, wt, g, ih, gxn + ih * g.W * C, acc);
+  }
+}
+
+// Input rows per channels_last task: dz of about 128K floats (512 KB) per band, 4..32 rows (the
+// band's dz rows are recomputed by its neighbours only in the (kh - 1) * dh / sh rows they share).
+int64_t cl_band_rows(const Geom& g) {
+  const int64_t r = 131072 / std::max<int64_t>(1, g.Wo * g.C);
+  return std::min<int64_t>(g.H, std::clamp<int64_t>(r, 4, 32) * g.sh);
+}
+
+void stats_backward_cl(const float* gd, const float* zd, const float* xd, float* gxd, const float* ad,
+                       const float* bd, bool use_b, const float* md, const float* wd, const Geom& g,
+                       Act act, const float* ssc, const float* ssh, float* gwd) {
+  const int64_t C = g.C, kk = static_cast<int64_t>(g.kh) * g.kw;
+  std::vector<float> ones, zeros;  // no scale_shift_act in front: identity, scale 1, shift 0
+  if (!ssc) {
+    ones.assign(static_cast<size_t>(C), 1.0f);
+    zeros.assign(static_cast<size_t>(C), 0.0f);
+  }
+  std::vector<float> wt(static_cast<size_t>(kk * C));  // weights as (kk, C)
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < kk; ++t) wt[t * C + c] = wd[c * kk + t];
+  }
+  const int64_t band = cl_band_rows(g), nbands = (g.H + band - 1) / band, ntasks = g.N * nbands;
+  // Weight-gradient partials per task (a grid fixed by the shape), added in task order below.
+  std::vector<float> part(static_cast<size_t>(ntasks * kk * C), 0.0f);
+  const int64_t in_img = g.H * g.W * C, out_img = g.Ho * g.Wo * C;
+  at::parallel_for(0, ntasks, 1, [&](int64_t b0, int64_t e0) {
+    // dz rows of one band: at most band / sh + (kh - 1) * dh / sh + 1 rows.
+    const int64_t max_rows = std::min<int64_t>(g.Ho, band / g.sh + (static_cast<int64_t>(g.kh - 1) * g.dh) / g.sh + 2);
+    std::vector<float> buf(static_cast<size_t>(max_rows * g.Wo * C));
+    for (int64_t k = b0; k < e0; ++k) {
+      const int64_t n = k / nbands, ih0 = (k % nbands) * band, ih1 = std::min(g.H, ih0 + band);
+      cl_bwd_band_f32(ssc ? act : Act::Identity, use_b, gd + n * out_img, zd + n * out_img, xd + n * in_img,
+                      gxd + n * in_img, md, ssc ? ssc : ones.data(), ssc ? ssh : zeros.data(), ad, bd,
+                      wt.data(), g, ih0, ih1, buf.data(), part.data() + k * kk * C);
+    }
+  });
+  at::parallel_for(0, C, 16, [&](int64_t b0, int64_t e0) {
+    for (int64_t c = b0; c < e0; ++c) {
+      for (int64_t k = 0; k < ntasks; ++k) {
+        const float* pp = part.data() + k * kk * C;
+        for (int64_t t = 0; t < kk; ++t) gwd[c * kk + t] += pp[t * C + c];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void ssa_backward_f32(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
+                      const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
+                      at::Tensor& gscale, at::Tensor& gshift) {
+  const float* gd = grad.const_data_ptr<float>();
+  const float* zd = z.const_data_ptr<float>();
+  float* gzd = gz.defined() ? gz.mutable_data_ptr<float>() : nullptr;  // undefined: sums only
+  const float* mu = mean.const_data_ptr<float>();
+  const float* sc = scale.const_data_ptr<float>();
+  const float* sh = shift.const_data_ptr<float>();
+  float* gsc = gscale.mutable_data_ptr<float>();
+  float* gsh = gshift.mutable_data_ptr<float>();
+  const int64_t N = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  if (z.is_contiguous()) {  // NCHW: partials per plane, added in increasing n
+    std::vector<float> part(static_cast<size_t>(2 * N * C));
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) {
+        const int64_t c = p % C;
+        ssa_bwd_plane_f32(act, gd + p * HW, zd + p * HW, gzd ? gzd + p * HW : nullptr, HW, mu[c], sc[c],
+                          sh[c], &part[2 * p], &part[2 * p + 1]);
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      float su = 0.0f, suz = 0.0f;
+      for (int64_t n = 0; n < N; ++n) {
+        su += part[2 * (n * C + c)];
+        suz += part[2 * (n * C + c) + 1];
+      }
+      gsh[c] = su;
+      gsc[c] = suz;
+    }
+    return;
+  }
+  // channels_last: fixed pixel chunks, partials [chunk][2][C], added in chunk order.
+  const int64_t P = N * HW, chunk = cl_chunk_pixels(C), nchunks = (P + chunk - 1) / chunk;
+  std::vector<float> part(static_cast<size_t>(nchunks * 2 * C));
+  at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t q0 = k * chunk, np = std::min(P, q0 + chunk) - q0;
+      ssa_bwd_pix_f32(act, gd + q0 * C, zd + q0 * C, gzd ? gzd + q0 * C : nullptr, np, C, mu, sc, sh,
+                      part.data() + k * 2 * C, part.data() + k * 2 * C + C);
+    }
+  });
+  std::fill(gsh, gsh + C, 0.0f);
+  std::fill(gsc, gsc + C, 0.0f);
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const float* pk = part.data() + k * 2 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      gsh[c] += pk[c];
+      gsc[c] += pk[C + c];
+    }
+  }
+}
+
+void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
+                        const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
+                        const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
+                        at::Tensor& gw) {
+  const float* ssc = ssa.scale.defined() ? ssa.scale.const_data_ptr<float>() : nullptr;
+  const float* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<float>() : nullptr;
+  // (x or z may be contiguous in both layouts -- C = 1, 1 x 1 planes -- the other tells them apart)
+  const bool nchw = x.is_contiguous() && z.is_contiguous();
+  if (nchw && g.Wo < 16 && g.C >= 16) {
+    // Narrow NCHW planes (late MobileNet / EfficientNet stages): the per-plane loops would run
+    // kh * kw tiny rows per output row; the channels_last kernel vectorizes over channels
+    // instead. The transposes are of small tensors at these stages.
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    at::Tensor gx_cl = at::empty_like(x, cl);
+    stats_backward_cl(gz.contiguous(cl).const_data_ptr<float>(), z.contiguous(cl).const_data_ptr<float>(),
+                      x.contiguous(cl).const_data_ptr<float>(), gx_cl.mutable_data_ptr<float>(),
+                      a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
+                      mean.const_data_ptr<float>(), w.const_data_ptr<float>(), g, ssa.act, ssc, ssh,
+                      gw.mutable_data_ptr<float>());
+    gx.copy_(gx_cl);
+    return;
+  }
+  auto run = nchw ? stats_backward_nchw : stats_backward_cl;
+  run(gz.const_data_ptr<float>(), z.const_data_ptr<float>(), x.const_data_ptr<float>(),
+      gx.mutable_data_ptr<float>(), a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
+      mean.const_data_ptr<float>(), w.const_data_ptr<float>(), g, ssa.act, ssc, ssh,
+      gw.mutable_data_ptr<float>());
+}
+
+}  // namespace torchcv_ext::dwconv::cpu

@@ -1,0 +1,221 @@
+// CPU-only pieces of the dwconv_bn_act kernels shared by csrc/cpu/dwconv_bn_act.cpp (forward,
+// eval, generic backward) and csrc/cpu/dwconv_bn_act_backward.cpp (the float32 backward): the
+// vectorizable float activations, the phase-split padded plane of the NCHW kernels, and the
+// float32 backward entry points. The per-element math every backend shares is in
+// csrc/include/torchcv_ext/dwconv_bn_act.h.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "torchcv_ext/activations.h"
+#include "torchcv_ext/dwconv_bn_act.h"
+#include "torchcv_ext/dwconv_bn_act_host.h"
+
+namespace torchcv_ext::dwconv::cpu {
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Run f(std::integral_constant<Act, A>) for the runtime activation: the epilogue loops are
+// compiled once per activation, so the switch is hoisted out of them.
+template <typename F>
+void with_act(Act a, F&& f) {
+  switch (a) {
+    case Act::Identity: return f(std::integral_constant<Act, Act::Identity>{});
+    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
+    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
+    case Act::Hardswish: return f(std::integral_constant<Act, Act::Hardswish>{});
+    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
+    case Act::Hardsigmoid: return f(std::integral_constant<Act, Act::Hardsigmoid>{});
+    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
+  }
+}
+
+constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
+
+// exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
+// x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
+// std::exp it vectorizes. Everything is branch-free arithmetic: the clamps become min/max and n
+// is rounded to nearest with the 1.5 * 2^23 trick (no floorf, which is a library call -- and
+// stops vectorization -- below SSE4.1). Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39:
+// sigmoid's tails are exactly 0 / 1 in float anyway).
+__attribute__((always_inline)) inline float exp_f32(float x) {
+  x = x < -88.0f ? -88.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+// Activation for the float epilogues: activations.h except that SiLU / sigmoid use exp_f32 and
+// the hard activations multiply by 1/6.
+template <Act A>
+__attribute__((always_inline)) inline float act_f32(float x) {
+  if constexpr (A == Act::SiLU) {
+    return x / (1.0f + exp_f32(-x));
+  } else if constexpr (A == Act::Sigmoid) {
+    return 1.0f / (1.0f + exp_f32(-x));
+  } else if constexpr (A == Act::Hardswish || A == Act::Hardsigmoid) {
+    // relu6(x + 3) * (1/6) instead of activations.h's / 6, which is PyTorch's formula: a vector
+    // divide per element made the epilogue cost as much as a 5x5 conv (AVX-512, C1152 7x7 k5:
+    // 0.47 -> 0.31 ms); the two differ by at most an ulp or so.
+    const float r = x + 3.0f;
+    const float h = (r < 0.0f ? 0.0f : (r > 6.0f ? 6.0f : r)) * (1.0f / 6.0f);
+    return A == Act::Hardswish ? x * h : h;
+  } else {
+    return act_forward(A, x);
+  }
+}
+
+// act'(u) for the float loops: activations.h's act_backward with exp_f32 and * (1/6), as act_f32.
+template <Act A>
+__attribute__((always_inline)) inline float act_grad_f32(float u) {
+  if constexpr (A == Act::SiLU) {
+    const float s = 1.0f / (1.0f + exp_f32(-u));
+    return s * (1.0f + u * (1.0f - s));
+  } else if constexpr (A == Act::Sigmoid) {
+    const float s = 1.0f / (1.0f + exp_f32(-u));
+    return s * (1.0f - s);
+  } else if constexpr (A == Act::Hardswish) {
+    return u <= -3.0f ? 0.0f : (u < 3.0f ? (2.0f * u + 3.0f) * (1.0f / 6.0f) : 1.0f);
+  } else {
+    return act_backward(A, u);
+  }
+}
+
+// Run LOOP with `constexpr Act kA` set to the runtime `act`: one copy of the loop per activation,
+// inside a TCV_CPU_CLONES function (with_act's lambdas would not be inlined into the clones).
+#define TCV_ACT_CASES(LOOP)                                        \
+  switch (act) {                                                   \
+    case Act::Identity: { constexpr Act kA = Act::Identity; LOOP; } break;       \
+    case Act::ReLU: { constexpr Act kA = Act::ReLU; LOOP; } break;               \
+    case Act::ReLU6: { constexpr Act kA = Act::ReLU6; LOOP; } break;             \
+    case Act::Hardswish: { constexpr Act kA = Act::Hardswish; LOOP; } break;     \
+    case Act::SiLU: { constexpr Act kA = Act::SiLU; LOOP; } break;               \
+    case Act::Hardsigmoid: { constexpr Act kA = Act::Hardsigmoid; LOOP; } break; \
+    case Act::Sigmoid: { constexpr Act kA = Act::Sigmoid; LOOP; } break;         \
+  }
+
+// ---- the phase-split padded plane of the NCHW kernels ------------------------------------------
+// Per-task scratch: the padded plane, stored "phase-split" so that strided taps read unit-stride
+// segments: padded (row r, col q) lives at r * rs + (q % sw) * Lp + q / sw, so output ow of tap
+// (i, j) reads row oh*sh + i*dh at in[off[t] + ow] with off[t] = i*dh*rs + (j*dw % sw)*Lp + j*dw/sw.
+// Padding cells are zeroed once (same geometry for every plane) and never written.
+template <typename acc_t>
+struct NchwScratch {
+  int64_t Hn, Wn, Lp, rs;
+  std::vector<acc_t> buf, plane;
+  std::vector<int64_t> off;
+  // Per phase: first padded data column q0 (q0 % sw == phase) and its slot q0 / sw.
+  std::vector<int64_t> q0, slot;
+  int64_t lo, hi;  // data columns [lo, hi) in padded coordinates
+  // slack: columns past each phase's data that whole-block row loops may read (the forward's
+  // nchw_row_f32 computes kRowBlock outputs at a time); 0 for loops that stop at Wo.
+  explicit NchwScratch(const Geom& g, int64_t slack = kRowBlock) {
+    Hn = (g.Ho - 1) * g.sh + static_cast<int64_t>(g.kh - 1) * g.dh + 1;
+    Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
+    Lp = (Wn + g.sw - 1) / g.sw + slack;  // >= every index a whole row block reads, + 1
+    rs = g.sw * Lp;
+    buf.assign(static_cast<size_t>(Hn * rs), acc_t(0));
+    // Output plane (rows of Wo) + slack: a row's last block may spill into the next rows, which
+    // are computed afterwards, or into the slack.
+    plane.assign(static_cast<size_t>(g.Ho * g.Wo + slack), acc_t(0));
+    off.resize(static_cast<size_t>(g.kh) * g.kw);
+    for (int i = 0; i < g.kh; ++i) {
+      for (int j = 0; j < g.kw; ++j) {
+        const int64_t q = static_cast<int64_t>(j) * g.dw;
+        off[i * g.kw + j] = static_cast<int64_t>(i) * g.dh * rs + (q % g.sw) * Lp + q / g.sw;
+      }
+    }
+    lo = std::min<int64_t>(g.pw, Wn);
+    hi = std::min<int64_t>(Wn, g.pw + g.W);
+    for (int ph = 0; ph < g.sw; ++ph) {
+      const int64_t q = lo + ((ph - lo % g.sw) + g.sw) % g.sw;
+      q0.push_back(q);
+      slot.push_back(ph * Lp + q / g.sw);
+    }
+  }
+
+  // buf <- input plane xp (NCHW rows of W), padding cells untouched (zero).
+  template <typename T>
+  void fill(const T* xp, const Geom& g) {
+    for (int64_t r = 0; r < Hn; ++r) {
+      const int64_t ih = r - g.ph;
+      if (ih < 0 || ih >= g.H) continue;
+      const T* xr = xp + ih * g.W - g.pw;  // xr[q] = x[ih, q - pw]
+      acc_t* b = buf.data() + r * rs;
+      if (g.sw == 1) {
+        for (int64_t q = lo; q < hi; ++q) b[q] = static_cast<acc_t>(xr[q]);
+      } else {
+        for (int ph = 0; ph < g.sw; ++ph) {
+          acc_t* d = b + slot[ph];
+          const T* src = xr + q0[ph];
+          const int64_t cnt = q0[ph] < hi ? (hi - q0[ph] + g.sw - 1) / g.sw : 0;
+          if (g.sw == 2) {  // constant stride: the compiler vectorizes the deinterleave
+            for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<acc_t>(src[2 * k]);
+          } else {
+            for (int64_t k = 0; k < cnt; ++k) d[k] = static_cast<acc_t>(src[k * g.sw]);
+          }
+        }
+      }
+    }
+  }
+
+  // The transpose of fill: input plane gp <- the data cells of `src` (same geometry as buf);
+  // inputs no output reads (beyond the padded window) get 0.
+  template <typename T>
+  void extract(const acc_t* src, const Geom& g, T* gp) const {
+    for (int64_t ih = 0; ih < g.H; ++ih) {
+      const int64_t r = ih + g.ph;
+      T* gr = gp + ih * g.W - g.pw;  // gr[q] = g[ih, q - pw]
+      if (r >= Hn) {
+        std::fill(gp + ih * g.W, gp + (ih + 1) * g.W, T(0));
+        continue;
+      }
+      const acc_t* b = src + r * rs;
+      for (int64_t q = std::max<int64_t>(hi, g.pw); q < g.pw + g.W; ++q) gr[q] = T(0);
+      if (g.sw == 1) {
+        for (int64_t q = lo; q < hi; ++q) gr[q] = static_cast<T>(b[q]);
+      } else {
+        for (int ph = 0; ph < g.sw; ++ph) {
+          const acc_t* d = b + slot[ph];
+          T* dst = gr + q0[ph];
+          const int64_t cnt = q0[ph] < hi ? (hi - q0[ph] + g.sw - 1) / g.sw : 0;
+          if (g.sw == 2) {
+            for (int64_t k = 0; k < cnt; ++k) dst[2 * k] = static_cast<T>(d[k]);
+          } else {
+            for (int64_t k = 0; k < cnt; ++k) dst[k * g.sw] = static_cast<T>(d[k]);
+          }
+        }
+      }
+    }
+  }
+};
+
+// ---- float32 backward (dwconv_bn_act_backward.cpp) ----------------------------------------------
+// Same contracts as CpuBackend::ssa_backward / stats_backward (dwconv_bn_act_host.h), for float32
+// tensors contiguous in NCHW or channels_last. Per-channel sums are combined from partials over a
+// task grid fixed by the shape, in increasing order: deterministic whatever the thread count.
+void ssa_backward_f32(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& mean,
+                      const at::Tensor& scale, const at::Tensor& shift, Act act, at::Tensor& gz,
+                      at::Tensor& gscale, at::Tensor& gshift);
+void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Tensor& b, bool use_b,
+                        const at::Tensor& x, const at::Tensor& z, const at::Tensor& mean,
+                        const at::Tensor& w, const Geom& g, const SsaGrad& ssa, at::Tensor& gx,
+                        at::Tensor& gw);
+
+}  // namespace torchcv_ext::dwconv::cpu
