@@ -151,7 +151,7 @@ void stats_backward_nchw(const float* gd, const float* zd, const float* xd, floa
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     NchwScratch<float> s(g, /*slack=*/0);  // (rows stop at Wo)
     std::vector<float> gbuf(s.buf.size());
-    std::vector<float>& dz = s.plane;  // (the forward's output plane: Ho x Wo + slack)
+    std::vector<float>& dz = s.plane;  // Ho x Wo
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % g.C;
       const float sc = ssc ? ssc[c] : 1.0f, sh = ssc ? ssh[c] : 0.0f;
@@ -186,17 +186,17 @@ inline void tap_out_range(int64_t W, int64_t Wo, int s, int p, int64_t jd, int64
 }
 
 // Input row ih of image n: its dx (gxr: W x C, overwritten) and its terms of the weight gradient,
-// acc[t * C + c] += dz * x over the (output, tap) pairs that read row ih. dzr(oh) = dz row oh of
-// image n (Wo x C), xr = x row ih (W x C), wt: the weights as (kk, C).
-template <typename DzRow>
-__attribute__((always_inline)) inline void cl_bwd_row(const DzRow& dzr, const float* xr, const float* wt,
-                                                      const Geom& g, int64_t ih, float* gxr, float* acc) {
+// acc[t * C + c] += dz * x over the (output, tap) pairs that read row ih. dz: output rows from
+// oh0 on of image n (Wo x C each), xr = x row ih (W x C), wt: the weights as (kk, C).
+__attribute__((always_inline)) inline void cl_bwd_row(const float* dz, int64_t oh0, const float* xr,
+                                                      const float* wt, const Geom& g, int64_t ih,
+                                                      float* gxr, float* acc) {
   const int64_t C = g.C;
   std::fill(gxr, gxr + g.W * C, 0.0f);
   for (int i = 0; i < g.kh; ++i) {
     const int64_t oh = tap_source(ih, i, g.sh, g.ph, g.dh, g.Ho);
     if (oh < 0) continue;
-    const float* dr = dzr(oh);
+    const float* dr = dz + (oh - oh0) * g.Wo * C;
     for (int j = 0; j < g.kw; ++j) {
       const int64_t jd = static_cast<int64_t>(j) * g.dw;
       int64_t lo, hi;
@@ -236,23 +236,28 @@ __attribute__((always_inline)) inline void cl_bwd_row(const DzRow& dzr, const fl
   }
 }
 
-// One task: input rows [ih0, ih1) of image n. dz of the output rows they read, [oh0, oh1), goes
-// to buf first (L2-resident); then row by row dx and the weight-gradient terms (acc: kk x C).
+// The output rows [oh0, oh1) that read input rows [ih0, ih1): oh * sh - ph + i * dh in
+// [ih0, ih1) for some tap i (empty: oh1 <= oh0).
+inline void band_out_rows(const Geom& g, int64_t ih0, int64_t ih1, int64_t& oh0, int64_t& oh1) {
+  const int64_t lo = ih0 + g.ph - static_cast<int64_t>(g.kh - 1) * g.dh;
+  oh0 = lo <= 0 ? 0 : (lo + g.sh - 1) / g.sh;
+  oh1 = std::min<int64_t>(g.Ho, (ih1 - 1 + g.ph) / g.sh + 1);
+}
+
+// One task: input rows [ih0, ih1) of image n. dz of the output rows they read goes to buf first
+// (L2-resident); then row by row dx and the weight-gradient terms (acc: kk x C).
 TCV_CPU_CLONES void cl_bwd_band_f32(Act act, bool use_b, const float* gn, const float* zn,
                                     const float* xn, float* gxn, const float* mu, const float* sc,
                                     const float* sh, const float* a, const float* b, const float* wt,
                                     const Geom& g, int64_t ih0, int64_t ih1, float* buf, float* acc) {
   const int64_t C = g.C, row = g.Wo * C;
-  // Output rows read by inputs [ih0, ih1): oh * sh - ph + i * dh in [ih0, ih1) for some tap i.
-  const int64_t lo = ih0 + g.ph - static_cast<int64_t>(g.kh - 1) * g.dh;
-  const int64_t oh0 = lo <= 0 ? 0 : (lo + g.sh - 1) / g.sh;
-  const int64_t oh1 = std::min<int64_t>(g.Ho, (ih1 - 1 + g.ph) / g.sh + 1);
+  int64_t oh0, oh1;
+  band_out_rows(g, ih0, ih1, oh0, oh1);
   if (oh1 > oh0) {
     dz_pix_f32(act, use_b, gn + oh0 * row, zn + oh0 * row, (oh1 - oh0) * g.Wo, C, mu, sc, sh, a, b, buf);
   }
-  auto dzr = [&](int64_t oh) { return buf + (oh - oh0) * row; };
   for (int64_t ih = ih0; ih < ih1; ++ih) {
-    cl_bwd_row(dzr, xn + ih * g.W * C, wt, g, ih, gxn + ih * g.W * C, acc);
+    cl_bwd_row(buf, oh0, xn + ih * g.W * C, wt, g, ih, gxn + ih * g.W * C, acc);
   }
 }
 
@@ -280,9 +285,13 @@ void stats_backward_cl(const float* gd, const float* zd, const float* xd, float*
   // Weight-gradient partials per task (a grid fixed by the shape), added in task order below.
   std::vector<float> part(static_cast<size_t>(ntasks * kk * C), 0.0f);
   const int64_t in_img = g.H * g.W * C, out_img = g.Ho * g.Wo * C;
+  int64_t max_rows = 0;  // dz rows of the largest band
+  for (int64_t ih0 = 0; ih0 < g.H; ih0 += band) {
+    int64_t oh0, oh1;
+    band_out_rows(g, ih0, std::min(g.H, ih0 + band), oh0, oh1);
+    max_rows = std::max(max_rows, oh1 - oh0);
+  }
   at::parallel_for(0, ntasks, 1, [&](int64_t b0, int64_t e0) {
-    // dz rows of one band: at most band / sh + (kh - 1) * dh / sh + 1 rows.
-    const int64_t max_rows = std::min<int64_t>(g.Ho, band / g.sh + (static_cast<int64_t>(g.kh - 1) * g.dh) / g.sh + 2);
     std::vector<float> buf(static_cast<size_t>(max_rows * g.Wo * C));
     for (int64_t k = b0; k < e0; ++k) {
       const int64_t n = k / nbands, ih0 = (k % nbands) * band, ih1 = std::min(g.H, ih0 + band);
