@@ -12,9 +12,11 @@
 //         geometry. For each output row and tap one unit-stride loop does both the weight-gradient
 //         dot product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
 //         forward's gather -- then the buffer's data cells are the plane's dx.
-//   channels_last: dz for the whole batch first (float, N x Ho x Wo x C), then dx one input row
-//         per task (a gather over the taps that read the row, 16 channels per vector), then the
-//         weight gradient per fixed chunk of output rows (kh*kw x C partials per chunk).
+//         Narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run there.
+//   channels_last: one task per band of input rows of one image: dz of the output rows the band
+//         reads goes to an L2-resident buffer, then per input row a gather over the taps that
+//         read it gives dx and, in the same loop, the weight-gradient terms (16 channels per
+//         vector, the tap's weights and sums held in registers along the row).
 // Per-channel weight-gradient partials over a task grid fixed by the shape, added in increasing
 // order: deterministic whatever the thread count.
 #include <ATen/Parallel.h>
@@ -373,25 +375,20 @@ void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Ten
   const float* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<float>() : nullptr;
   // (x or z may be contiguous in both layouts -- C = 1, 1 x 1 planes -- the other tells them apart)
   const bool nchw = x.is_contiguous() && z.is_contiguous();
-  if (nchw && g.Wo < 16 && g.C >= 16) {
-    // Narrow NCHW planes (late MobileNet / EfficientNet stages): the per-plane loops would run
-    // kh * kw tiny rows per output row; the channels_last kernel vectorizes over channels
-    // instead. The transposes are of small tensors at these stages.
-    const auto cl = at::MemoryFormat::ChannelsLast;
-    at::Tensor gx_cl = at::empty_like(x, cl);
-    stats_backward_cl(gz.contiguous(cl).const_data_ptr<float>(), z.contiguous(cl).const_data_ptr<float>(),
-                      x.contiguous(cl).const_data_ptr<float>(), gx_cl.mutable_data_ptr<float>(),
-                      a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
-                      mean.const_data_ptr<float>(), w.const_data_ptr<float>(), g, ssa.act, ssc, ssh,
-                      gw.mutable_data_ptr<float>());
-    gx.copy_(gx_cl);
-    return;
-  }
-  auto run = nchw ? stats_backward_nchw : stats_backward_cl;
-  run(gz.const_data_ptr<float>(), z.const_data_ptr<float>(), x.const_data_ptr<float>(),
-      gx.mutable_data_ptr<float>(), a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
+  // Narrow NCHW planes (late MobileNet / EfficientNet stages): the per-plane loops would run
+  // kh * kw tiny rows per output row; the channels_last kernel vectorizes over channels instead.
+  // The transposes are of small tensors at these stages.
+  const bool transpose = nchw && g.Wo < 16 && g.C >= 16;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor gzr = transpose ? gz.contiguous(cl) : gz, zr = transpose ? z.contiguous(cl) : z;
+  const at::Tensor xr = transpose ? x.contiguous(cl) : x;
+  at::Tensor gxr = transpose ? at::empty_like(x, cl) : gx;
+  auto run = nchw && !transpose ? stats_backward_nchw : stats_backward_cl;
+  run(gzr.const_data_ptr<float>(), zr.const_data_ptr<float>(), xr.const_data_ptr<float>(),
+      gxr.mutable_data_ptr<float>(), a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
       mean.const_data_ptr<float>(), w.const_data_ptr<float>(), g, ssa.act, ssc, ssh,
       gw.mutable_data_ptr<float>());
+  if (transpose) gx.copy_(gxr);
 }
 
 }  // namespace torchcv_ext::dwconv::cpu
