@@ -398,8 +398,8 @@ def test_scale_shift_act_backward_cpu_float32(layout, want_gz):
 def test_train_grads_cpu_float32_paths(layout, c, hw):
     """The float32 CPU train backward (csrc/cpu/dwconv_bn_act_backward.cpp) vs the same op in
     float64 (the generic loops, which gradcheck covers): NCHW per-plane kernels (phase-split
-    buffers at strides 2 and 3), narrow NCHW planes through the channels_last kernel (C >= 16,
-    Wo < 16), channels_last row bands with 16-channel blocks and a channel tail; gradients into
+    buffers at strides 2 and 3, one flat loop per tap at stride 1, narrow planes included), narrow
+    NCHW planes at stride 2 through the channels_last kernel (C >= 16, Wo < 16), channels_last row bands with 16-channel blocks and a channel tail; gradients into
     y only (the fused backward), into mean / var too, into z (the two-op path), without BN affine."""
     # (kh, kw), (sh, sw), (ph, pw), (dh, dw)
     geoms = [((3, 3), (1, 1), (1, 1), (1, 1)), ((5, 5), (2, 2), (2, 2), (1, 1)),

@@ -11,8 +11,9 @@
 //         phase-split padded buffer of the forward (NchwScratch), and a gradient buffer of the same
 //         geometry. For each output row and tap one unit-stride loop does both the weight-gradient
 //         dot product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
-//         forward's gather -- then the buffer's data cells are the plane's dx.
-//         Narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run there.
+//         forward's gather -- then the buffer's data cells are the plane's dx. At stride 1 (row
+//         step close to Wo) the plane is one flat loop per tap instead (conv_bwd_flat_f32).
+//         Other narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run there.
 //   channels_last: one task per band of input rows of one image: dz of the output rows the band
 //         reads goes to an L2-resident buffer, then per input row a gather over the taps that
 //         read it gives dx and, in the same loop, the weight-gradient terms (16 channels per
@@ -145,6 +146,35 @@ TCV_CPU_CLONES void conv_bwd_plane_f32(const float* dz, const float* xb, float* 
   }
 }
 
+// The flat form, when the buffer's row step is close to Wo (stride 1): dzb holds dz with the
+// buffer's row step (row oh at oh * row_step, the cells past Wo zero), so tap t is one unit-stride
+// loop over the whole plane, len = (Ho - 1) * row_step + Wo -- a gap cell adds w * 0 to gb and 0 to
+// the dot. One long loop per tap instead of Ho short ones: small planes (14x14, 28x28) spent most of
+// their time in per-row loop overhead and the horizontal sums of the dot products.
+TCV_CPU_CLONES void conv_bwd_flat_f32(const float* dzb, const float* xb, float* gb, const int64_t* off,
+                                      const float* w, int taps, int64_t len, float* dw) {
+  for (int t = 0; t < taps; ++t) {
+    const float* xi = xb + off[t];
+    float* gi = gb + off[t];
+    const float wt = w[t];
+    float acc = 0.0f;
+    _Pragma("omp simd reduction(+ : acc)") for (int64_t q = 0; q < len; ++q) {
+      acc += dzb[q] * xi[q];
+      gi[q] += wt * dzb[q];
+    }
+    dw[t] = acc;
+  }
+}
+
+// Whether the NCHW backward runs its flat form (conv_bwd_flat_f32): the buffer's row step
+// (NchwScratch with slack 0: sh * sw * ceil(Wn / sw)) is at most 1.5 Wo, so at most a third of
+// the flat loop runs over gap cells -- stride 1 with a small kernel.
+bool nchw_bwd_flat(const Geom& g) {
+  const int64_t Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
+  const int64_t row_step = static_cast<int64_t>(g.sh) * g.sw * ((Wn + g.sw - 1) / g.sw);
+  return 2 * row_step <= 3 * g.Wo;
+}
+
 void stats_backward_nchw(const float* gd, const float* zd, const float* xd, float* gxd, const float* ad,
                          const float* bd, bool use_b, const float* md, const float* wd, const Geom& g,
                          Act act, const float* ssc, const float* ssh, float* gwd) {
@@ -154,6 +184,9 @@ void stats_backward_nchw(const float* gd, const float* zd, const float* xd, floa
     NchwScratch<float> s(g, /*slack=*/0);  // (rows stop at Wo)
     std::vector<float> gbuf(s.buf.size());
     std::vector<float>& dz = s.plane;  // Ho x Wo
+    const int64_t row_step = g.sh * s.rs;
+    const bool flat = nchw_bwd_flat(g);
+    std::vector<float> dzb(flat ? static_cast<size_t>(g.Ho * row_step) : 0, 0.0f);  // gaps stay 0
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % g.C;
       const float sc = ssc ? ssc[c] : 1.0f, sh = ssc ? ssh[c] : 0.0f;
@@ -161,8 +194,16 @@ void stats_backward_nchw(const float* gd, const float* zd, const float* xd, floa
                    ad[c], bd[c], dz.data());
       s.fill(xd + p * g.H * g.W, g);
       std::fill(gbuf.begin(), gbuf.end(), 0.0f);
-      conv_bwd_plane_f32(dz.data(), s.buf.data(), gbuf.data(), s.off.data(), wd + c * kk,
-                         static_cast<int>(kk), g.Ho, g.Wo, g.sh * s.rs, part.data() + p * kk);
+      if (flat) {
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          std::copy_n(dz.data() + oh * g.Wo, g.Wo, dzb.data() + oh * row_step);
+        }
+        conv_bwd_flat_f32(dzb.data(), s.buf.data(), gbuf.data(), s.off.data(), wd + c * kk,
+                          static_cast<int>(kk), (g.Ho - 1) * row_step + g.Wo, part.data() + p * kk);
+      } else {
+        conv_bwd_plane_f32(dz.data(), s.buf.data(), gbuf.data(), s.off.data(), wd + c * kk,
+                           static_cast<int>(kk), g.Ho, g.Wo, row_step, part.data() + p * kk);
+      }
       s.extract(gbuf.data(), g, gxd + p * g.H * g.W);
     }
   });
@@ -375,10 +416,10 @@ void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Ten
   const float* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<float>() : nullptr;
   // (x or z may be contiguous in both layouts -- C = 1, 1 x 1 planes -- the other tells them apart)
   const bool nchw = x.is_contiguous() && z.is_contiguous();
-  // Narrow NCHW planes (late MobileNet / EfficientNet stages): the per-plane loops would run
-  // kh * kw tiny rows per output row; the channels_last kernel vectorizes over channels instead.
-  // The transposes are of small tensors at these stages.
-  const bool transpose = nchw && g.Wo < 16 && g.C >= 16;
+  // Narrow NCHW planes (late MobileNet / EfficientNet stages) not in the flat form (stride 2):
+  // the per-plane loops would run kh * kw tiny rows per output row; the channels_last kernel
+  // vectorizes over channels instead. The transposes are of small tensors at these stages.
+  const bool transpose = nchw && g.Wo < 16 && g.C >= 16 && !nchw_bwd_flat(g);
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor gzr = transpose ? gz.contiguous(cl) : gz, zr = transpose ? z.contiguous(cl) : z;
   const at::Tensor xr = transpose ? x.contiguous(cl) : x;
