@@ -453,7 +453,7 @@ void conv_plane_nchw(const T* xp, const acc_t* w, const Geom& g, NchwScratch<acc
   s.fill(xp, g);
   const int taps = g.kh * g.kw;
   for (int64_t oh = 0; oh < g.Ho; ++oh) {
-    const acc_t* in = s.buf.data() + oh * g.sh * s.rs;
+    const acc_t* in = s.buf.data() + oh * s.row_step;
     acc_t* out = s.plane.data() + oh * g.Wo;
     if constexpr (std::is_same_v<acc_t, float>) {
       nchw_row_f32(in, s.off.data(), w, taps, g.Wo, out);

@@ -11,9 +11,11 @@
 //         phase-split padded buffer of the forward (NchwScratch), and a gradient buffer of the same
 //         geometry. For each output row and tap one unit-stride loop does both the weight-gradient
 //         dot product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
-//         forward's gather -- then the buffer's data cells are the plane's dx. At stride 1 (row
-//         step close to Wo) the plane is one flat loop per tap instead (conv_bwd_flat_f32).
-//         Other narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run there.
+//         forward's gather -- then the buffer's data cells are the plane's dx. The buffer splits
+//         rows by phase as well, so an output row's step in it is about Wo at any stride, and the
+//         plane is one flat loop per tap (conv_bwd_flat_f32) unless the kernel is wide for the
+//         plane; then narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run
+//         there.
 //   channels_last: one task per band of input rows of one image: dz of the output rows the band
 //         reads goes to an L2-resident buffer, then per input row a gather over the taps that
 //         read it gives dx and, in the same loop, the weight-gradient terms (16 channels per
@@ -125,7 +127,7 @@ TCV_CPU_CLONES void dz_pix_f32(Act act, bool use_b, const float* g, const float*
 
 // xb: the plane's x in the phase-split padded layout, gb: a zeroed buffer of the same layout that
 // receives dx, dz: Ho x Wo. Row oh, tap t reads / writes the unit-stride segment at
-// oh * row_step + off[t] (row_step = sh * rs). dw[t] <- sum dz * x under tap t.
+// oh * row_step + off[t] (NchwScratch::row_step). dw[t] <- sum dz * x under tap t.
 TCV_CPU_CLONES void conv_bwd_plane_f32(const float* dz, const float* xb, float* gb, const int64_t* off,
                                        const float* w, int taps, int64_t Ho, int64_t Wo, int64_t row_step,
                                        float* dw) {
@@ -166,13 +168,12 @@ TCV_CPU_CLONES void conv_bwd_flat_f32(const float* dzb, const float* xb, float* 
   }
 }
 
-// Whether the NCHW backward runs its flat form (conv_bwd_flat_f32): the buffer's row step
-// (NchwScratch with slack 0: sh * sw * ceil(Wn / sw)) is at most 1.5 Wo, so at most a third of
-// the flat loop runs over gap cells -- stride 1 with a small kernel.
+// Whether the NCHW backward runs its flat form (conv_bwd_flat_f32): the row step of its buffer
+// (NchwScratch with split_rows and slack 0: ceil(Wn / sw)) is at most 1.5 Wo, so at most a third
+// of the flat loop runs over gap cells -- any stride, unless the kernel is wide for the plane.
 bool nchw_bwd_flat(const Geom& g) {
   const int64_t Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
-  const int64_t row_step = static_cast<int64_t>(g.sh) * g.sw * ((Wn + g.sw - 1) / g.sw);
-  return 2 * row_step <= 3 * g.Wo;
+  return 2 * ((Wn + g.sw - 1) / g.sw) <= 3 * g.Wo;
 }
 
 void stats_backward_nchw(const float* gd, const float* zd, const float* xd, float* gxd, const float* ad,
@@ -181,10 +182,11 @@ void stats_backward_nchw(const float* gd, const float* zd, const float* xd, floa
   const int64_t kk = static_cast<int64_t>(g.kh) * g.kw, HWo = g.Ho * g.Wo;
   std::vector<float> part(static_cast<size_t>(g.N * g.C * kk));
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    NchwScratch<float> s(g, /*slack=*/0);  // (rows stop at Wo)
+    // (rows stop at Wo; rows phase-split too: the row step is about Wo at any stride)
+    NchwScratch<float> s(g, /*slack=*/0, /*split_rows=*/true);
     std::vector<float> gbuf(s.buf.size());
     std::vector<float>& dz = s.plane;  // Ho x Wo
-    const int64_t row_step = g.sh * s.rs;
+    const int64_t row_step = s.row_step;
     const bool flat = nchw_bwd_flat(g);
     std::vector<float> dzb(flat ? static_cast<size_t>(g.Ho * row_step) : 0, 0.0f);  // gaps stay 0
     for (int64_t p = begin; p < end; ++p) {
@@ -416,7 +418,7 @@ void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Ten
   const float* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<float>() : nullptr;
   // (x or z may be contiguous in both layouts -- C = 1, 1 x 1 planes -- the other tells them apart)
   const bool nchw = x.is_contiguous() && z.is_contiguous();
-  // Narrow NCHW planes (late MobileNet / EfficientNet stages) not in the flat form (stride 2):
+  // Narrow NCHW planes (late MobileNet / EfficientNet stages) not in the flat form (a wide kernel):
   // the per-plane loops would run kh * kw tiny rows per output row; the channels_last kernel
   // vectorizes over channels instead. The transposes are of small tensors at these stages.
   const bool transpose = nchw && g.Wo < 16 && g.C >= 16 && !nchw_bwd_flat(g);

@@ -112,25 +112,36 @@ __attribute__((always_inline)) inline float act_grad_f32(float u) {
 
 // ---- the phase-split padded plane of the NCHW kernels ------------------------------------------
 // Per-task scratch: the padded plane, stored "phase-split" so that strided taps read unit-stride
-// segments: padded (row r, col q) lives at r * rs + (q % sw) * Lp + q / sw, so output ow of tap
-// (i, j) reads row oh*sh + i*dh at in[off[t] + ow] with off[t] = i*dh*rs + (j*dw % sw)*Lp + j*dw/sw.
-// Padding cells are zeroed once (same geometry for every plane) and never written.
+// segments. Columns: padded column q is in column phase q % sw, slot q / sw (phases Lp apart, or
+// whole phase planes apart with split_rows). Rows, two layouts:
+//   default:    padded (r, q) at r * rs + (q % sw) * Lp + q / sw, rs = sw * Lp; output row oh
+//               starts at oh * sh * rs (row_step = sh * rs).
+//   split_rows: rows are phase-split too, each (row phase, column phase) a plane of Hp x Lp:
+//               (r, q) at ((r % sh) * sw + q % sw) * Hp * Lp + (r / sh) * Lp + q / sw; output
+//               row oh starts at oh * Lp (row_step = Lp, about Wo), so a whole output plane is
+//               one unit-stride run per tap (the flat loops of the float32 backward).
+// Either way output ow of tap (i, j) reads in[oh * row_step + off[t] + ow]. Padding cells are
+// zeroed once (same geometry for every plane) and never written.
 template <typename acc_t>
 struct NchwScratch {
-  int64_t Hn, Wn, Lp, rs;
+  int64_t Hn, Wn, Lp, rs, Hp, row_step;
+  bool split_rows;
   std::vector<acc_t> buf, plane;
   std::vector<int64_t> off;
-  // Per phase: first padded data column q0 (q0 % sw == phase) and its slot q0 / sw.
+  // Per column phase: first padded data column q0 (q0 % sw == phase) and its cell offset slot.
   std::vector<int64_t> q0, slot;
   int64_t lo, hi;  // data columns [lo, hi) in padded coordinates
   // slack: columns past each phase's data that whole-block row loops may read (the forward's
   // nchw_row_f32 computes kRowBlock outputs at a time); 0 for loops that stop at Wo.
-  explicit NchwScratch(const Geom& g, int64_t slack = kRowBlock) {
+  explicit NchwScratch(const Geom& g, int64_t slack = kRowBlock, bool split_rows_ = false)
+      : split_rows(split_rows_) {
     Hn = (g.Ho - 1) * g.sh + static_cast<int64_t>(g.kh - 1) * g.dh + 1;
     Wn = (g.Wo - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
     Lp = (Wn + g.sw - 1) / g.sw + slack;  // >= every index a whole row block reads, + 1
     rs = g.sw * Lp;
-    buf.assign(static_cast<size_t>(Hn * rs), acc_t(0));
+    Hp = split_rows ? (Hn + g.sh - 1) / g.sh : Hn;
+    row_step = split_rows ? Lp : g.sh * rs;
+    buf.assign(static_cast<size_t>(split_rows ? g.sh * g.sw * Hp * Lp : Hn * rs), acc_t(0));
     // Output plane (rows of Wo) + slack: a row's last block may spill into the next rows, which
     // are computed afterwards, or into the slack.
     plane.assign(static_cast<size_t>(g.Ho * g.Wo + slack), acc_t(0));
@@ -138,7 +149,7 @@ struct NchwScratch {
     for (int i = 0; i < g.kh; ++i) {
       for (int j = 0; j < g.kw; ++j) {
         const int64_t q = static_cast<int64_t>(j) * g.dw;
-        off[i * g.kw + j] = static_cast<int64_t>(i) * g.dh * rs + (q % g.sw) * Lp + q / g.sw;
+        off[i * g.kw + j] = row_base(static_cast<int64_t>(i) * g.dh, g) + phase_base(q % g.sw) + q / g.sw;
       }
     }
     lo = std::min<int64_t>(g.pw, Wn);
@@ -146,9 +157,15 @@ struct NchwScratch {
     for (int ph = 0; ph < g.sw; ++ph) {
       const int64_t q = lo + ((ph - lo % g.sw) + g.sw) % g.sw;
       q0.push_back(q);
-      slot.push_back(ph * Lp + q / g.sw);
+      slot.push_back(phase_base(ph) + q / g.sw);
     }
   }
+
+  // Cell offset of padded row r's column phase 0, slot 0 / of column phase ph within a row.
+  int64_t row_base(int64_t r, const Geom& g) const {
+    return split_rows ? (r % g.sh) * g.sw * Hp * Lp + (r / g.sh) * Lp : r * rs;
+  }
+  int64_t phase_base(int64_t ph) const { return ph * (split_rows ? Hp * Lp : Lp); }
 
   // buf <- input plane xp (NCHW rows of W), padding cells untouched (zero).
   template <typename T>
@@ -157,7 +174,7 @@ struct NchwScratch {
       const int64_t ih = r - g.ph;
       if (ih < 0 || ih >= g.H) continue;
       const T* xr = xp + ih * g.W - g.pw;  // xr[q] = x[ih, q - pw]
-      acc_t* b = buf.data() + r * rs;
+      acc_t* b = buf.data() + row_base(r, g);
       if (g.sw == 1) {
         for (int64_t q = lo; q < hi; ++q) b[q] = static_cast<acc_t>(xr[q]);
       } else {
@@ -186,7 +203,7 @@ struct NchwScratch {
         std::fill(gp + ih * g.W, gp + (ih + 1) * g.W, T(0));
         continue;
       }
-      const acc_t* b = src + r * rs;
+      const acc_t* b = src + row_base(r, g);
       for (int64_t q = std::max<int64_t>(hi, g.pw); q < g.pw + g.W; ++q) gr[q] = T(0);
       if (g.sw == 1) {
         for (int64_t q = lo; q < hi; ++q) gr[q] = static_cast<T>(b[q]);
