@@ -86,7 +86,8 @@ def test_eval_forward_cpu_fast_paths(layout, c, hw):
     (whole 32/16-channel register blocks plus a < 16-channel tail), and NCHW with narrow output
     rows (< 16) or a stride: 16-channel blocks in a padded tile, several row bands per plane at
     300 rows and at 40 x 70 with stride 2 (wide rows); its stride-1 sliding-window rows for kernel
-    widths 3/5/7 (also with a dilation along H only, and rectangular kernels)."""
+    widths 3/5/7 (also with a dilation along H only, and rectangular kernels). The batch-statistics
+    forward (dwconv_bn_stats) shares the NCHW tile kernel, with per-band Welford partials."""
     # (kh, kw), (sh, sw), (ph, pw), (dh, dw)
     for k, s, p, d in [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1), (7, 1, 3, 1),
                        ((3, 3), (1, 1), (2, 1), (2, 1)), ((5, 3), 1, (2, 1), 1),
@@ -102,6 +103,14 @@ def test_eval_forward_cpu_fast_paths(layout, c, hw):
                                          s, p, d, act)
             assert y.is_contiguous(memory_format=layout)
             assert_close(y, expected, torch.float32, scale=4.0)
+        if OPS is not None and hasattr(OPS, "dwconv_bn_stats"):
+            xs = x + 2.0  # (a mean far from 0: the partials' merge is Welford's, not raw sums)
+            z, mean, var = OPS.dwconv_bn_stats(xs, w, s, p, d)
+            z_ref, m_ref, v_ref = ref.dwconv_bn_stats(xs.double(), w.double(), s, p, d)
+            assert z.is_contiguous(memory_format=layout)
+            assert_close(z, z_ref, torch.float32, scale=4.0)
+            assert_close(mean, m_ref, torch.float32, scale=10.0)
+            assert_close(var, v_ref, torch.float32, scale=10.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,7 +11,7 @@
 //         statistics: per-plane sum and squared deviations, merged Welford-style) while it is
 //         still in L1/L2.
 //         Narrow rows (Wo < 16) and strided convs: 16-channel blocks transposed into a padded tile
-//         instead (eval_nchw_blocked_f32).
+//         instead (nchw_blocked_f32; eval and statistics epilogues).
 //   channels_last: one task per output row (n, oh); per output pixel the taps accumulate 64/32/16
 //         channel register blocks, then the row's epilogue.
 // One read of x and one write of y. float64 uses the same loops without the float clones.
@@ -375,33 +375,40 @@ TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, 
   }
 }
 
-// y = act(conv(x) * scale + shift), float32, x and y NCHW.
-void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                          const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
-  const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
-  // Weights (kh*kw, 16) per channel block and scale / shift, zero-padded to nb * 16 channels.
-  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f), s16(nb * 16, 0.0f), b16(nb * 16, 0.0f);
-  {
-    const float* wd = w.const_data_ptr<float>();
-    const float* sc = scale.const_data_ptr<float>();
-    const float* sh = shift.const_data_ptr<float>();
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
-      s16[c] = sc[c];
-      b16[c] = sh[c];
-    }
+// Output rows per task of nchw_blocked_f32 (the tile of the band's input rows is about
+// kBlkTileBytes) and the tile's width in pixels: Wt columns cover every tap of roundup(Wo, kBlkOw)
+// outputs.
+struct BlockedGeom {
+  int64_t Wo8, Wt, row16, kspan, band, nbands, tile_rows;
+  explicit BlockedGeom(const Geom& g) {
+    Wo8 = (g.Wo + kBlkOw - 1) / kBlkOw * kBlkOw;
+    Wt = (Wo8 - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
+    row16 = Wt * 16;
+    kspan = static_cast<int64_t>(g.kh - 1) * g.dh + 1;
+    const int64_t max_rows = std::max<int64_t>(kspan, kBlkTileBytes / (row16 * 4));
+    band = std::clamp<int64_t>((max_rows - kspan) / g.sh + 1, 1, g.Ho);
+    nbands = (g.Ho + band - 1) / band;
+    tile_rows = (band - 1) * g.sh + kspan;
   }
-  // Tile geometry: Wt columns cover every tap of roundup(Wo, kBlkOw) outputs; rows per band.
-  const int64_t Wo8 = (g.Wo + kBlkOw - 1) / kBlkOw * kBlkOw;
-  const int64_t Wt = (Wo8 - 1) * g.sw + static_cast<int64_t>(g.kw - 1) * g.dw + 1;
-  const int64_t row16 = Wt * 16;
-  const int64_t kspan = static_cast<int64_t>(g.kh - 1) * g.dh + 1;
-  const int64_t max_rows = std::max<int64_t>(kspan, kBlkTileBytes / (row16 * 4));
-  const int64_t band = std::clamp<int64_t>((max_rows - kspan) / g.sh + 1, 1, g.Ho);
-  const int64_t nbands = (g.Ho + band - 1) / band;
-  const int64_t tile_rows = (band - 1) * g.sh + kspan;
+};
+
+// conv(x), float32, x NCHW, by tasks (image n, block of 16 channels from c0, band bd of output
+// rows [oh0, oh1)): epi(n, c0, nc, bd, oh0, oh1, acc) gets the band's outputs pixel-major,
+// acc[p * 16 + c] for p in [0, (oh1 - oh0) * Wo) (rows of Wo packed), channels >= nc zero, and
+// may overwrite them.
+template <typename Epi>
+void nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const Geom& g, Epi&& epi) {
+  const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
+  // Weights (kh*kw, 16) per channel block, zero-padded to nb * 16 channels.
+  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f);
+  const float* wd = w.const_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
+  }
+  const BlockedGeom bg(g);
+  const int64_t Wo8 = bg.Wo8, Wt = bg.Wt, row16 = bg.row16, kspan = bg.kspan, band = bg.band;
+  const int64_t nbands = bg.nbands, tile_rows = bg.tile_rows;
   const float* xd = x.const_data_ptr<float>();
-  float* yd = y.mutable_data_ptr<float>();
   at::parallel_for(0, g.N * nb * nbands, 1, [&](int64_t begin, int64_t end) {
     // acc: the band's output pixels, rows of Wo packed (+ the last row's block overhang).
     std::vector<float> tile(static_cast<size_t>(tile_rows * row16)),
@@ -439,10 +446,31 @@ void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::T
         blk_conv_row_f32(tile.data() + (oh - oh0) * g.sh * row16, row16, wb, g.kh, g.kw, g.sw, g.dh,
                          g.dw, g.Wo, acc.data() + (oh - oh0) * g.Wo * 16);
       }
-      const int64_t P = (oh1 - oh0) * g.Wo;
-      epi_pix_f32(act, acc.data(), acc.data(), P, 16, s16.data() + c0, b16.data() + c0);
-      blk_store_nchw_f32(acc.data(), nc, P, yd + (n * C + c0) * g.Ho * g.Wo + oh0 * g.Wo, g.Ho * g.Wo);
+      epi(n, c0, nc, bd, oh0, oh1, acc.data());
     }
+  });
+}
+
+// Whether the NCHW eval / stats forward of x runs nchw_blocked_f32 rather than the per-plane row
+// kernel: float32 with narrow rows or a strided conv (measured on MobileNetV3 / EfficientNet-B0
+// layers; the per-plane kernel wins on wide stride-1 planes).
+bool nchw_blocked_wins(const at::Tensor& x, const Geom& g) {
+  return x.scalar_type() == at::kFloat && x.is_contiguous() && (g.Wo < 16 || g.sw > 1) && g.C >= 16;
+}
+
+// y = act(conv(x) * scale + shift), float32, x and y NCHW.
+void eval_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                           const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
+  // scale / shift zero-padded to whole 16-channel blocks.
+  const int64_t C = g.C, HWo = g.Ho * g.Wo;
+  std::vector<float> s16(static_cast<size_t>((C + 15) / 16 * 16), 0.0f), b16(s16.size(), 0.0f);
+  std::copy_n(scale.const_data_ptr<float>(), C, s16.data());
+  std::copy_n(shift.const_data_ptr<float>(), C, b16.data());
+  float* yd = y.mutable_data_ptr<float>();
+  nchw_blocked_f32(x, w, g, [&](int64_t n, int64_t c0, int64_t nc, int64_t, int64_t oh0, int64_t oh1, float* acc) {
+    const int64_t P = (oh1 - oh0) * g.Wo;
+    epi_pix_f32(act, acc, acc, P, 16, s16.data() + c0, b16.data() + c0);
+    blk_store_nchw_f32(acc, nc, P, yd + (n * C + c0) * HWo + oh0 * g.Wo, HWo);
   });
 }
 
@@ -556,8 +584,44 @@ void eval_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale
   });
 }
 
+// z's Welford partials of a task grid fixed by the shape, part[r * C + c] for r < nparts, merged
+// per channel in increasing r: mean and biased variance, deterministic whatever the thread count.
+template <typename acc_t>
+void merge_stats(const std::vector<Welford<acc_t>>& part, int64_t nparts, int64_t C, at::Tensor& mean,
+                 at::Tensor& var) {
+  acc_t* md = mean.mutable_data_ptr<acc_t>();
+  acc_t* vd = var.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      Welford<acc_t> s = welford_init<acc_t>();
+      for (int64_t r = 0; r < nparts; ++r) s = welford_merge(s, part[r * C + c]);
+      md[c] = s.mean;
+      vd[c] = welford_var(s);
+    }
+  });
+}
+
+// z = conv(x) and per-channel statistics, float32 NCHW through nchw_blocked_f32: partials per
+// (n, band of output rows), r = n * nbands + band.
+void stats_nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
+                            at::Tensor& mean, at::Tensor& var) {
+  const int64_t C = g.C, nbands = BlockedGeom(g).nbands, HWo = g.Ho * g.Wo, nparts = g.N * nbands;
+  float* zd = z.mutable_data_ptr<float>();
+  std::vector<Welford<float>> part(static_cast<size_t>(nparts * C));
+  nchw_blocked_f32(x, w, g, [&](int64_t n, int64_t c0, int64_t nc, int64_t bd, int64_t oh0, int64_t oh1,
+                                float* acc) {
+    const int64_t P = (oh1 - oh0) * g.Wo;
+    blk_store_nchw_f32(acc, nc, P, zd + (n * C + c0) * HWo + oh0 * g.Wo, HWo);
+    float mu[16], m2[16];
+    Welford<float> st[16];
+    row_stats(acc, P, 16, mu, m2, st);
+    std::copy_n(st, nc, part.data() + (n * nbands + bd) * C + c0);
+  });
+  merge_stats(part, nparts, C, mean, var);
+}
+
 // z = conv(x) and per-channel statistics: Welford partials per (n, c) plane (NCHW) or per output
-// row (channels_last), merged per channel in increasing order.
+// row (channels_last).
 template <typename T>
 void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
                 at::Tensor& mean, at::Tensor& var) {
@@ -580,7 +644,6 @@ void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Ten
         row_stats(row.data(), g.Wo, C, mu.data(), m2.data(), part.data() + r * C);
       }
     });
-    // part is indexed [r][c]; merge below reads part[r * C + c].
   } else {  // NCHW: part[n * C + c]
     nparts = g.N;
     part.assign(static_cast<size_t>(g.N * C), welford_init<acc_t>());
@@ -598,16 +661,7 @@ void stats_impl(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Ten
       }
     });
   }
-  acc_t* md = mean.mutable_data_ptr<acc_t>();
-  acc_t* vd = var.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      Welford<acc_t> s = welford_init<acc_t>();
-      for (int64_t r = 0; r < nparts; ++r) s = welford_merge(s, part[r * C + c]);
-      md[c] = s.mean;
-      vd[c] = welford_var(s);
-    }
-  });
+  merge_stats(part, nparts, C, mean, var);
 }
 
 // Index helpers for a contiguous NCHW or channels_last tensor of logical shape (N, C, H, W).
@@ -787,9 +841,7 @@ struct CpuBackend {
   };
   static void eval(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const at::Tensor& shift, const Geom& g, Act act, at::Tensor& y) {
-    // The blocked kernel wins on narrow rows and on strided convs (measured on MobileNetV3 /
-    // EfficientNet-B0 layers); the per-plane row kernel on wide stride-1 planes.
-    if (x.scalar_type() == at::kFloat && x.is_contiguous() && (g.Wo < 16 || g.sw > 1) && g.C >= 16) {
+    if (nchw_blocked_wins(x, g)) {
       eval_nchw_blocked_f32(x, w, scale, shift, g, act, y);
       return;
     }
@@ -797,6 +849,10 @@ struct CpuBackend {
   }
   static void stats(const at::Tensor& x, const at::Tensor& w, const Geom& g, at::Tensor& z,
                     at::Tensor& mean, at::Tensor& var) {
+    if (nchw_blocked_wins(x, g)) {
+      stats_nchw_blocked_f32(x, w, g, z, mean, var);
+      return;
+    }
     TCV_DW_DISPATCH(x.scalar_type(), "dwconv_bn_stats", [&] { stats_impl<scalar_t>(x, w, g, z, mean, var); });
   }
   static void ssa(const at::Tensor& z, const at::Tensor& mean, const at::Tensor& scale,
