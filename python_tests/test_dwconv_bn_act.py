@@ -406,10 +406,11 @@ def test_scale_shift_act_backward_cpu_float32(layout, want_gz):
 @pytest.mark.parametrize("c,hw", [(40, (13, 20)), (16, (7, 5)), (5, (11, 9)), (24, (40, 34))])
 def test_train_grads_cpu_float32_paths(layout, c, hw):
     """The float32 CPU train backward (csrc/cpu/dwconv_bn_act_backward.cpp) vs the same op in
-    float64 (the generic loops, which gradcheck covers): NCHW per-plane kernels (buffers
-    phase-split by row and column at strides 2 and 3; one flat loop per tap, or per output row
-    where the kernel is wide for the plane), narrow NCHW planes with a wide kernel through the
-    channels_last kernel (C >= 16, Wo < 16), channels_last row bands with 16-channel blocks and a channel tail; gradients into
+    float64 (the generic loops, which gradcheck covers): NCHW with C >= 16 through 16-channel
+    blocks transposed into the channels_last band kernel (a partial last block, one or two row
+    bands), NCHW with C < 16 per plane (buffers phase-split by row and column at strides 2 and 3;
+    one flat loop per tap, or per output row where the kernel is wide for the plane),
+    channels_last row bands with 16-channel blocks and a channel tail; gradients into
     y only (the fused backward), into mean / var too, into z (the two-op path), without BN affine."""
     # (kh, kw), (sh, sw), (ph, pw), (dh, dw)
     geoms = [((3, 3), (1, 1), (1, 1), (1, 1)), ((5, 5), (2, 2), (2, 2), (1, 1)),

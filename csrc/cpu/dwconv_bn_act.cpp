@@ -34,6 +34,49 @@
 
 namespace torchcv_ext {
 namespace dwconv {
+
+namespace cpu {  // (declared in dwconv_bn_act_cpu.h: the float32 backward uses them too)
+
+// Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
+// pixel p going to tile + dst(p) * 16 with dst(p) = (p / W) * Wt + p % W (the span covers whole
+// rows of W pixels; rows are Wt tile pixels apart). Channels >= nc are zero. 16 pixels at a time
+// through an in-register 16 x 16 transpose.
+TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W,
+                                      int64_t Wt, float* tile) {
+  int64_t row = 0, col = 0;  // p = row * W + col
+  int64_t p = 0;
+  for (; p + 16 <= P; p += 16) {
+    f32x16 r[16];
+    for (int c = 0; c < 16; ++c) r[c] = c < nc ? load16(x + c * pstride + p) : f32x16{};
+    transpose16(r);
+    for (int i = 0; i < 16; ++i) {
+      store16(tile + (row * Wt + col) * 16, r[i]);
+      if (++col == W) col = 0, ++row;
+    }
+  }
+  for (; p < P; ++p) {
+    float* t = tile + (row * Wt + col) * 16;
+    for (int64_t c = 0; c < 16; ++c) t[c] = c < nc ? x[c * pstride + p] : 0.0f;
+    if (++col == W) col = 0, ++row;
+  }
+}
+
+// nc <= 16 NCHW planes (planes `pstride` apart, y at the first pixel), pixels [0, P) <- acc[p * 16 + c].
+TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride) {
+  int64_t p = 0;
+  for (; p + 16 <= P; p += 16) {
+    f32x16 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = load16(acc + (p + i) * 16);
+    transpose16(r);
+    for (int64_t c = 0; c < nc; ++c) store16(y + c * pstride + p, r[c]);
+  }
+  for (; p < P; ++p) {
+    for (int64_t c = 0; c < nc; ++c) y[c * pstride + p] = acc[p * 16 + c];
+  }
+}
+
+}  // namespace cpu
+
 namespace {
 
 using namespace cpu;  // dwconv_bn_act_cpu.h
@@ -334,44 +377,6 @@ TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const flo
     store16(o + 80, a5);
     store16(o + 96, a6);
     store16(o + 112, a7);
-  }
-}
-
-// Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
-// pixel p going to tile + dst(p) * 16 with dst(p) = (p / W) * Wt + p % W (the span covers whole
-// rows of W pixels; rows are Wt tile pixels apart). Channels >= nc are zero. 16 pixels at a time
-// through an in-register 16 x 16 transpose.
-TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W,
-                                      int64_t Wt, float* tile) {
-  int64_t row = 0, col = 0;  // p = row * W + col
-  int64_t p = 0;
-  for (; p + 16 <= P; p += 16) {
-    f32x16 r[16];
-    for (int c = 0; c < 16; ++c) r[c] = c < nc ? load16(x + c * pstride + p) : f32x16{};
-    transpose16(r);
-    for (int i = 0; i < 16; ++i) {
-      store16(tile + (row * Wt + col) * 16, r[i]);
-      if (++col == W) col = 0, ++row;
-    }
-  }
-  for (; p < P; ++p) {
-    float* t = tile + (row * Wt + col) * 16;
-    for (int64_t c = 0; c < 16; ++c) t[c] = c < nc ? x[c * pstride + p] : 0.0f;
-    if (++col == W) col = 0, ++row;
-  }
-}
-
-// nc <= 16 NCHW planes (planes `pstride` apart, y at the first pixel), pixels [0, P) <- acc[p * 16 + c].
-TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride) {
-  int64_t p = 0;
-  for (; p + 16 <= P; p += 16) {
-    f32x16 r[16];
-    for (int i = 0; i < 16; ++i) r[i] = load16(acc + (p + i) * 16);
-    transpose16(r);
-    for (int64_t c = 0; c < nc; ++c) store16(y + c * pstride + p, r[c]);
-  }
-  for (; p < P; ++p) {
-    for (int64_t c = 0; c < nc; ++c) y[c * pstride + p] = acc[p * 16 + c];
   }
 }
 

@@ -7,19 +7,20 @@
 //   of pixels (channels_last), added in increasing order.
 // _dwconv_bn_stats_backward: dz = the total gradient of z, computed from g (and z) once per
 //   element (ssa_grad_z + stats_grad), then
-//   NCHW: one task per (n, c) plane, everything in L1/L2: the plane's dz, its x copied into the
-//         phase-split padded buffer of the forward (NchwScratch), and a gradient buffer of the same
-//         geometry. For each output row and tap one unit-stride loop does both the weight-gradient
-//         dot product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
-//         forward's gather -- then the buffer's data cells are the plane's dx. The buffer splits
-//         rows by phase as well, so an output row's step in it is about Wo at any stride, and the
-//         plane is one flat loop per tap (conv_bwd_flat_f32) unless the kernel is wide for the
-//         plane; then narrow planes (Wo < 16, C >= 16) are transposed to channels_last and run
-//         there.
 //   channels_last: one task per band of input rows of one image: dz of the output rows the band
 //         reads goes to an L2-resident buffer, then per input row a gather over the taps that
 //         read it gives dx and, in the same loop, the weight-gradient terms (16 channels per
 //         vector, the tap's weights and sums held in registers along the row).
+//   NCHW, C >= 16: the same band kernel per (image, block of 16 channels, band): the band's rows
+//         of the 16 planes are transposed in L1/L2 into pixel-major buffers and dx back
+//         (stats_backward_nchw_blocked) -- no whole-tensor layout conversion.
+//   NCHW, C < 16: one task per (n, c) plane, everything in L1/L2: the plane's dz, its x copied
+//         into a phase-split padded buffer (NchwScratch, rows split by phase too, so an output
+//         row's step in it is about Wo at any stride) and a gradient buffer of the same geometry.
+//         Per tap one flat unit-stride loop over the plane does both the weight-gradient dot
+//         product (dz . x) and the input-gradient scatter (+= w * dz) -- the transpose of the
+//         forward's gather (per output row where the kernel is wide for the plane) -- then the
+//         buffer's data cells are the plane's dx.
 // Per-channel weight-gradient partials over a task grid fixed by the shape, added in increasing
 // order: deterministic whatever the thread count.
 #include <ATen/Parallel.h>
@@ -289,29 +290,43 @@ inline void band_out_rows(const Geom& g, int64_t ih0, int64_t ih1, int64_t& oh0,
   oh1 = std::min<int64_t>(g.Ho, (ih1 - 1 + g.ph) / g.sh + 1);
 }
 
-// One task: input rows [ih0, ih1) of image n. dz of the output rows they read goes to buf first
-// (L2-resident); then row by row dx and the weight-gradient terms (acc: kk x C).
-TCV_CPU_CLONES void cl_bwd_band_f32(Act act, bool use_b, const float* gn, const float* zn,
-                                    const float* xn, float* gxn, const float* mu, const float* sc,
+// One task: input rows [ih0, ih1) of one image, reading output rows [oh0, oh1) (band_out_rows).
+// g0 / z0 point at output row oh0, x0 / gx0 at input row ih0 (channels_last rows of C). dz of
+// the output rows goes to buf first (L2-resident); then row by row dx and the weight-gradient
+// terms (acc: kk x C).
+TCV_CPU_CLONES void cl_bwd_band_f32(Act act, bool use_b, const float* g0, const float* z0,
+                                    const float* x0, float* gx0, const float* mu, const float* sc,
                                     const float* sh, const float* a, const float* b, const float* wt,
-                                    const Geom& g, int64_t ih0, int64_t ih1, float* buf, float* acc) {
-  const int64_t C = g.C, row = g.Wo * C;
-  int64_t oh0, oh1;
-  band_out_rows(g, ih0, ih1, oh0, oh1);
-  if (oh1 > oh0) {
-    dz_pix_f32(act, use_b, gn + oh0 * row, zn + oh0 * row, (oh1 - oh0) * g.Wo, C, mu, sc, sh, a, b, buf);
-  }
+                                    const Geom& g, int64_t ih0, int64_t ih1, int64_t oh0, int64_t oh1,
+                                    float* buf, float* acc) {
+  const int64_t C = g.C;
+  if (oh1 > oh0) dz_pix_f32(act, use_b, g0, z0, (oh1 - oh0) * g.Wo, C, mu, sc, sh, a, b, buf);
   for (int64_t ih = ih0; ih < ih1; ++ih) {
-    cl_bwd_row(buf, oh0, xn + ih * g.W * C, wt, g, ih, gxn + ih * g.W * C, acc);
+    cl_bwd_row(buf, oh0, x0 + (ih - ih0) * g.W * C, wt, g, ih, gx0 + (ih - ih0) * g.W * C, acc);
   }
 }
 
-// Input rows per channels_last task: dz of about 128K floats (512 KB) per band, 4..32 rows (the
-// band's dz rows are recomputed by its neighbours only in the (kh - 1) * dh / sh rows they share).
-int64_t cl_band_rows(const Geom& g) {
-  const int64_t r = 131072 / std::max<int64_t>(1, g.Wo * g.C);
-  return std::min<int64_t>(g.H, std::clamp<int64_t>(r, 4, 32) * g.sh);
-}
+// The band grid of the channels_last kernel: bands of `rows` input rows (dz of about 128K floats,
+// 512 KB, per band, 4..32 output rows' worth; a band's dz rows are recomputed by its neighbours
+// only in the (kh - 1) * dh / sh rows they share), and the most output rows a band reads.
+struct Bands {
+  int64_t rows, count, max_out;
+  explicit Bands(const Geom& g) {
+    const int64_t r = 131072 / std::max<int64_t>(1, g.Wo * g.C);
+    rows = std::min<int64_t>(g.H, std::clamp<int64_t>(r, 4, 32) * g.sh);
+    count = (g.H + rows - 1) / rows;
+    max_out = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      int64_t oh0, oh1;
+      range(g, k, oh0, oh1);
+      max_out = std::max(max_out, oh1 - oh0);
+    }
+  }
+  // Band k: input rows [ih0, ih1), output rows [oh0, oh1).
+  void range(const Geom& g, int64_t k, int64_t& oh0, int64_t& oh1) const {
+    band_out_rows(g, k * rows, std::min(g.H, (k + 1) * rows), oh0, oh1);
+  }
+};
 
 void stats_backward_cl(const float* gd, const float* zd, const float* xd, float* gxd, const float* ad,
                        const float* bd, bool use_b, const float* md, const float* wd, const Geom& g,
@@ -326,23 +341,22 @@ void stats_backward_cl(const float* gd, const float* zd, const float* xd, float*
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t t = 0; t < kk; ++t) wt[t * C + c] = wd[c * kk + t];
   }
-  const int64_t band = cl_band_rows(g), nbands = (g.H + band - 1) / band, ntasks = g.N * nbands;
+  const Bands bands(g);
+  const int64_t ntasks = g.N * bands.count;
   // Weight-gradient partials per task (a grid fixed by the shape), added in task order below.
   std::vector<float> part(static_cast<size_t>(ntasks * kk * C), 0.0f);
   const int64_t in_img = g.H * g.W * C, out_img = g.Ho * g.Wo * C;
-  int64_t max_rows = 0;  // dz rows of the largest band
-  for (int64_t ih0 = 0; ih0 < g.H; ih0 += band) {
-    int64_t oh0, oh1;
-    band_out_rows(g, ih0, std::min(g.H, ih0 + band), oh0, oh1);
-    max_rows = std::max(max_rows, oh1 - oh0);
-  }
   at::parallel_for(0, ntasks, 1, [&](int64_t b0, int64_t e0) {
-    std::vector<float> buf(static_cast<size_t>(max_rows * g.Wo * C));
+    std::vector<float> buf(static_cast<size_t>(bands.max_out * g.Wo * C));
     for (int64_t k = b0; k < e0; ++k) {
-      const int64_t n = k / nbands, ih0 = (k % nbands) * band, ih1 = std::min(g.H, ih0 + band);
-      cl_bwd_band_f32(ssc ? act : Act::Identity, use_b, gd + n * out_img, zd + n * out_img, xd + n * in_img,
-                      gxd + n * in_img, md, ssc ? ssc : ones.data(), ssc ? ssh : zeros.data(), ad, bd,
-                      wt.data(), g, ih0, ih1, buf.data(), part.data() + k * kk * C);
+      const int64_t n = k / bands.count, ih0 = (k % bands.count) * bands.rows;
+      const int64_t ih1 = std::min(g.H, ih0 + bands.rows);
+      int64_t oh0, oh1;
+      bands.range(g, k % bands.count, oh0, oh1);
+      const int64_t o = n * out_img + oh0 * g.Wo * C, i = n * in_img + ih0 * g.W * C;
+      cl_bwd_band_f32(ssc ? act : Act::Identity, use_b, gd + o, zd + o, xd + i, gxd + i, md,
+                      ssc ? ssc : ones.data(), ssc ? ssh : zeros.data(), ad, bd, wt.data(), g, ih0, ih1,
+                      oh0, oh1, buf.data(), part.data() + k * kk * C);
     }
   });
   at::parallel_for(0, C, 16, [&](int64_t b0, int64_t e0) {
@@ -350,6 +364,68 @@ void stats_backward_cl(const float* gd, const float* zd, const float* xd, float*
       for (int64_t k = 0; k < ntasks; ++k) {
         const float* pp = part.data() + k * kk * C;
         for (int64_t t = 0; t < kk; ++t) gwd[c * kk + t] += pp[t * C + c];
+      }
+    }
+  });
+}
+
+// NCHW with C >= 16: per task (image n, block of 16 channels, band of input rows) the band's rows
+// of g, z and x in the block's 16 planes are transposed in L1/L2 into pixel-major 16-channel
+// buffers (transpose16), the channels_last band kernel runs on them as an image of 16 channels,
+// and dx is transposed back: vectorized over channels, which is what narrow planes (late
+// MobileNet / EfficientNet stages) need, without converting whole tensors to channels_last (four
+// extra passes over memory). On wide planes it measured as fast as the per-plane kernel or faster.
+void stats_backward_nchw_blocked(const float* gd, const float* zd, const float* xd, float* gxd,
+                                 const float* ad, const float* bd, bool use_b, const float* md,
+                                 const float* wd, const Geom& g, Act act, const float* ssc,
+                                 const float* ssh, float* gwd) {
+  const int64_t C = g.C, nb = (C + 15) / 16, C16 = nb * 16, kk = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t HW = g.H * g.W, HWo = g.Ho * g.Wo;
+  // Per-channel vectors and weights (kk, 16) per block, padded to whole blocks: a padded channel
+  // has g = 0, a = b = 0, so its dz is 0. No scale_shift_act in front: identity, scale 1, shift 0.
+  std::vector<float> a16(C16, 0.0f), b16(C16, 0.0f), m16(C16, 0.0f), s16(C16, 1.0f), h16(C16, 0.0f);
+  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f);
+  for (int64_t c = 0; c < C; ++c) {
+    a16[c] = ad[c];
+    b16[c] = bd[c];
+    m16[c] = md[c];
+    if (ssc) s16[c] = ssc[c], h16[c] = ssh[c];
+    for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
+  }
+  Geom g16 = g;
+  g16.C = 16;
+  const Bands bands(g16);
+  const Act a = ssc ? act : Act::Identity;
+  const int64_t ntasks = g.N * nb * bands.count;
+  std::vector<float> part(static_cast<size_t>(ntasks * kk * 16), 0.0f);  // [n][block][band][t][16]
+  at::parallel_for(0, ntasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> gt(static_cast<size_t>(bands.max_out * g.Wo * 16)), zt(gt.size()), dzt(gt.size());
+    std::vector<float> xt(static_cast<size_t>(bands.rows * g.W * 16)), gxt(xt.size());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (nb * bands.count), c0 = (task / bands.count) % nb * 16;
+      const int64_t k = task % bands.count, nc = std::min<int64_t>(16, C - c0);
+      const int64_t ih0 = k * bands.rows, ih1 = std::min(g.H, ih0 + bands.rows);
+      int64_t oh0, oh1;
+      bands.range(g16, k, oh0, oh1);
+      const int64_t po = (n * C + c0) * HWo + oh0 * g.Wo, pi = (n * C + c0) * HW + ih0 * g.W;
+      const int64_t no = std::max<int64_t>(0, oh1 - oh0) * g.Wo, ni = (ih1 - ih0) * g.W;
+      blk_fill_nchw_f32(gd + po, HWo, nc, no, no, no, gt.data());
+      blk_fill_nchw_f32(zd + po, HWo, nc, no, no, no, zt.data());
+      blk_fill_nchw_f32(xd + pi, HW, nc, ni, ni, ni, xt.data());
+      cl_bwd_band_f32(a, use_b, gt.data(), zt.data(), xt.data(), gxt.data(), m16.data() + c0,
+                      s16.data() + c0, h16.data() + c0, a16.data() + c0, b16.data() + c0,
+                      w16.data() + (c0 / 16) * kk * 16, g16, ih0, ih1, oh0, oh1, dzt.data(),
+                      part.data() + task * kk * 16);
+      blk_store_nchw_f32(gxt.data(), nc, ni, gxd + pi, HW);
+    }
+  });
+  at::parallel_for(0, C, 16, [&](int64_t b0, int64_t e0) {
+    for (int64_t c = b0; c < e0; ++c) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t k = 0; k < bands.count; ++k) {
+          const float* pp = part.data() + ((n * nb + c / 16) * bands.count + k) * kk * 16 + c % 16;
+          for (int64_t t = 0; t < kk; ++t) gwd[c * kk + t] += pp[t * 16];
+        }
       }
     }
   });
@@ -418,20 +494,12 @@ void stats_backward_f32(const at::Tensor& gz, const at::Tensor& a, const at::Ten
   const float* ssh = ssa.scale.defined() ? ssa.shift.const_data_ptr<float>() : nullptr;
   // (x or z may be contiguous in both layouts -- C = 1, 1 x 1 planes -- the other tells them apart)
   const bool nchw = x.is_contiguous() && z.is_contiguous();
-  // Narrow NCHW planes (late MobileNet / EfficientNet stages) not in the flat form (a wide kernel):
-  // the per-plane loops would run kh * kw tiny rows per output row; the channels_last kernel
-  // vectorizes over channels instead. The transposes are of small tensors at these stages.
-  const bool transpose = nchw && g.Wo < 16 && g.C >= 16 && !nchw_bwd_flat(g);
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor gzr = transpose ? gz.contiguous(cl) : gz, zr = transpose ? z.contiguous(cl) : z;
-  const at::Tensor xr = transpose ? x.contiguous(cl) : x;
-  at::Tensor gxr = transpose ? at::empty_like(x, cl) : gx;
-  auto run = nchw && !transpose ? stats_backward_nchw : stats_backward_cl;
-  run(gzr.const_data_ptr<float>(), zr.const_data_ptr<float>(), xr.const_data_ptr<float>(),
-      gxr.mutable_data_ptr<float>(), a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
+  // NCHW: 16-channel blocks where there are 16 channels, else per plane.
+  auto run = !nchw ? stats_backward_cl : (g.C >= 16 ? stats_backward_nchw_blocked : stats_backward_nchw);
+  run(gz.const_data_ptr<float>(), z.const_data_ptr<float>(), x.const_data_ptr<float>(),
+      gx.mutable_data_ptr<float>(), a.const_data_ptr<float>(), b.const_data_ptr<float>(), use_b,
       mean.const_data_ptr<float>(), w.const_data_ptr<float>(), g, ssa.act, ssc, ssh,
       gw.mutable_data_ptr<float>());
-  if (transpose) gx.copy_(gxr);
 }
 
 }  // namespace torchcv_ext::dwconv::cpu

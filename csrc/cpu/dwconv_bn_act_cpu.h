@@ -223,6 +223,14 @@ struct NchwScratch {
   }
 };
 
+// ---- NCHW <-> pixel-major 16-channel tiles (dwconv_bn_act.cpp) ---------------------------------
+// Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
+// pixel p going to tile + dst(p) * 16, dst(p) = (p / W) * Wt + p % W; channels >= nc are zero.
+void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W, int64_t Wt,
+                       float* tile);
+// nc <= 16 NCHW planes (planes `pstride` apart, y at the first pixel), pixels [0, P) <- acc[p * 16 + c].
+void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride);
+
 // ---- float32 backward (dwconv_bn_act_backward.cpp) ----------------------------------------------
 // Same contracts as CpuBackend::ssa_backward / stats_backward (dwconv_bn_act_host.h), for float32
 // tensors contiguous in NCHW or channels_last. Per-channel sums are combined from partials over a
