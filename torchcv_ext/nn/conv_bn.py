@@ -146,11 +146,11 @@ def _is_depthwise(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
             and not isinstance(conv.padding, str) and bn.num_features == c)
 
 
-def _apply_act(name: Optional[str], module: Optional[nn.Module], y: torch.Tensor,
-               inplace: bool) -> torch.Tensor:
+def _apply_act(name: Optional[str], module: Optional[nn.Module], y: torch.Tensor) -> torch.Tensor:
+    """The activation on a fresh tensor y that autograd does not keep: in place."""
     if name is None:  # an activation the fused paths do not know: the module itself
         return module(y)
-    return activations.apply(name, y, inplace)
+    return activations.apply(name, y, inplace=True)
 
 
 def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.Module, None],
@@ -163,9 +163,12 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if use_batch_stats or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         y = bn(conv(x))
+        # y is a fresh tensor that autograd does not keep (BatchNorm's backward uses its input),
+        # so the residual add and the activation run in place, as in torchvision's blocks: two
+        # activation-sized allocations and passes fewer per layer in training.
         if residual is not None:
-            y = y + residual
-        return module(y) if module is not None else _apply_act(name, None, y, inplace=False)
+            y = y.add_(residual) if residual.shape == y.shape else y + residual
+        return _apply_act(name, module, y)
 
     needs_grad = _needs_grad(conv, bn, x, residual)
     if needs_grad or torch.compiler.is_compiling():
@@ -177,9 +180,10 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         f = _cached_fold(conv, bn)
         w, b = f.weight, f.bias
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    # (conv2d's backward does not use its output: in place, as above)
     if residual is not None:
-        y = y + residual
-    return _apply_act(name, module, y, inplace=not needs_grad)
+        y = y.add_(residual) if residual.shape == y.shape else y + residual
+    return _apply_act(name, module, y)
 
 
 def _needs_grad(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
@@ -246,7 +250,7 @@ def _onednn_conv(conv: nn.Conv2d, f: _Folded, x: torch.Tensor, name: str,
     y = torch.ops.mkldnn._convolution_pointwise.binary(
         x, residual, wp, f.bias, pad, stride, dil, conv.groups, "add", None, unary, [],
         None if unary is None else "")
-    return y if name in ("identity", "relu") else _apply_act(name, None, y, inplace=True)
+    return y if name in ("identity", "relu") else _apply_act(name, None, y)
 
 
 def _plan(children: List[nn.Module]) -> List[Tuple[int, int]]:
