@@ -404,12 +404,7 @@ struct BlockedGeom {
 template <typename Epi>
 void nchw_blocked_f32(const at::Tensor& x, const at::Tensor& w, const Geom& g, Epi&& epi) {
   const int64_t C = g.C, nb = (C + 15) / 16, kk = static_cast<int64_t>(g.kh) * g.kw;
-  // Weights (kh*kw, 16) per channel block, zero-padded to nb * 16 channels.
-  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f);
-  const float* wd = w.const_data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
-  }
+  const std::vector<float> w16 = weights_by_block16(w.const_data_ptr<float>(), C, kk);
   const BlockedGeom bg(g);
   const int64_t Wo8 = bg.Wo8, Wt = bg.Wt, row16 = bg.row16, kspan = bg.kspan, band = bg.band;
   const int64_t nbands = bg.nbands, tile_rows = bg.tile_rows;

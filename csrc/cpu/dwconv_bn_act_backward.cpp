@@ -385,14 +385,13 @@ void stats_backward_nchw_blocked(const float* gd, const float* zd, const float* 
   // Per-channel vectors and weights (kk, 16) per block, padded to whole blocks: a padded channel
   // has g = 0, a = b = 0, so its dz is 0. No scale_shift_act in front: identity, scale 1, shift 0.
   std::vector<float> a16(C16, 0.0f), b16(C16, 0.0f), m16(C16, 0.0f), s16(C16, 1.0f), h16(C16, 0.0f);
-  std::vector<float> w16(static_cast<size_t>(nb * kk * 16), 0.0f);
   for (int64_t c = 0; c < C; ++c) {
     a16[c] = ad[c];
     b16[c] = bd[c];
     m16[c] = md[c];
     if (ssc) s16[c] = ssc[c], h16[c] = ssh[c];
-    for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
   }
+  const std::vector<float> w16 = weights_by_block16(wd, C, kk);
   Geom g16 = g;
   g16.C = 16;
   const Bands bands(g16);

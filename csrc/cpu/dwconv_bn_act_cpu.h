@@ -224,6 +224,17 @@ struct NchwScratch {
 };
 
 // ---- NCHW <-> pixel-major 16-channel tiles (dwconv_bn_act.cpp) ---------------------------------
+// The (C, 1, kh, kw) weights wd by 16-channel block, as the tile kernels read them: (block, tap,
+// 16), zero-padded to whole blocks.
+inline std::vector<float> weights_by_block16(const float* wd, int64_t C, int64_t kk) {
+  std::vector<float> w16(static_cast<size_t>((C + 15) / 16 * kk * 16), 0.0f);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < kk; ++t) w16[((c / 16) * kk + t) * 16 + c % 16] = wd[c * kk + t];
+  }
+  return w16;
+}
+
+
 // Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
 // pixel p going to tile + dst(p) * 16, dst(p) = (p / W) * Wt + p % W; channels >= nc are zero.
 void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W, int64_t Wt,
