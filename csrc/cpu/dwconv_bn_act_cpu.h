@@ -234,7 +234,6 @@ inline std::vector<float> weights_by_block16(const float* wd, int64_t C, int64_t
   return w16;
 }
 
-
 // Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
 // pixel p going to tile + dst(p) * 16, dst(p) = (p / W) * Wt + p % W; channels >= nc are zero.
 void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W, int64_t Wt,

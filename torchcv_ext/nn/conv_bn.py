@@ -146,8 +146,13 @@ def _is_depthwise(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
             and not isinstance(conv.padding, str) and bn.num_features == c)
 
 
-def _apply_act(name: Optional[str], module: Optional[nn.Module], y: torch.Tensor) -> torch.Tensor:
-    """The activation on a fresh tensor y that autograd does not keep: in place."""
+def _apply_act(name: Optional[str], module: Optional[nn.Module], y: torch.Tensor,
+               residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """act(y + residual) on a fresh tensor y that autograd does not keep (the output of
+    BatchNorm or conv2d, whose backwards use their inputs): the add and the activation run in
+    place, as in torchvision's blocks -- two activation-sized allocations fewer per layer."""
+    if residual is not None:
+        y = y.add_(residual) if residual.shape == y.shape else y + residual
     if name is None:  # an activation the fused paths do not know: the module itself
         return module(y)
     return activations.apply(name, y, inplace=True)
@@ -162,13 +167,7 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         return dwconv_bn_act_forward(conv, bn, name, x)
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if use_batch_stats or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        y = bn(conv(x))
-        # y is a fresh tensor that autograd does not keep (BatchNorm's backward uses its input),
-        # so the residual add and the activation run in place, as in torchvision's blocks: two
-        # activation-sized allocations and passes fewer per layer in training.
-        if residual is not None:
-            y = y.add_(residual) if residual.shape == y.shape else y + residual
-        return _apply_act(name, module, y)
+        return _apply_act(name, module, bn(conv(x)), residual)
 
     needs_grad = _needs_grad(conv, bn, x, residual)
     if needs_grad or torch.compiler.is_compiling():
@@ -180,10 +179,7 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         f = _cached_fold(conv, bn)
         w, b = f.weight, f.bias
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-    # (conv2d's backward does not use its output: in place, as above)
-    if residual is not None:
-        y = y.add_(residual) if residual.shape == y.shape else y + residual
-    return _apply_act(name, module, y)
+    return _apply_act(name, module, y, residual)
 
 
 def _needs_grad(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor,
