@@ -20,7 +20,7 @@ from torchcv_ext.nn import MultiheadSelfAttention
 from torchcv_ext.ops import attention
 from torchcv_ext.ops.reference import attention as ref
 
-from testing import DEVICES, TOL, assert_close, assert_flash_rule, eager_attention, requires_ext
+from testing import DEVICES, TOL, assert_close, assert_flash_rule, eager_attention, opcheck, requires_ext
 
 op = torch.ops.torchcv_ext.attention if torchcv_ext.extension_loaded() else None
 HALF = [torch.float16, torch.bfloat16]
@@ -189,11 +189,11 @@ def test_edge_shapes(device, cpu_kernel):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(device, dtype, cpu_kernel):
     q, k, v = _qkv(1, 2, 9, 70, 32, dtype, device, requires_grad=True)
-    torch.library.opcheck(torch.ops.torchcv_ext.attention.default,
+    opcheck(torch.ops.torchcv_ext.attention.default,
                           (q, k, v, 0.3 if dtype == torch.float32 else None))
     out, lse = op(q.detach(), k.detach(), v.detach(), 0.3)
     go = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.torchcv_ext._attention_backward.default,
+    opcheck(torch.ops.torchcv_ext._attention_backward.default,
                           (go, q.detach(), k.detach(), v.detach(), out, lse, 0.3))
 
 

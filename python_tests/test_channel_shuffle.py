@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchcv_ext
 from torchcv_ext import ops
 from torchcv_ext.ops.reference import channel_shuffle as ref
-from testing import DEVICES, requires_ext
+from testing import DEVICES, opcheck, requires_ext
 
 ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -172,7 +172,7 @@ def test_opcheck(device):
         (lib.shuffle_cat_split, (a, b)), (lib.shuffle_cat_split, (acl, bcl)),
         (lib._shuffle_cat_backward, (g, g)),
     ]:
-        torch.library.opcheck(op, args)
+        opcheck(op, args)
 
 
 @requires_ext

@@ -14,7 +14,7 @@ from torchcv_ext.nn import DWConvBNAct
 from torchcv_ext.ops import dwconv_bn_act, dwconv_bn_act_train, fold_bn
 from torchcv_ext.ops.reference import dwconv_bn_act as ref
 
-from testing import DEVICES, DTYPES, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, opcheck, requires_ext
 
 OPS = getattr(torch.ops, "torchcv_ext", None)
 ACTS = ["identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid"]
@@ -497,29 +497,29 @@ def test_opcheck(device, layout):
     sc = torch.randn(4, device=device, requires_grad=True)
     sh = torch.randn(4, device=device, requires_grad=True)
     conv = ([2, 1], [1, 1], [1, 1])
-    torch.library.opcheck(OPS.dwconv_bn_act, (x, w, sc, sh, *conv, "hardswish"))
-    torch.library.opcheck(OPS.dwconv_bn_stats, (x, w, *conv))
+    opcheck(OPS.dwconv_bn_act, (x, w, sc, sh, *conv, "hardswish"))
+    opcheck(OPS.dwconv_bn_stats, (x, w, *conv))
     z, mean, _ = OPS.dwconv_bn_stats(x.detach(), w.detach(), *conv)
     zr = z.clone().requires_grad_(True)
-    torch.library.opcheck(OPS.scale_shift_act, (zr, sc, sh, "silu"))
+    opcheck(OPS.scale_shift_act, (zr, sc, sh, "silu"))
     mu = mean.clone().requires_grad_(True)
-    torch.library.opcheck(OPS.scale_shift_act, (zr, sc, sh, "hardswish", mu))
+    opcheck(OPS.scale_shift_act, (zr, sc, sh, "hardswish", mu))
     g = torch.randn_like(z)
-    torch.library.opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "relu"))
-    torch.library.opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "silu", mean))
+    opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "relu"))
+    opcheck(OPS._scale_shift_act_backward, (g, z, sc.detach(), sh.detach(), "silu", mean))
     gm, gv = torch.randn(4, device=device), torch.randn(4, device=device)
-    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+    opcheck(OPS._dwconv_bn_stats_backward,
                           (g, gm, gv, x.detach(), z, mean, w.detach(), *conv))
-    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+    opcheck(OPS._dwconv_bn_stats_backward,
                           (g, None, None, x.detach(), z, mean, w.detach(), *conv))
     # The train op and the forms of the backward ops its backward uses.
     gamma = (torch.rand(4, device=device) + 0.5).requires_grad_(True)
     beta = torch.randn(4, device=device, requires_grad=True)
-    torch.library.opcheck(OPS.dwconv_bn_act_train, (x, w, gamma, beta, 1e-5, *conv, "silu"))
-    torch.library.opcheck(OPS.dwconv_bn_act_train, (x, w, None, None, 1e-3, *conv, "relu"))
-    torch.library.opcheck(OPS._scale_shift_act_backward,
+    opcheck(OPS.dwconv_bn_act_train, (x, w, gamma, beta, 1e-5, *conv, "silu"))
+    opcheck(OPS.dwconv_bn_act_train, (x, w, None, None, 1e-3, *conv, "relu"))
+    opcheck(OPS._scale_shift_act_backward,
                           (g, z, sc.detach(), sh.detach(), "silu", mean, False))
-    torch.library.opcheck(OPS._dwconv_bn_stats_backward,
+    opcheck(OPS._dwconv_bn_stats_backward,
                           (g, gm, gv, x.detach(), z, mean, w.detach(), *conv, sc.detach(), sh.detach(),
                            "hardswish"))
 

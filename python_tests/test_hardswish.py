@@ -7,7 +7,7 @@ from torch import nn
 
 import torchcv_ext
 from torchcv_ext.ops import hardsigmoid, hardswish
-from testing import DEVICES, DTYPES, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, opcheck, requires_ext
 
 FUNCS = [(hardswish, F.hardswish, "hardswish"), (hardsigmoid, F.hardsigmoid, "hardsigmoid")]
 KINKS = [-4.0, -3.0, -2.5, -1e-3, 0.0, 1e-3, 2.5, 3.0, 4.0]
@@ -65,8 +65,8 @@ def test_gradcheck_and_gradgradcheck(device, ours, theirs, name):
 @pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
 def test_opcheck(device, name):
     x = torch.randn(2, 5, 4, 3, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
-    torch.library.opcheck(getattr(torch.ops.torchcv_ext, name).default, (x,))
-    torch.library.opcheck(getattr(torch.ops.torchcv_ext, f"_{name}_backward").default,
+    opcheck(getattr(torch.ops.torchcv_ext, name).default, (x,))
+    opcheck(getattr(torch.ops.torchcv_ext, f"_{name}_backward").default,
                           (torch.randn_like(x), x.detach()))
 
 

@@ -12,7 +12,7 @@ import torchcv_ext
 from torchcv_ext.nn import SqueezeExcite
 from torchcv_ext.ops import squeeze_excite
 from torchcv_ext.ops.reference import squeeze_excite as ref
-from testing import DEVICES, DTYPES, assert_close, requires_ext
+from testing import DEVICES, DTYPES, assert_close, opcheck, requires_ext
 
 ACT_PAIRS = [(nn.ReLU, nn.Sigmoid, "relu", "sigmoid"), (nn.SiLU, nn.Sigmoid, "silu", "sigmoid"),
              (nn.ReLU, nn.Hardsigmoid, "relu", "hardsigmoid"),
@@ -115,9 +115,9 @@ def test_reference_backward_matches_autograd(act, gate):
 def test_opcheck(device, layout):
     x = torch.randn(2, 8, 5, 3, device=device).contiguous(memory_format=layout).requires_grad_()
     params = [t.requires_grad_() for t in _params(8, 4, dtype=torch.float32, device=device)]
-    torch.library.opcheck(torch.ops.torchcv_ext.squeeze_excite.default, (x, *params, "relu", "hardsigmoid"))
+    opcheck(torch.ops.torchcv_ext.squeeze_excite.default, (x, *params, "relu", "hardsigmoid"))
     g = torch.randn_like(x)
-    torch.library.opcheck(torch.ops.torchcv_ext._squeeze_excite_backward.default,
+    opcheck(torch.ops.torchcv_ext._squeeze_excite_backward.default,
                           (g, x.detach(), *[t.detach() for t in params], "silu", "sigmoid"))
 
 

@@ -10,6 +10,8 @@ from torch import nn
 import torchcv_ext
 from torchcv_ext.models import create_model
 
+from testing import randomize_bn
+
 tvm = pytest.importorskip("torchvision.models")
 
 # Full parity (eval outputs + float64 train-mode gradients and BN statistics): one or two models per
@@ -51,18 +53,6 @@ def _train_step(model, x, w, seed):
     return out, {n: p.grad for n, p in model.named_parameters()}
 
 
-def _randomize_bn(model):
-    """Non-trivial BN statistics and affine parameters, so eval mode is not the identity."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 def _check_parity(ours, tv, x):
     # Eval, float32: the deployed precision.
     tv.eval(), ours.eval()
@@ -96,7 +86,7 @@ def _check_parity(ours, tv, x):
 
 def _load(name):
     tv = _tv_model(name)
-    _randomize_bn(tv)
+    randomize_bn(tv)
     ours = create_model(name, num_classes=NUM_CLASSES)
     ours.load_state_dict(tv.state_dict(), strict=True)
     assert list(ours.state_dict()) == list(tv.state_dict())
@@ -147,7 +137,7 @@ def test_every_torchvision_backed_model_is_covered():
 ])
 def test_convert_keeps_function_and_state_dict(name, expected):
     tv = _tv_model(name)
-    _randomize_bn(tv)
+    randomize_bn(tv)
     converted = copy.deepcopy(tv)
     assert torchcv_ext.convert(converted) is converted
     counts = converted._torchcv_ext_converted

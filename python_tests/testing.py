@@ -53,6 +53,59 @@ def assert_flash_rule(got: torch.Tensor, eager: torch.Tensor, exact: torch.Tenso
     assert err <= 2 * base + 1e-5, f"{name}: error {err:.3g} > 2 x eager error {base:.3g}"
 
 
+def randomize_bn(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters, so eval mode is not the identity (a fresh
+    model's eval outputs are tiny, and a wrong fold would go unseen)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+def opcheck(op, args) -> None:
+    """``torch.library.opcheck`` (schema, fake kernel, autograd registration, torch.compile)
+    plus :func:`check_decomposition`: every op test sample is also an export test."""
+    torch.library.opcheck(op, args)
+    check_decomposition(op, args)
+
+
+def check_decomposition(op, args) -> None:
+    """The op's entry in ``torchcv_ext.export.decompositions()`` (its reference): a graph calling
+    ``op(*args)``, exported by ``torch.export`` and decomposed with that table, holds no
+    torchcv_ext op and computes what the op computes (within the tolerance of its dtype)."""
+    from torchcv_ext.export import decompositions
+
+    op = getattr(op, "default", op)
+    table = decompositions()
+    assert op in table, f"{op} has no entry in torchcv_ext.export.decompositions()"
+    pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    inputs = tuple(args[i].detach() for i in pos)
+
+    class Call(torch.nn.Module):
+        def forward(self, *tensors):
+            full = list(args)
+            for i, t in zip(pos, tensors):
+                full[i] = t
+            return op(*full)
+
+    ep = torch.export.export(Call(), inputs).run_decompositions(table)
+    left = [str(n.target) for n in ep.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("torchcv_ext.")]
+    assert not left, f"{op}: still in the decomposed graph: {left}"
+    got, expected = ep.module()(*inputs), Call()(*inputs)
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == e.dtype, (op, g.shape, e.shape, g.dtype, e.dtype)
+        assert_close(g, e, e.dtype, scale=4.0)
+
+
 def run_python(args, cwd) -> str:
     """Run ``python *args`` in ``cwd`` (not the repo root, whose source tree would shadow an
     installed package), importing the same torchcv_ext this test process imported; returns stdout."""

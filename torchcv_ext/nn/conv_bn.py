@@ -170,8 +170,8 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         return _apply_act(name, module, bn(conv(x)), residual)
 
     needs_grad = _needs_grad(conv, bn, x, residual)
-    if needs_grad or torch.compiler.is_compiling():
-        w, b = _fold(conv, bn)  # differentiable; torch.compile sees (and may constant-fold) the math
+    if needs_grad or _common.capturing_graph():
+        w, b = _fold(conv, bn)  # differentiable; a captured graph holds the math on the parameters
     else:
         y = onednn_eval(conv, bn, name, x, residual)
         if y is not None:
@@ -193,7 +193,7 @@ def onednn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d, name: Optional[str], x: tor
                 residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Eval-mode ``act(bn(conv(x)) [+ residual])`` as one oneDNN call (BN folded, weight pre-packed
     per input shape, activation / residual add as post-ops), or None where that path does not apply:
-    not CPU float32 4-D inference (autograd needed, autocast, torch.compile tracing), an activation
+    not CPU float32 4-D inference (autograd needed, autocast, a graph being captured), an activation
     oneDNN lacks, a layout other than NCHW / channels_last, oneDNN off
     (``config.cpu_onednn_conv_bn``, ``torch.backends.mkldnn``) or missing, or a problem this torch
     build's oneDNN rejected before. The caller runs its own path then."""
@@ -201,7 +201,7 @@ def onednn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d, name: Optional[str], x: tor
             and x.dim() == 4 and name in _ONEDNN_ACT and _common.config.cpu_onednn_conv_bn
             and torch.backends.mkldnn.enabled and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and not _needs_grad(conv, bn, x, residual)
+            and not _common.capturing_graph() and not _needs_grad(conv, bn, x, residual)
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
             and (residual is None or (residual.dtype == torch.float32
                                       and residual.shape == _out_shape(conv, x)))

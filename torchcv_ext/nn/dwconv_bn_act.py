@@ -173,12 +173,12 @@ _SCALE_SHIFT_CACHE: "weakref.WeakKeyDictionary[nn.BatchNorm2d, tuple]" = weakref
 
 def _eval_scale_shift(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """fold_bn of the layer's BN (and conv bias): differentiable when autograd needs the BN affine
-    parameters (or the conv bias) or torch.compile traces, else cached."""
+    parameters (or the conv bias) or a graph is being captured (_common.capturing_graph), else cached."""
     tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
     fold = lambda: fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, conv.bias)  # noqa: E731
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (bn.weight, bn.bias, conv.bias))
-    if needs_grad or torch.compiler.is_compiling() or not _common.TensorState.cacheable(tensors):
+    if needs_grad or _common.capturing_graph() or not _common.TensorState.cacheable(tensors):
         return fold()
     extra = (bn.eps, torch.is_inference_mode_enabled())
     hit = _SCALE_SHIFT_CACHE.get(bn)
@@ -204,7 +204,7 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if not use_batch_stats:
-        if x.device.type == "cpu" and _cpu_eval_uses_onednn(x):
+        if x.device.type == "cpu" and not _common.capturing_graph() and _cpu_eval_uses_onednn(x):
             from torchcv_ext.nn import conv_bn  # (conv_bn imports this module)
 
             y = conv_bn.onednn_eval(conv, bn, activation, x)

@@ -33,6 +33,15 @@ NAMESPACE = "torchcv_ext"
 config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_backend="auto",
                                cpu_onednn_conv_bn=True)
 
+def capturing_graph() -> bool:
+    """A graph is being captured -- torch.compile / torch.export (``torch.compiler.is_compiling``)
+    or ``torch.jit.trace``: the modules then compute everything they would otherwise cache (BN
+    folds, pre-packed oneDNN weights) from their parameters in the call, so the captured graph
+    reads the parameters (a later ``load_state_dict`` on the exported / traced module takes effect)
+    and holds only ops a graph can carry."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def dwconv_cpu_train_uses_kernels(x: torch.Tensor) -> bool:
     """config.dwconv_cpu_train_backend for a CPU input ``x`` of a train-mode depthwise layer."""
     mode = config.dwconv_cpu_train_backend
@@ -45,6 +54,10 @@ def dwconv_cpu_train_uses_kernels(x: torch.Tensor) -> bool:
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}
+
+#: op name -> its pure-PyTorch reference with the op's signature (registered as a kernel where no
+#: compiled one exists; torchcv_ext.export.decompositions() hands them to graph exporters).
+REFERENCES: Dict[str, Callable] = {}
 
 # Kept alive for the life of the process: Python kernels registered into the C++-defined library.
 _impl_lib = None
@@ -93,6 +106,7 @@ def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CP
     in ``keys`` that has no C++/CUDA kernel, so all devices go through the same dispatcher path
     (autograd, fake, opcheck, torch.compile) and the same tests. Records the backend per key."""
     global _impl_lib
+    REFERENCES[op] = fn
     backends = BACKENDS.setdefault(op, {})
     for key in keys:
         if has_kernel(op, key):
@@ -157,3 +171,26 @@ def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
         "hardsigmoid": F.hardsigmoid,
         "sigmoid": torch.sigmoid,
     }[check_activation(name)](x)
+
+
+def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
+    """d act(x) / dx by name, the convention of csrc/include/torchcv_ext/activations.h
+    (act_backward): PyTorch's autograd values at the kinks; relu' = 1 at NaN as in
+    threshold_backward. Explicit formulas, no autograd, so the backward references trace into
+    exported graphs."""
+    check_activation(name)
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    if name == "identity":
+        return one
+    if name == "relu":
+        return torch.where(x <= 0, zero, one)
+    if name == "relu6":
+        return torch.where((x > 0) & (x < 6), one, zero)
+    if name == "hardswish":
+        return torch.where(x <= -3, zero, torch.where(x < 3, (2 * x + 3) / 6, one))
+    if name == "hardsigmoid":
+        return torch.where((x > -3) & (x < 3), one / 6, zero)
+    s = torch.sigmoid(x)
+    if name == "silu":
+        return s * (1 + x * (1 - s))
+    return s * (1 - s)  # sigmoid

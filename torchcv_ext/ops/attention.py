@@ -63,15 +63,20 @@ def _bnhd_empty(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((b, n, h, d), dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
+def _as_bnhd(t: torch.Tensor) -> torch.Tensor:
+    """A (B, H, N, D) result copied into the kernels' (B, N, H, D) storage. Functional (no
+    in-place copy into an empty tensor), so exporters can trace the references as decompositions."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def _ref_forward(q, k, v, scale=None):
     out, lse = ref.attention(q, k, v, scale)
-    return _bnhd_empty(q.shape, q).copy_(out), lse.contiguous()
+    return _as_bnhd(out), lse.contiguous()
 
 
 def _ref_backward(grad_out, q, k, v, out, lse, scale=None):
     dq, dk, dv = ref.attention_backward(grad_out, q, k, v, out, lse, scale)
-    return (_bnhd_empty(q.shape, q).copy_(dq), _bnhd_empty(k.shape, k).copy_(dk),
-            _bnhd_empty(v.shape, v).copy_(dv))
+    return _as_bnhd(dq), _as_bnhd(dk), _as_bnhd(dv)
 
 
 def _register() -> None:

@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from torchcv_ext.ops._common import apply_activation, check_activation, memory_format_of
+from torchcv_ext.ops._common import (activation_derivative, apply_activation, check_activation,
+                                     memory_format_of)
 
 Pair = Sequence[int]
 
@@ -136,11 +137,9 @@ def scale_shift_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, a
 def _grad_u(op: str, grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
             act: str, mean: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """(gu, zc): the gradient at u = zc * scale + shift of y = act(u), zc = z - mean (acc dtype)."""
-    zc = _centred(op, z, mean).detach()
-    with torch.enable_grad():
-        u_leaf = (zc * _cv(scale, z) + _cv(shift, z)).detach().requires_grad_(True)
-        y = apply_activation(act, u_leaf)
-        (gu,) = torch.autograd.grad(y, u_leaf, grad.to(zc.dtype))
+    zc = _centred(op, z, mean)
+    u = zc * _cv(scale, z) + _cv(shift, z)
+    gu = grad.to(zc.dtype) * activation_derivative(act, u)
     return gu, zc
 
 

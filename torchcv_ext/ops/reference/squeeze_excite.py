@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from torchcv_ext.ops._common import apply_activation, check_activation
+from torchcv_ext.ops._common import activation_derivative, apply_activation, check_activation
 
 
 def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
@@ -58,27 +58,6 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     hidden = apply_activation(act, F.linear(pooled, w1, b1))           # (N, S)
     scale = apply_activation(gate, F.linear(hidden, w2, b2))           # (N, C)
     return x * _expand(scale, x)
-
-
-def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
-    """d act(x) / dx with PyTorch's autograd conventions at the kinks (same as
-    csrc/include/torchcv_ext/activations.h: act_backward)."""
-    check_activation(name)
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    if name == "identity":
-        return one
-    if name == "relu":
-        return torch.where(x > 0, one, zero)
-    if name == "relu6":
-        return torch.where((x > 0) & (x < 6), one, zero)
-    if name == "hardswish":
-        return torch.where(x <= -3, zero, torch.where(x < 3, (2 * x + 3) / 6, one))
-    if name == "hardsigmoid":
-        return torch.where((x > -3) & (x < 3), one / 6, zero)
-    s = torch.sigmoid(x)
-    if name == "silu":
-        return s * (1 + x * (1 - s))
-    return s * (1 - s)  # sigmoid
 
 
 def squeeze_excite_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,

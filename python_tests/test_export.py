@@ -1,0 +1,114 @@
+"""Deployment (torchcv_ext/export.py): torch.export, the decomposition table, ONNX through
+onnxruntime and torch.jit.trace, on models that use every forward op. The per-op decomposition
+checks run with each op's opcheck samples (testing.opcheck)."""
+import pytest
+import torch
+
+import torchcv_ext
+from torchcv_ext.export import decompositions, to_onnx
+from torchcv_ext.models import create_model
+from torchcv_ext.ops import _common
+
+from testing import randomize_bn, requires_ext
+
+# Together they call every forward op: dwconv_bn_act, squeeze_excite (hardsigmoid and sigmoid
+# gates), hardswish (MobileNetV3), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle
+# (ShuffleNetV1), attention (ViT).
+MODELS = ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "shufflenet_v1_g3",
+          "vit_tiny_patch16"]
+OPS_OF = {
+    "mobilenet_v3_small": {"dwconv_bn_act", "squeeze_excite", "hardswish"},
+    "efficientnet_b0": {"dwconv_bn_act", "squeeze_excite"},
+    "shufflenet_v2_x0_5": {"dwconv_bn_act", "shuffle_cat", "shuffle_cat_split"},
+    "shufflenet_v1_g3": {"dwconv_bn_act", "channel_shuffle"},
+    "vit_tiny_patch16": {"attention"},
+}
+
+
+def _model(name, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(img_size=32) if name.startswith("vit") else {}
+    return randomize_bn(create_model(name, num_classes=10, **kw), seed + 1).eval()
+
+
+def _x(batch=2, seed=0):
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _ours(ep):
+    return {str(n.target).split(".")[1] for n in ep.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("torchcv_ext.")}
+
+
+def _assert_same(got, expected):
+    """float32 model outputs: relative to their scale (the decomposed graph and the kernels
+    round differently; BN folds reassociate)."""
+    got = torch.as_tensor(got)
+    err = (got - expected).abs().max().item()
+    assert err <= 1e-4 * max(1.0, expected.abs().max().item()), err
+
+
+@requires_ext
+def test_decompositions_cover_every_op():
+    assert {op.name().split("::")[1] for op in decompositions()} == set(_common.DEFINED_OPS)
+
+
+def test_decompositions_empty_without_extension(monkeypatch):
+    monkeypatch.setattr(_common, "ops_available", lambda: False)
+    assert decompositions() == {}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torch_export_and_decomposed_graph(name):
+    """The exported graph calls our ops (with the extension) and gives the model's outputs; after
+    run_decompositions(decompositions()) it holds ATen ops only, gives the same outputs, and keeps
+    a dynamic batch dimension."""
+    m, x = _model(name), _x()
+    with torch.no_grad():
+        expected = m(x)
+    batch = torch.export.Dim("batch")
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: batch},))
+    if torchcv_ext.extension_loaded():
+        assert _ours(ep) == OPS_OF[name]
+    _assert_same(ep.module()(x), expected)
+    dec = ep.run_decompositions(decompositions())
+    assert _ours(dec) == set()
+    _assert_same(dec.module()(x), expected)
+    x3 = _x(3, seed=1)
+    with torch.no_grad():
+        _assert_same(dec.module()(x3), m(x3))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_runs_in_onnxruntime(name, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    m = _model(name)
+    path = str(tmp_path / f"{name}.onnx")
+    program = to_onnx(m, _x(), path)
+    assert not [n.op_type for n in program.model_proto.graph.node if n.domain.startswith("torchcv")]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (2, 3):  # the batch dimension is dynamic
+        x = _x(batch, seed=batch)
+        with torch.no_grad():
+            expected = m(x)
+        (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        _assert_same(got, expected)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "resnet18"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_jit_trace_reads_the_parameters(name, channels_last):
+    """torch.jit.trace works (its default check_trace traces twice and compares), in both layouts
+    (channels_last takes oneDNN's fused conv outside a trace). Nothing computed from the weights
+    is baked into the trace: new weights loaded into the traced module give that model's outputs."""
+    m, x = _model(name), _x()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = m(x)
+        traced = torch.jit.trace(m, (x,))
+        _assert_same(traced(x), expected)
+        other = _model(name, seed=5)
+        traced.load_state_dict(other.state_dict())
+        _assert_same(traced(x), other(x))
