@@ -33,6 +33,7 @@ NAMESPACE = "torchcv_ext"
 config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_backend="auto",
                                cpu_onednn_conv_bn=True)
 
+
 def capturing_graph() -> bool:
     """A graph is being captured -- torch.compile / torch.export (``torch.compiler.is_compiling``)
     or ``torch.jit.trace``: the modules then compute everything they would otherwise cache (BN
