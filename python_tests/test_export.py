@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import torchcv_ext
-from torchcv_ext.export import decompositions, to_onnx
+from torchcv_ext.export import decompositions, library_path, to_onnx
 from torchcv_ext.models import create_model
 from torchcv_ext.ops import _common
 
-from testing import randomize_bn, requires_ext
+from testing import randomize_bn, requires_ext, run_python
 
 # Together they call every forward op: dwconv_bn_act, squeeze_excite (hardsigmoid and sigmoid
 # gates), hardswish (MobileNetV3), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle
@@ -112,3 +112,35 @@ def test_jit_trace_reads_the_parameters(name, channels_last):
         other = _model(name, seed=5)
         traced.load_state_dict(other.state_dict())
         _assert_same(traced(x), other(x))
+
+
+@requires_ext
+def test_aoti_package_runs_with_only_the_shared_library(tmp_path):
+    """AOTInductor compiles the exported (not decomposed) program; its code calls the fused ops,
+    and a process that loads only torch and library_path() -- not torchcv_ext -- runs it."""
+    m, x = _model("mobilenet_v3_small"), _x()
+    with torch.no_grad():
+        expected = m(x)
+    ep = torch.export.export(m, (x,))
+    pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "m.pt2"))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch\n"
+        "torch.ops.load_library(sys.argv[1])\n"
+        "y = torch._inductor.aoti_load_package(sys.argv[2])(torch.load(sys.argv[3]))\n"
+        "assert 'torchcv_ext' not in sys.modules\n"
+        "torch.save(y, sys.argv[4])\n")
+    run_python(["-c", code, library_path(), pkg, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+               cwd=str(tmp_path))
+    _assert_same(torch.load(tmp_path / "y.pt"), expected)
+    wrapper = "".join(open(f).read() for f in _extract_cpp(pkg, tmp_path))
+    assert "torchcv_ext::dwconv_bn_act" in wrapper and "torchcv_ext::squeeze_excite" in wrapper
+
+
+def _extract_cpp(pkg, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(pkg) as z:
+        names = [n for n in z.namelist() if n.endswith(".cpp") or n.endswith(".json")]
+        z.extractall(tmp_path / "pkg", names)
+    return [str(tmp_path / "pkg" / n) for n in names]

@@ -16,6 +16,11 @@
 * :func:`to_onnx`: ``torch.export`` -> :func:`decompositions` -> ``torch.onnx.export``, with a
   dynamic batch dimension by default. It needs the ``onnx`` and ``onnxscript`` packages; a plain
   ``torch.onnx.export(model, ...)`` stops at the first torchcv_ext op ("No ONNX function found").
+* AOTInductor: ``torch._inductor.aoti_compile_and_package(ep)`` of the exported program (not
+  decomposed) compiles a package whose code calls the fused ops through the dispatcher. Loading
+  it needs only torch and this extension's shared library, not this Python package:
+  ``torch.ops.load_library(torchcv_ext.export.library_path())`` (or dlopen it from C++), then
+  ``torch._inductor.aoti_load_package(path)``.
 * ``torch.jit.trace(model.eval(), x)`` works. The traced graph calls the fused ops and computes
   the BN folds from the module's parameters, so ``load_state_dict`` on the traced module takes
   effect: while a graph is captured, the modules cache nothing
@@ -29,7 +34,18 @@ import torch
 
 from torchcv_ext.ops import _common
 
-__all__ = ["decompositions", "to_onnx"]
+__all__ = ["decompositions", "library_path", "to_onnx"]
+
+
+def library_path() -> str:
+    """Path of the compiled extension (``torchcv_ext/_C*.so``): what a deployment without this
+    Python package loads (``torch.ops.load_library``) to run graphs that call the fused ops --
+    AOTInductor packages, TorchScript traces. Its CPU and CUDA kernels register on load."""
+    from torchcv_ext import _loader
+
+    if _loader._C is None:
+        raise RuntimeError(f"torchcv_ext: the compiled extension is not loaded: {_loader.LOAD_ERROR}")
+    return _loader._C.__file__
 
 
 def decompositions() -> Dict[Any, Callable]:
