@@ -1,6 +1,8 @@
 """Deployment (torchcv_ext/export.py): torch.export, the decomposition table, ONNX through
 onnxruntime and torch.jit.trace, on models that use every forward op. The per-op decomposition
 checks run with each op's opcheck samples (testing.opcheck)."""
+import zipfile
+
 import pytest
 import torch
 
@@ -114,6 +116,34 @@ def test_jit_trace_reads_the_parameters(name, channels_last):
         _assert_same(traced(x), other(x))
 
 
+def _run_with_only_the_library(loader: str, artifact: str, x, tmp_path):
+    """``loader(artifact)(x)`` in a process that imports torch and loads library_path(), and
+    never torchcv_ext; returns the output."""
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch\n"
+            "torch.ops.load_library(sys.argv[1])\n"
+            f"y = {loader}(sys.argv[2])(torch.load(sys.argv[3]))\n"
+            "assert 'torchcv_ext' not in sys.modules\n"
+            "torch.save(y, sys.argv[4])\n")
+    run_python(["-c", code, library_path(), artifact, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+               cwd=str(tmp_path))
+    return torch.load(tmp_path / "y.pt")
+
+
+@requires_ext
+def test_saved_trace_runs_with_only_the_shared_library(tmp_path):
+    """A saved TorchScript trace calls the fused ops; torch + library_path() run it."""
+    m, x = _model("shufflenet_v2_x0_5"), _x()
+    with torch.no_grad():
+        expected = m(x)
+        traced = torch.jit.trace(m, (x,))
+    assert {"torchcv_ext::dwconv_bn_act", "torchcv_ext::shuffle_cat"} <= {
+        n.kind() for n in traced.inlined_graph.nodes()}
+    traced.save(str(tmp_path / "m.pt"))
+    _assert_same(_run_with_only_the_library("torch.jit.load", str(tmp_path / "m.pt"), x, tmp_path),
+                 expected)
+
+
 @requires_ext
 def test_aoti_package_runs_with_only_the_shared_library(tmp_path):
     """AOTInductor compiles the exported (not decomposed) program; its code calls the fused ops,
@@ -123,24 +153,8 @@ def test_aoti_package_runs_with_only_the_shared_library(tmp_path):
         expected = m(x)
     ep = torch.export.export(m, (x,))
     pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "m.pt2"))
-    torch.save(x, tmp_path / "x.pt")
-    code = (
-        "import sys, torch\n"
-        "torch.ops.load_library(sys.argv[1])\n"
-        "y = torch._inductor.aoti_load_package(sys.argv[2])(torch.load(sys.argv[3]))\n"
-        "assert 'torchcv_ext' not in sys.modules\n"
-        "torch.save(y, sys.argv[4])\n")
-    run_python(["-c", code, library_path(), pkg, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-               cwd=str(tmp_path))
-    _assert_same(torch.load(tmp_path / "y.pt"), expected)
-    wrapper = "".join(open(f).read() for f in _extract_cpp(pkg, tmp_path))
-    assert "torchcv_ext::dwconv_bn_act" in wrapper and "torchcv_ext::squeeze_excite" in wrapper
-
-
-def _extract_cpp(pkg, tmp_path):
-    import zipfile
-
+    _assert_same(_run_with_only_the_library("torch._inductor.aoti_load_package", pkg, x, tmp_path),
+                 expected)
     with zipfile.ZipFile(pkg) as z:
-        names = [n for n in z.namelist() if n.endswith(".cpp") or n.endswith(".json")]
-        z.extractall(tmp_path / "pkg", names)
-    return [str(tmp_path / "pkg" / n) for n in names]
+        code = "".join(z.read(n).decode() for n in z.namelist() if n.endswith((".cpp", ".json")))
+    assert "torchcv_ext::dwconv_bn_act" in code and "torchcv_ext::squeeze_excite" in code
