@@ -49,6 +49,23 @@ def test_transfer_learning_trains_only_the_head(tmp_path):
     assert not torch.equal(after["classifier.4.weight"], before["classifier.4.weight"])
 
 
+def test_export_onnx_of_the_best_checkpoint(tmp_path):
+    """--export-onnx: model.onnx from best.pt, whose validation accuracy in onnxruntime is the
+    run's best (the same images, the same predictions up to float rounding)."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "run"
+    metrics = train.main(["--model", "mobilenet_v3_small", "--epochs", "1", "--limit", "300",
+                          "--out", str(out), "--export-onnx", *COMMON])
+    assert (out / "model.onnx").stat().st_size > 10000
+    onnx = json.loads((out / "metrics.json").read_text())["onnx"]
+    n_val = 60  # 20% of 300
+    assert abs(onnx["val_acc_pytorch"] - metrics["best_val_acc"]) <= 1 / n_val + 1e-9
+    assert abs(onnx["val_acc_onnxruntime"] - onnx["val_acc_pytorch"]) <= 1 / n_val + 1e-9
+    assert onnx["same_prediction"] >= 1 - 1 / n_val - 1e-9
+    assert onnx["max_abs_logit_diff"] < 1e-3
+
+
 @pytest.mark.slow  # ~15 s on an idle 2-core CPU
 def test_reaches_90_percent_on_digits(tmp_path):
     metrics = train.main(["--epochs", "3", "--out", str(tmp_path / "full"), *COMMON])

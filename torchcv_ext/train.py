@@ -6,9 +6,12 @@ bundled 8x8 digits upsampled to RGB images -- a complete example in a few CPU mi
     python -m torchcv_ext.train --data /path/to/imagefolder --model resnet18 \\
         --weights resnet18_tv.pth --freeze-backbone                # transfer learning: new head only
     python -m torchcv_ext.train --resume runs/lenet/last.pt --epochs 20   # continue a run
+    python -m torchcv_ext.train --model mobilenet_v3_small --export-onnx  # + model.onnx, checked
 
 Writes to ``--out`` (default ``runs/<model>``): ``last.pt`` every epoch, ``best.pt`` (best val
-accuracy), ``metrics.json`` and ``curves.png`` (loss / accuracy per epoch).
+accuracy), ``metrics.json`` and ``curves.png`` (loss / accuracy per epoch); with ``--export-onnx``
+also ``model.onnx`` (the best checkpoint, dynamic batch) and, when onnxruntime is installed, its
+validation accuracy in onnxruntime next to PyTorch's in ``metrics.json``.
 An ImageFolder directory with ``train/`` and ``val/`` sub-folders uses them; otherwise
 ``--val-split`` of the images are held out (same split on resume).
 """
@@ -57,6 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output directory (default runs/<model>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="plain per-epoch prints, no progress bar")
+    p.add_argument("--export-onnx", action="store_true",
+                   help="export the best checkpoint to <out>/model.onnx (torchcv_ext.export.to_onnx; needs "
+                        "onnx + onnxscript) and, with onnxruntime, check its validation accuracy there")
     args = p.parse_args(argv)
     if args.lr is None:
         args.lr = 2e-3 if args.optimizer == "adamw" else 0.05
@@ -226,6 +232,44 @@ def save_plot(history: List[Dict[str, float]], path: str, title: str) -> bool:
     return True
 
 
+def export_onnx(model: nn.Module, checkpoint: str, val_loader: DataLoader, path: str) -> Dict:
+    """The checkpoint's weights in ``model``, exported to ONNX on the CPU in float32 and NCHW (what
+    a deployment runtime takes), then -- with onnxruntime -- the validation set run through both:
+    accuracy in each, how often their predictions agree, and the largest logit difference."""
+    from torchcv_ext.export import to_onnx
+
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model = model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    example = next(iter(val_loader))[0][:2]
+    to_onnx(model, example, path)
+    info = {"path": path}
+    try:
+        import onnxruntime
+    except ImportError:
+        print(f"wrote {path} (onnxruntime not installed: not checked)")
+        return info
+    sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    correct_pt = correct_ort = agree = seen = 0
+    max_diff = 0.0
+    with torch.no_grad():
+        for x, y in val_loader:
+            ref = model(x)
+            got = torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+            max_diff = max(max_diff, (got - ref).abs().max().item())
+            correct_pt += (ref.argmax(1) == y).sum().item()
+            correct_ort += (got.argmax(1) == y).sum().item()
+            agree += (got.argmax(1) == ref.argmax(1)).sum().item()
+            seen += y.shape[0]
+    n = max(seen, 1)
+    info.update(val_acc_pytorch=correct_pt / n, val_acc_onnxruntime=correct_ort / n,
+                same_prediction=agree / n, max_abs_logit_diff=max_diff)
+    print(f"wrote {path}: val acc {info['val_acc_onnxruntime']:.4f} in onnxruntime, "
+          f"{info['val_acc_pytorch']:.4f} in PyTorch, same prediction on {agree}/{seen} images; "
+          f"largest logit difference {max_diff:.2e}")
+    return info
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -298,11 +342,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
     metrics = {"model": args.model, "data": source, "classes": classes, "best_val_acc": best_acc,
                "history": history, "args": vars(args)}
+    if args.export_onnx and history:
+        best_path = os.path.join(args.out, "best.pt")  # absent if no epoch beat 0% accuracy
+        metrics["onnx"] = export_onnx(model, best_path if os.path.exists(best_path) else
+                                      os.path.join(args.out, "last.pt"), val_loader,
+                                      os.path.join(args.out, "model.onnx"))
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     if history:
         save_plot(history, os.path.join(args.out, "curves.png"), f"{args.model} on {os.path.basename(str(source))}")
-    print(f"best val acc {best_acc:.4f}; wrote {args.out}/{{last.pt, best.pt, metrics.json, curves.png}}")
+    onnx = ", model.onnx" if "onnx" in metrics else ""
+    print(f"best val acc {best_acc:.4f}; wrote {args.out}/{{last.pt, best.pt, metrics.json, curves.png{onnx}}}")
     return metrics
 
 
