@@ -10,8 +10,12 @@ CPU fused eager inference >= 1.5x torchvision eager; GPU (AMP bf16, channels_las
 >= 1.3x torchvision eager. FLOPs are counted on the torchvision model (same math) with
 torch.utils.flop_counter, x3 for a train step.
 
---quick (the CI / GPU-suite setting, ~150 s budget) compiles only the first model: each
-torch.compile of a whole network costs tens of seconds.
+On the CPU in float32, inference also times "onnxruntime": our model exported by
+torchcv_ext.export.to_onnx and run in onnxruntime's CPU provider (when onnxruntime and onnxscript
+are installed) -- the deployment alternative to running the fused kernels from PyTorch.
+
+--quick (the CI / GPU-suite setting, ~150 s budget) compiles and exports only the first model:
+each torch.compile or ONNX export of a whole network costs tens of seconds.
 """
 import contextlib
 import os
@@ -84,6 +88,8 @@ def main(argv=None):
         if use_compile:
             ctv = bc.compiled(tv.eval())
             impls["torch.compile"] = (lambda: _infer(ctv, x, autocast)) if ctv is not None else None
+        if dev == "cpu" and not amp and (i == 0 or not args.quick):
+            impls["onnxruntime"] = _onnxruntime(ours.eval(), x)
         rows += bc.bench_impls(name, case, impls, args, flops=flops)
 
         if args.no_train:
@@ -103,6 +109,26 @@ def main(argv=None):
         rows += bc.bench_impls(name, case, impls, args, flops=3 * flops if flops else None)
         del tv, ours
     return bc.report("models", rows, args)
+
+
+def _onnxruntime(model, x):
+    """A callable running ``model`` exported to ONNX (torchcv_ext.export.to_onnx) in onnxruntime's
+    CPU provider on ``x``, or None (an "unavailable" row) without onnxruntime / onnxscript."""
+    try:
+        import tempfile
+
+        import onnxruntime
+
+        from torchcv_ext.export import to_onnx
+
+        path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+        to_onnx(model, x.contiguous(), path)
+        sess = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  (not installed, or the export failed: say so, go on)
+        print(f"onnxruntime column unavailable: {type(e).__name__}: {e}"[:300])
+        return None
+    feed = {sess.get_inputs()[0].name: x.contiguous().numpy()}
+    return lambda: sess.run(None, feed)
 
 
 def _infer(model, x, autocast):
