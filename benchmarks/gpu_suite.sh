@@ -1,34 +1,53 @@
 #!/usr/bin/env bash
-# The GPU suite: everything that needs a GPU, in one call on a lent machine (< 10 minutes).
+# The GPU suite: everything that needs a GPU, in one command on a lent machine, within
+# SUITE_BUDGET_S seconds (default 450: one call plus a machine start fits twice in 15 minutes).
 #
-#   bash benchmarks/gpu_suite.sh [--full]        # from the repo root; report under $OUT
+#   OUT=/some/dir TORCHCV_EXT_GIT_COMMIT=<sha> bash benchmarks/gpu_suite.sh [--full]
+#   GPU_SUITE_REHEARSAL=1 bash benchmarks/gpu_suite.sh       # the same script on a CPU machine
 #
-# 1. environment (GPU, driver, torch, nvcc)
-# 2. build + install from source for this GPU's arch (pip --no-build-isolation --no-index: no internet)
-# 3. python -m torchcv_ext.info --cuda
-# 4. correctness, three processes at once (none of them is timed):
-#      the CUDA tests (pytest -m cuda) | compute-sanitizer memcheck | racecheck, the sanitizers over
-#      benchmarks/sanitize_ops.py (every CUDA op, fwd + bwd, small shapes, checked vs float64)
-# 5. benchmarks, pass 1: every benchmarks/bench_*.py with --no-compile (ours vs eager, SDPA for
-#    attention) after measuring the copy bandwidth and matmul rates -- the numbers the issues'
-#    targets are about come first
-# 6. benchmarks, pass 2: the torch.compile column (--only-compile: eager + torch.compile), with
-#    whatever time is left; compiling costs tens of seconds per model
-# 7. $OUT/report.md, results.json, plots.png, suite.log, work.tgz (raw step logs and JSON), and a
-#    short summary table printed last. Commit report.md as benchmarks/results/<date>-<gpu>.md.
+# Phases, in order of value; each has a time limit, capped by what is left of the budget:
+#   env        GPU, driver, torch, nvcc, cores, git commit, compute-sanitizer
+#   build      pip install from source, $(nproc) jobs, TORCH_CUDA_ARCH_LIST=9.0, the git commit in
+#              the build info; ptxas registers/spills; python -m torchcv_ext.info --cuda
+#   smoke      every op forward + backward once per dtype vs its float64 reference
+#              (benchmarks/check_kernels.py --smoke), CUDA_LAUNCH_BLOCKING=1
+#   tests      pytest -m cuda, in parallel (pytest-xdist)
+#   bench      quick benchmarks: dwconv, SE, attention, channel shuffle, models (MobileNetV3-L and
+#              EfficientNet-B0, inference and train step); ours vs eager (and SDPA), no compile
+#   sanitize   compute-sanitizer memcheck, racecheck and initcheck (at once) over the whole kernel
+#              case matrix (check_kernels.py: python_tests/kernel_cases.py reaches every launch
+#              path); skipped within seconds when compute-sanitizer refuses the device
+#   compile    the benchmarks' torch.compile column, only with time left over
 #
-# Benchmarks run CPU/GPU-"quick" settings by default (the full sweep does not fit in one call);
-# --full runs the full sweep (give it SUITE_BUDGET_S=... and several calls' time).
-# Every step has its own time limit, capped by what is left of the suite's budget; a step stopped at
-# its limit gets SIGINT first, so pytest still writes its junit XML and a benchmark the rows it timed;
-# a failing step does not stop the others (except a failed build), so one call always brings back a
-# report.
+# Saved as it goes: before and after every phase, $OUT/report.md and $OUT/results.json are
+# rewritten (atomically) and every log so far is packed into $OUT/logs.tar.gz (+ plots.png once a
+# benchmark ran): 4 files. A command killed at any moment leaves a readable report that names the
+# phases that passed, failed, were skipped, were cut, or were not reached.
+#
+# Rehearsal (GPU_SUITE_REHEARSAL=1, no GPU needed): the same phases and report; GPU phases are
+# recorded as skipped, the smoke test runs the CPU kernels, the build is skipped when the package is
+# already installed, and OUT defaults to a fresh folder. python_tests/test_gpu_suite.py runs it.
+#
+# A step stopped at its limit gets SIGINT first (pytest still writes its junit XML, a benchmark the
+# rows it timed), then SIGKILL. A failing phase does not stop the next ones, except a failed build.
 set -uo pipefail
 QUICK="--quick"
 [[ "${1:-}" == "--full" ]] && QUICK=""
+REHEARSAL="${GPU_SUITE_REHEARSAL:-0}"
+[[ "$REHEARSAL" == "0" ]] && REHEARSAL=""
 PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1  # a step stopped at its limit keeps everything it printed
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite_out.XXXXXX")}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite_work.XXXXXX")"
+mkdir -p "$OUT" "$WORK/bench"
+SUITE_BUDGET_S="${SUITE_BUDGET_S:-450}"
+SUITE_T0=$(date +%s)
+STEPS="$WORK/steps.tsv"   # name, status (running / 0 / rc / skipped (why)), seconds, start offset
+PHASES="env build smoke tests bench sanitize compile"
+printf '%s\n' $PHASES > "$WORK/phases.txt"
+: > "$STEPS"
+
 # nvcc and compute-sanitizer live in the toolkit's bin/, which need not be on PATH.
 for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do
   if [[ -n "$d" && -x "$d/bin/nvcc" ]]; then
@@ -40,111 +59,142 @@ SANITIZER="$(command -v compute-sanitizer || true)"
 if [[ -z "$SANITIZER" && -x "${CUDA_HOME:-/usr/local/cuda}/compute-sanitizer/compute-sanitizer" ]]; then
   SANITIZER="${CUDA_HOME:-/usr/local/cuda}/compute-sanitizer/compute-sanitizer"
 fi
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-OUT="${OUT:-$REPO/gpu_suite_out}"
-WORK="$(mktemp -d)"
-mkdir -p "$OUT" "$WORK/bench"
-LOG="$OUT/suite.log"
-: > "$LOG"
-STEPS="$WORK/steps.tsv"
-: > "$STEPS"
-SUITE_T0=$(date +%s)
+COMMIT="${TORCHCV_EXT_GIT_COMMIT:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
+export TORCHCV_EXT_GIT_COMMIT="$COMMIT"
 
-# The whole suite must fit in one 10-minute device call (run it with timeout_s=600): every step's
-# limit is capped by what is left of SUITE_BUDGET_S, keeping REPORT_RESERVE_S for the report.
-SUITE_BUDGET_S="${SUITE_BUDGET_S:-570}"
-REPORT_RESERVE_S=25
+elapsed() { echo $(( $(date +%s) - SUITE_T0 )); }
 
-# run_step NAME LIMIT_S CMD...: run with a time limit, log to $WORK/NAME.log, record status and
-# seconds in $STEPS. Safe to run several at once in the background (each writes its own log;
-# suite.log gets the logs in order at the end of the step).
+# save: the report and the logs so far, into $OUT (each file replaced by a rename: never half-written).
+save() {
+  tar czf "$OUT/.logs.tar.gz" -C "$WORK" . 2>/dev/null && mv -f "$OUT/.logs.tar.gz" "$OUT/logs.tar.gz"
+  $PY -P "$REPO/benchmarks/suite_report.py" --work "$WORK" --out "$OUT" --commit "$COMMIT" \
+    --budget "$SUITE_BUDGET_S" --elapsed "$(elapsed)" ${REHEARSAL:+--rehearsal} "$@" > "$WORK/report.log" 2>&1
+}
+
+record() {  # record NAME STATUS SECONDS START: replace NAME's line in $STEPS
+  local tmp="$STEPS.tmp"
+  grep -v -P "^\Q$1\E\t" "$STEPS" > "$tmp"
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$tmp"
+  mv -f "$tmp" "$STEPS"
+}
+
+skip() {  # skip NAME WHY
+  echo "=== $1 skipped: $2"
+  record "$1" "skipped ($2)" 0 "$(elapsed)"
+  save
+}
+
+# run_step NAME LIMIT_S CMD...: run with a time limit, output in $WORK/NAME.log; 0 when it passed.
 run_step() {
-  local name="$1" limit="$2"
+  local name="$1" limit="$2" t0 rc left
   shift 2
-  local t0 rc left
-  t0=$(date +%s)
-  left=$(( SUITE_BUDGET_S - REPORT_RESERVE_S - (t0 - SUITE_T0) ))
-  if (( left < 15 )); then
-    echo "=== $name skipped: suite time budget spent" | tee -a "$LOG"
-    printf '%s\t%s\t%s\n' "$name" "skipped (budget)" 0 >> "$STEPS"
+  t0=$(elapsed)
+  left=$(( SUITE_BUDGET_S - t0 - 5 ))
+  if (( left < 10 )); then
+    skip "$name" "budget spent"
     return 1
   fi
   (( limit > left )) && limit=$left
-  echo "=== $name (limit ${limit}s, at +$((t0 - SUITE_T0))s)"
-  # SIGINT first: pytest writes its junit XML and summary, a benchmark the rows timed so far
-  # (bench_common.run_main). A process stuck inside a CUDA call only dies of the SIGKILL.
-  timeout --signal=INT --kill-after=15 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  echo "=== $name (limit ${limit}s, at +${t0}s)"
+  record "$name" running 0 "$t0"
+  save
+  timeout --signal=INT --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
   rc=$?
-  { echo "=== $name (limit ${limit}s, from +$((t0 - SUITE_T0))s, rc $rc)"; cat "$WORK/$name.log"; } >> "$LOG"
-  echo "--- $name: rc $rc after $(( $(date +%s) - t0 ))s"; tail -n 4 "$WORK/$name.log"
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$STEPS"
+  echo "--- $name: rc $rc after $(( $(elapsed) - t0 ))s"
+  tail -n 3 "$WORK/$name.log"
+  record "$name" "$rc" "$(( $(elapsed) - t0 ))" "$t0"
+  save
   return $rc
 }
 
-# sanitize TOOL: compute-sanitizer over sanitize_ops.py, instrumenting only our kernels when this
-# compute-sanitizer has kernel filters (torch's own kernels are not under test and slow it down a
-# lot). Exit code 86 = sanitizer errors (1 is sanitize_ops.py's own "mismatches").
-sanitize() {
-  local tool="$1" filter=() extra=()
-  if "$SANITIZER" --help 2>&1 | grep -q -- '--kernel-name '; then
-    filter=(--kernel-name kns=torchcv_ext)
-  fi
-  # memcheck: no caching allocator, so an access just past a tensor is past its allocation.
-  [[ "$tool" == memcheck ]] && extra=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
-  run_step "$tool" 200 "${extra[@]}" "$SANITIZER" --tool "$tool" --error-exitcode 86 "${filter[@]}" \
-    $PY -P "$REPO/benchmarks/sanitize_ops.py"
-  local rc=$?
-  # A compute-sanitizer that rejects the filter option fails at once: run again without it.
-  if (( rc != 0 && rc != 1 && rc != 86 && ${#filter[@]} )) && grep -qiE "unrecognized|unknown option|invalid" "$WORK/$tool.log"; then
-    run_step "$tool-nofilter" 200 "${extra[@]}" "$SANITIZER" --tool "$tool" --error-exitcode 86 \
-      $PY -P "$REPO/benchmarks/sanitize_ops.py"
-  fi
-}
-
 cd "$REPO"
-run_step env 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; \
-  $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.get_device_capability())'; \
-  nvcc --version | tail -2; nproc; echo compute-sanitizer: ${SANITIZER:-not found}"
+# ---- env -------------------------------------------------------------------------------------------
+run_step env 30 bash -c "echo git commit: $COMMIT; \
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo 'nvidia-smi: no GPU'; \
+  $PY -c 'import sys, torch; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \
+    torch.cuda.get_device_name() if torch.cuda.is_available() else \"(no GPU)\")'; \
+  nvcc --version 2>/dev/null | tail -1; echo cores: \$(nproc); echo compute-sanitizer: ${SANITIZER:-not found}"
 
-CC="$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null || echo 9.0)"
-if run_step build 300 env TORCH_CUDA_ARCH_LIST="$CC" MAX_JOBS="$(nproc)" TORCHCV_EXT_CUDA=ON \
-     TORCHCV_EXT_PTXAS_LOG="$WORK/ptxas" \
-     $PY -m pip install --no-build-isolation --no-deps --no-index --force-reinstall -v "$REPO"; then
-  # Registers and spills of every kernel for this GPU's arch (the table lands in work.tgz).
-  run_step ptxas 30 $PY "$REPO/.ci/ptxas_check.py" "$WORK/ptxas" --out "$WORK/ptxas.md"
-  export TORCHCV_EXT_REQUIRE_EXT=1  # tests, sanitizers and benchmarks must not fall back to the reference
-  # Outside the repo, so the installed package (not the source tree) is imported.
-  run_step info 60 bash -c "cd /tmp && $PY -m torchcv_ext.info --cuda"
-
-  # Correctness, three processes at once. -P: the repo root is not on sys.path (the installed
-  # package is tested); -v: a test that hangs is named in the log.
-  run_step tests 200 $PY -P -m pytest "$REPO/python_tests" -m cuda -v -rfE -p no:cacheprovider \
-    --junitxml="$WORK/tests.xml" &
-  if [[ -n "$SANITIZER" ]]; then
-    sanitize memcheck &
-    sanitize racecheck &
-  else
-    echo "compute-sanitizer not found" | tee -a "$LOG"
-    printf 'memcheck\tnot found\t0\nracecheck\tnot found\t0\n' >> "$STEPS"
-  fi
-  wait
-
-  # Benchmarks. Pass 1: ours vs eager (and SDPA); the op benchmarks first, the model benchmark last.
-  declare -A LIMIT=([bench_dwconv_bn_act]=70 [bench_squeeze_excite]=50 [bench_attention]=60
-                    [bench_channel_shuffle]=30 [bench_models]=100)
-  ORDER="bench_dwconv_bn_act bench_squeeze_excite bench_attention bench_channel_shuffle bench_models"
-  for n in $ORDER; do
-    run_step "$n" "${LIMIT[$n]}" $PY -P "$REPO/benchmarks/$n.py" --device cuda $QUICK --no-compile \
-      --no-plot --out "$WORK/bench"
-  done
-  # Pass 2: the torch.compile column, with what is left.
-  for n in $ORDER; do
-    run_step "$n-compile" 90 $PY -P "$REPO/benchmarks/$n.py" --device cuda $QUICK --only-compile \
-      --no-plot --out "$WORK/bench"
-  done
+# ---- build -----------------------------------------------------------------------------------------
+installed() { (cd /tmp && $PY -c "import torchcv_ext, sys; sys.exit(not torchcv_ext.extension_loaded())") 2>/dev/null; }
+if [[ -n "$REHEARSAL" ]] && installed; then
+  skip build "rehearsal: package already installed"
+  built=1
+else
+  run_step build 240 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="$(nproc)" \
+    TORCHCV_EXT_CUDA="$([[ -n "$REHEARSAL" ]] && echo AUTO || echo ON)" TORCHCV_EXT_PTXAS_LOG="$WORK/ptxas" \
+    bash -c "$PY -m pip install --no-build-isolation --no-deps --no-index --force-reinstall '$REPO' && \
+      { [[ ! -d '$WORK/ptxas' ]] || $PY '$REPO/.ci/ptxas_check.py' '$WORK/ptxas' --out '$WORK/ptxas.md'; } ; \
+      cd /tmp && $PY -m torchcv_ext.info ${REHEARSAL:---cuda}"
+  built=$(( $? == 0 ))
 fi
 
-# The raw inputs too (one file), in case the report generator fails.
-tar czf "$OUT/work.tgz" -C "$WORK" . 2>/dev/null
-$PY -P "$REPO/benchmarks/suite_report.py" --work "$WORK" --out "$OUT" --repo "$REPO"
-echo "suite took $(( $(date +%s) - SUITE_T0 ))s; report: $OUT/report.md"
+if (( built )); then
+  export TORCHCV_EXT_REQUIRE_EXT=1  # no silent fallback to the reference ops
+  # ---- smoke -------------------------------------------------------------------------------------
+  if [[ -n "$REHEARSAL" ]]; then
+    run_step smoke 60 $PY -P "$REPO/benchmarks/check_kernels.py" --smoke --device cpu
+  else
+    run_step smoke 60 env CUDA_LAUNCH_BLOCKING=1 $PY -P "$REPO/benchmarks/check_kernels.py" --smoke --device cuda
+  fi
+  # ---- tests -------------------------------------------------------------------------------------
+  if [[ -n "$REHEARSAL" ]]; then
+    skip tests "rehearsal: no GPU"
+  else
+    # -P: the installed package is tested, not the source tree; -n: pytest-xdist workers.
+    workers=$(( $(nproc) < 8 ? $(nproc) : 8 ))
+    run_step tests 150 $PY -P -m pytest "$REPO/python_tests" -m cuda -n "$workers" -q -rfE \
+      -p no:cacheprovider --junitxml="$WORK/tests.xml"
+  fi
+  # ---- bench -------------------------------------------------------------------------------------
+  # bench_pass FLAG: a script that runs every benchmark once with FLAG (--no-compile / --only-compile)
+  bench_pass() {
+    local n extra
+    for n in bench_dwconv_bn_act bench_squeeze_excite bench_attention bench_channel_shuffle bench_models; do
+      extra=""
+      [[ "$n" == bench_models ]] && extra="--models mobilenet_v3_large,efficientnet_b0"
+      echo "echo '--- $n'; $PY -P '$REPO/benchmarks/$n.py' --device cuda $QUICK --no-plot --out '$WORK/bench' $1 $extra || { echo '$n failed'; rc=1; }"
+    done > "$WORK/bench$1.sh"
+    echo 'exit ${rc:-0}' >> "$WORK/bench$1.sh"
+    echo "$WORK/bench$1.sh"
+  }
+  if [[ -n "$REHEARSAL" ]]; then
+    skip bench "rehearsal: no GPU"
+  else
+    run_step bench 110 bash "$(bench_pass --no-compile)"
+  fi
+  # ---- sanitize ----------------------------------------------------------------------------------
+  if [[ -n "$REHEARSAL" ]]; then
+    skip sanitize "rehearsal: no GPU"
+  elif [[ -z "$SANITIZER" ]]; then
+    skip sanitize "compute-sanitizer not found"
+  elif ! timeout 60 "$SANITIZER" --tool memcheck --error-exitcode 86 $PY -c \
+      "import torch; torch.ones(4, device='cuda').add_(1); torch.cuda.synchronize()" > "$WORK/sanitizer_probe.log" 2>&1; then
+    skip sanitize "compute-sanitizer refused the device: $(grep -m1 -iE 'not supported|error' "$WORK/sanitizer_probe.log" | tr -d '\t' | cut -c1-120)"
+  else
+    # Instrument only our kernels where this compute-sanitizer has kernel filters (torch's own kernels
+    # are not under test and slow it down a lot); memcheck without the caching allocator, so an
+    # access just past a tensor is past its allocation. 86 = sanitizer errors, 1 = mismatches.
+    filter=""
+    "$SANITIZER" --help 2>&1 | grep -q -- '--kernel-name ' && filter="--kernel-name kns=torchcv_ext"
+    run_step sanitize 150 bash -c "
+      for tool in memcheck racecheck initcheck; do
+        env \$([[ \$tool == memcheck ]] && echo PYTORCH_NO_CUDA_MEMORY_CACHING=1) '$SANITIZER' --tool \$tool \
+          --error-exitcode 86 $filter $PY -P '$REPO/benchmarks/check_kernels.py' --device cuda \
+          > '$WORK/'\$tool.log 2>&1 &
+      done
+      rc=0; for job in \$(jobs -p); do wait \$job || rc=\$?; done
+      for tool in memcheck racecheck initcheck; do echo \"== \$tool\"; tail -n 5 '$WORK/'\$tool.log; done
+      exit \$rc"
+  fi
+  # ---- compile (time left over) ------------------------------------------------------------------
+  if [[ -n "$REHEARSAL" ]]; then
+    skip compile "rehearsal: no GPU"
+  else
+    run_step compile 120 bash "$(bench_pass --only-compile)"
+  fi
+fi
+
+save --finished
+cat "$WORK/report.log"
+echo "suite took $(elapsed)s; report: $OUT/report.md"

@@ -1,9 +1,13 @@
-"""Assemble the GPU suite's report from its work directory (see benchmarks/gpu_suite.sh).
+"""Write the GPU suite's report from its work folder (benchmarks/gpu_suite.sh calls it before and
+after every phase, so a suite killed at any moment leaves a readable report).
 
-Writes <out>/report.md (environment, build, step status, tests, sanitizers, every benchmark
-table), <out>/results.json (all benchmark documents) and <out>/plots.png (one panel per
-benchmark), then prints a short summary table last.
+Writes <out>/report.md (commit, environment, every phase's status, build info, tests, sanitizers,
+benchmark tables), <out>/results.json (the same as data) and, once a benchmark ran,
+<out>/plots.png; each file is replaced by a rename, never left half-written. Prints a short
+summary last (the device tool returns the tail of the output).
 """
+from __future__ import annotations
+
 import argparse
 import datetime
 import glob
@@ -12,8 +16,9 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+
+SIGNALS = {"124": "TIMEOUT (stopped at its limit)", "130": "TIMEOUT (stopped at its limit)",
+           "137": "TIMEOUT (killed at its limit)"}
 
 
 def _read(path, tail=None):
@@ -24,7 +29,28 @@ def _read(path, tail=None):
     return "\n".join(lines[-tail:] if tail else lines)
 
 
-def _tests(work):
+def phase_status(work: str, finished: bool):
+    """[(phase, status, seconds, start offset)] in the suite's order, every planned phase included:
+    passed / FAILED (rc N) / TIMEOUT / skipped (why) / CUT / not reached."""
+    planned = _read(os.path.join(work, "phases.txt")).split()
+    seen = {}
+    for line in _read(os.path.join(work, "steps.tsv")).splitlines():
+        name, rc, secs, start = line.split("\t")
+        if rc == "running":
+            status = ("CUT (started, no end recorded: the suite was killed)" if finished else
+                      "CUT (started at +%ss, no end recorded: killed then, or still running)" % start)
+        elif rc == "0":
+            status = "passed"
+        elif rc.startswith("skipped"):
+            status = rc
+        else:
+            status = SIGNALS.get(rc, f"FAILED (rc {rc})")
+        seen[name] = (name, status, int(secs), int(start))
+    rows = [seen.pop(p, (p, "not run" if finished else "not reached", 0, -1)) for p in planned]
+    return rows + list(seen.values())
+
+
+def tests(work: str):
     """(counts, [(test id, first lines of its failure)]) from the junit XML; (None, []) if none.
     A partial file (pytest killed while writing it) counts as one error."""
     path = os.path.join(work, "tests.xml")
@@ -51,46 +77,60 @@ def _load_json(path):
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"skipping {path}: {e}")
+    except (OSError, ValueError):
         return None
 
 
-def main():
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--repo", required=True)
-    a = p.parse_args()
+    p.add_argument("--commit", default="unknown")
+    p.add_argument("--budget", type=int, default=0)
+    p.add_argument("--elapsed", type=int, default=0)
+    p.add_argument("--rehearsal", action="store_true")
+    p.add_argument("--finished", action="store_true")
+    a = p.parse_args(argv)
 
-    steps = []
-    for line in _read(os.path.join(a.work, "steps.tsv")).splitlines():
-        name, rc, secs = line.split("\t")
-        status = "ok" if rc == "0" else ("TIMEOUT" if rc in ("124", "137", "130") else (
-            rc if not rc.lstrip("-").isdigit() else f"FAIL (rc {rc})"))
-        steps.append((name, status, secs))
-    docs = []
-    for path in sorted(glob.glob(os.path.join(a.work, "bench", "*.json"))):
-        if os.path.basename(path).startswith("ceilings_"):
-            continue
-        d = _load_json(path)
-        if isinstance(d, dict) and "table_md" in d and "rows" in d:
-            docs.append(d)
+    phases = phase_status(a.work, a.finished)
+    docs = [d for d in (_load_json(f) for f in sorted(glob.glob(os.path.join(a.work, "bench", "*.json")))
+                        if not os.path.basename(f).startswith("ceilings_"))
+            if isinstance(d, dict) and "table_md" in d and "rows" in d]
     ceil = {}
-    for path in glob.glob(os.path.join(a.work, "bench", "ceilings_*.json")):
-        ceil = _load_json(path) or ceil
-    counts, failed = _tests(a.work)
+    for f in glob.glob(os.path.join(a.work, "bench", "ceilings_*.json")):
+        ceil = _load_json(f) or ceil
+    counts, failed = tests(a.work)
     env = _read(os.path.join(a.work, "env.log"))
-    gpu = ceil.get("device") or (env.splitlines()[1].split(",")[0] if len(env.splitlines()) > 1 else "gpu")
+    gpu = ceil.get("device") or next((ln.split(",")[0] for ln in env.splitlines()[2:3] if "," in ln), "gpu")
+    if a.rehearsal:
+        gpu = "rehearsal (no GPU)"
     date = datetime.date.today().isoformat()
+    running = [ph for ph, st, _, _ in phases if st.startswith("CUT")]
+    if a.finished:
+        state = f"Finished in {a.elapsed} s of a {a.budget} s budget."
+    else:
+        state = (f"**INCOMPLETE**: written at +{a.elapsed} s of a {a.budget} s budget"
+                 + (f", while phase `{running[0]}` ran" if running else "")
+                 + ". If no later report replaced it, the suite was killed here.")
 
     md = [f"# GPU suite report: {gpu}, {date}", "",
-          "Produced by `bash benchmarks/gpu_suite.sh` (build from source, CUDA tests, "
-          "compute-sanitizer, all benchmarks).", "", "## Environment", "", "```", env.strip(), "```", "",
-          "## Steps", "", "| step | status | seconds |", "|---|---|---|"]
-    md += [f"| {n} | {s} | {t} |" for n, s, t in steps]
-    md += ["", "## Build info", "", "```", _read(os.path.join(a.work, "info.log")).strip(), "```", ""]
-    md += ["## CUDA tests", ""]
+          f"`bash benchmarks/gpu_suite.sh`{' (rehearsal)' if a.rehearsal else ''} at commit `{a.commit}`. "
+          + state, "", "## Phases", "", "| phase | status | seconds | started at |", "|---|---|---|---|"]
+    md += [f"| {n} | {s} | {t} | {'+%ds' % s0 if s0 >= 0 else '-'} |" for n, s, t, s0 in phases]
+    md += ["", "## Environment", "", "```", env.strip(), "```", "",
+           "## Build", "", "```", _read(os.path.join(a.work, "build.log"), tail=25).strip(), "```", ""]
+    ptxas = _read(os.path.join(a.work, "ptxas.md"))
+    if ptxas:
+        md += ["### Registers and spills (ptxas)", "", ptxas, ""]
+    md += ["## Smoke test (every op, forward + backward, per dtype)", "", "```",
+           _read(os.path.join(a.work, "smoke.log"), tail=12), "```", "", "## CUDA tests", ""]
     if counts:
         md.append(f"{counts['tests']} tests, {counts['failures']} failures, {counts['errors']} errors, "
                   f"{counts['skipped']} skipped")
@@ -98,48 +138,46 @@ def main():
     else:
         md.append("(no test results)")
     md += ["", "```", _read(os.path.join(a.work, "tests.log"), tail=15), "```", ""]
-    for tool in ("memcheck", "memcheck-nofilter", "racecheck", "racecheck-nofilter"):
-        if tool.endswith("nofilter") and not os.path.exists(os.path.join(a.work, f"{tool}.log")):
-            continue
-        md += [f"## compute-sanitizer {tool}", "", "```", _read(os.path.join(a.work, f"{tool}.log"), tail=12),
-               "```", ""]
+    for tool in ("sanitizer_probe", "memcheck", "racecheck", "initcheck"):
+        log = _read(os.path.join(a.work, f"{tool}.log"), tail=12)
+        if log:
+            md += [f"## compute-sanitizer {tool}", "", "```", log, "```", ""]
     if ceil:
         md += ["## Device ceilings (measured)", "", "```", json.dumps(ceil, indent=1), "```", ""]
-    md += ["## Benchmarks", ""]
-    for d in docs:
-        md += [d["table_md"], ""]
-    md += ["![plots](plots.png)", ""]
+    if docs:
+        md += ["## Benchmarks", ""] + [x for d in docs for x in (d["table_md"], "")] + ["![plots](plots.png)", ""]
 
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "report.md"), "w") as f:
-        f.write("\n".join(md))
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump({"date": date, "gpu": gpu, "steps": steps, "tests": counts, "failed_tests": failed,
-                   "ceilings": ceil, "benchmarks": docs}, f, indent=1)
-    try:
-        bc.plot_many(docs, os.path.join(a.out, "plots.png"))
-    except Exception as e:  # noqa: BLE001 - report.md and results.json are written already
-        print(f"plots.png not written: {e}")
+    _write(os.path.join(a.out, "report.md"), "\n".join(md))
+    _write(os.path.join(a.out, "results.json"), json.dumps(
+        {"date": date, "gpu": gpu, "commit": a.commit, "rehearsal": a.rehearsal, "finished": a.finished,
+         "elapsed_s": a.elapsed, "budget_s": a.budget,
+         "phases": [dict(zip(("phase", "status", "seconds", "start_s"), ph)) for ph in phases],
+         "tests": counts, "failed_tests": failed, "ceilings": ceil, "benchmarks": docs}, indent=1))
+    if docs:
+        try:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            import bench_common  # imports torch: only when there is something to plot
 
-    # Short summary, printed last (the device tool returns the tail of the output).
-    print("\n==== GPU suite summary ====")
-    print(f"{gpu}  copy {ceil.get('copy_GBps', 0):.0f} GB/s  bf16 matmul "
+            bench_common.plot_many(docs, os.path.join(a.out, ".plots.png"))
+            os.replace(os.path.join(a.out, ".plots.png"), os.path.join(a.out, "plots.png"))
+        except Exception as e:  # noqa: BLE001 - report.md and results.json are written already
+            print(f"plots.png not written: {e}")
+
+    print(f"\n==== GPU suite summary ({'finished' if a.finished else 'INCOMPLETE'}, +{a.elapsed}s) ====")
+    print(f"{gpu}  commit {a.commit[:12]}  copy {ceil.get('copy_GBps', 0):.0f} GB/s  bf16 matmul "
           f"{ceil.get('matmul_TFLOPs_bfloat16', 0):.0f} TFLOP/s")
-    for n, s, t in steps:
-        print(f"  {n:<28} {s:<14} {t:>4}s")
+    for n, s, t, _ in phases:
+        print(f"  {n:<10} {s:<40.40} {t:>4}s")
     if counts:
         print(f"  tests: {counts['tests']} run, {counts['failures'] + counts['errors']} failed, "
               f"{counts['skipped']} skipped")
     for t, m in failed[:10]:
         print(f"  FAILED {t}: {m[:120]}")
-    print("  speedup vs eager per benchmark case (ours; torch.compile from the second pass):")
     for d in docs:
         for r in d["rows"]:
             if r["impl"] in ("torchcv_ext", "torch.compile") and r.get("speedup_vs_eager"):
-                bw = f"{r['pct_copy_bw']:.0f}% copy BW" if r.get("pct_copy_bw") else (
-                    f"{r['TFLOPs']:.0f} TFLOP/s" if r.get("TFLOPs") else "")
-                print(f"    {r['op'][:18]:<18} {r['case'][:38]:<38} {r['impl'][:11]:<11} "
-                      f"x{r['speedup_vs_eager']:.2f} {bw}")
+                print(f"    {r['op'][:18]:<18} {r['case'][:38]:<38} {r['impl'][:11]:<11} x{r['speedup_vs_eager']:.2f}")
 
 
 if __name__ == "__main__":

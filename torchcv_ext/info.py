@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     if b:
         print(f"built against torch {b.get('torch_version')}, nvcc {b.get('nvcc_version') or '-'}, "
               f"arch list '{b.get('cuda_arch_list') or '-'}', {b.get('cxx_compiler')}, {b.get('build_type')}")
+        print(f"built from git commit  {b.get('git_commit') or 'unknown'}")
     if info["load_error"]:
         print(f"note: {info['load_error']}")
     print("backend per op:")
