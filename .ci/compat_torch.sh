@@ -27,4 +27,4 @@ cd "${TMPDIR:-/tmp}"
 "$py" -m torchcv_ext.info
 # The emulated CUDA kernels (test_cuda_emulated.py) ran in the main test run; not again here.
 TORCHCV_EXT_REQUIRE_EXT=1 TORCHCV_EXT_SKIP_CUDA_EMU=1 "$py" -P -m pytest "$repo/python_tests" -q \
-  -p no:cacheprovider
+  -p no:cacheprovider -n "$(nproc)"

@@ -54,6 +54,7 @@ def parse_args(description: str, argv: Optional[List[str]] = None,
         args.dtype = "bfloat16" if args.device == "cuda" else "float32"
     args.torch_dtype = DTYPES[args.dtype]
     _STATE["args"] = args
+    _STATE["load"] = LoadMonitor()
     return args
 
 
@@ -81,32 +82,103 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], object], args: argparse.Namespace, warmup: Optional[int] = None,
-            iters: Optional[int] = None) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA events on GPU, perf_counter on CPU)."""
+#: A row whose spread is wider than this (interquartile range of its per-round speedup over eager,
+#: or of its own time for the eager row, relative to the median) is flagged as not to be trusted.
+RELIABLE_IQR = 0.10
+#: A run during which other processes kept more than this share of the machine's cores busy is
+#: flagged too (LoadMonitor): its ratios may be off.
+BUSY_MACHINE = 0.10
+
+
+def _quartiles(xs: List[float]):
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def measure(fns: Dict[str, Callable[[], object]], args: argparse.Namespace, warmup: Optional[int] = None,
+            reps: Optional[int] = None) -> Dict[str, object]:
+    """Milliseconds per call of every function of ``fns``, measured in turn: A, B, C, then B, C, A,
+    ... (the order rotates each round), ``reps`` rounds, so that a burst of load on the machine hits
+    every implementation alike and the ratios between them stay fair. Each measurement is one
+    ``torch.utils.benchmark.Timer.timeit(number)`` (thread count pinned, CUDA synchronized), with
+    ``number`` calibrated per function so that a measurement lasts at least a few milliseconds.
+    Returns {name: [ms per call, one per round]}, or {name: exception} for a function that raised
+    (the others are still measured)."""
+    from torch.utils.benchmark import Timer
+
     cuda = args.device.startswith("cuda")
     if warmup is None:
         warmup = 3 if args.quick else (10 if cuda else 5)
-    if iters is None:
-        iters = (10 if args.quick else 50) if cuda else (5 if args.quick else 20)
-    for _ in range(warmup):
-        fn()
-    sync(args.device)
-    times = []
-    if cuda:
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    if reps is None:
+        reps = (10 if args.quick else 30) if cuda else (7 if args.quick else 15)
+    min_block_s = (0.002 if args.quick else 0.005) if cuda else (0.02 if args.quick else 0.05)
+    out: Dict[str, object] = {}
+    timers = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            sync(args.device)
+            t = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            once = t.timeit(1).mean
+            timers[name] = (t, max(1, int(min_block_s / max(once, 1e-9)) + 1) if once < min_block_s else 1)
+            out[name] = []
+        except Exception as e:  # noqa: BLE001
+            out[name] = e
+    order = list(timers)
+    for r in range(reps):
+        k = r % len(order) if order else 0
+        for name in order[k:] + order[:k]:
+            if isinstance(out[name], Exception):
+                continue
+            t, number = timers[name]
+            try:
+                out[name].append(t.timeit(number).mean * 1e3)
+            except Exception as e:  # noqa: BLE001
+                out[name] = e
+    return out
+
+
+def time_fn(fn: Callable[[], object], args: argparse.Namespace, warmup: Optional[int] = None,
+            iters: Optional[int] = None) -> float:
+    """Median milliseconds per call of ``fn()`` (one function alone: see :func:`measure`)."""
+    res = measure({"fn": fn}, args, warmup, iters)["fn"]
+    if isinstance(res, Exception):
+        raise res
+    return statistics.median(res)
+
+
+class LoadMonitor:
+    """The share of the machine's CPU time that *other* processes used between start() and
+    stop(): all busy time (/proc/stat, steal included) minus this process's and its children's.
+    None where /proc/stat does not exist."""
+
+    def __init__(self):
+        self.t0 = self._sample()
+
+    @staticmethod
+    def _sample():
+        import resource
+
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / tick  # user nice system irq softirq steal
+        own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for a in ("ru_utime", "ru_stime"))
+        return time.monotonic(), busy, own
+
+    def other_share(self) -> Optional[float]:
+        t1 = self._sample()
+        if self.t0 is None or t1 is None or t1[0] <= self.t0[0]:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self.t0, t1))
+        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
 
 
 def compiled(fn: Callable, **kwargs) -> Optional[Callable]:
@@ -137,22 +209,38 @@ def row(op: str, case: str, impl: str, ms: Optional[float], bytes: Optional[floa
 
 def bench_impls(op: str, case: str, impls: Dict[str, Optional[Callable]], args: argparse.Namespace,
                 bytes: Optional[float] = None, flops: Optional[float] = None) -> List[Dict]:
-    """Time every implementation of one case; a None or failing implementation gives a row with
-    ms=None and the error, so a broken path shows up in the table instead of killing the run.
-    With ``--only-compile``, only "eager" and "torch.compile*" (cases without the latter: none)."""
+    """Time every implementation of one case, interleaved (:func:`measure`). Each row holds the
+    median time and its spread (min, quartiles, max), and, against the "eager" row of the case,
+    the speedup as the median of the per-round ratios with their quartiles; ``unreliable`` when that
+    spread exceeds RELIABLE_IQR. A None or failing implementation gives a row with ms=None and the
+    error, so a broken path shows up in the table instead of killing the run. With
+    ``--only-compile``, only "eager" and "torch.compile*" (cases without the latter: none)."""
     if getattr(args, "only_compile", False):
         if not any(k.startswith("torch.compile") for k in impls):
             return []
         impls = {k: v for k, v in impls.items() if k == "eager" or k.startswith("torch.compile")}
+    res = measure({k: fn for k, fn in impls.items() if fn is not None}, args)
+    eager = res.get("eager")
+    eager = eager if isinstance(eager, list) and eager else None
     rows = []
-    for impl, fn in impls.items():
-        if fn is None:
+    for impl in impls:
+        r = res.get(impl)
+        if r is None:
             rows.append(row(op, case, impl, None, bytes, flops, error="unavailable"))
+        elif isinstance(r, Exception):
+            rows.append(row(op, case, impl, None, bytes, flops, error=f"{type(r).__name__}: {r}"[:200]))
         else:
-            try:
-                rows.append(row(op, case, impl, time_fn(fn, args), bytes, flops))
-            except Exception as e:  # noqa: BLE001
-                rows.append(row(op, case, impl, None, bytes, flops, error=f"{type(e).__name__}: {e}"[:200]))
+            q1, med, q3 = _quartiles(r)
+            extra = dict(ms_min=min(r), ms_q1=q1, ms_q3=q3, ms_max=max(r), reps=len(r))
+            if eager is not None:
+                ratios = [e / t for e, t in zip(eager, r)]
+                s1, sm, s3 = _quartiles(ratios)
+                extra.update(speedup_vs_eager=sm, speedup_q1=s1, speedup_q3=s3,
+                             spread=(s3 - s1) / sm if impl != "eager" else (q3 - q1) / med)
+            else:
+                extra.update(spread=(q3 - q1) / med)
+            extra["unreliable"] = extra["spread"] > RELIABLE_IQR
+            rows.append(row(op, case, impl, med, bytes, flops, **extra))
         _STATE["rows"].append(rows[-1])
     return rows
 
@@ -222,23 +310,46 @@ def report(name: str, rows: List[Dict], args: argparse.Namespace) -> Dict:
         r["TFLOPs"] = r["flops"] / ms / 1e9 if ms and r.get("flops") else None
         r["pct_copy_bw"] = 100 * r["GBps"] / ceil["copy_GBps"] if r["GBps"] else None
         r["pct_matmul"] = 100 * r["TFLOPs"] / ceil[mm_key] if r["TFLOPs"] and ceil.get(mm_key) else None
-        e = eager_ms.get((r["op"], r["case"]))
-        r["speedup_vs_eager"] = e / ms if e and ms else None
+        if r.get("speedup_vs_eager") is None:  # rows made without bench_impls
+            e = eager_ms.get((r["op"], r["case"]))
+            r["speedup_vs_eager"] = e / ms if e and ms else None
 
+    load = _STATE.get("load")
+    other = load.other_share() if load is not None else None
+    flagged = [r for r in rows if r.get("unreliable")]
+    warnings = []
+    if other is not None and other > BUSY_MACHINE:
+        warnings.append(f"other processes used {100 * other:.0f}% of the CPU during this run: every ratio "
+                        "below is suspect; rerun on an idle machine")
+    if flagged:
+        warnings.append(f"{len(flagged)} of {len(rows)} rows have a spread over {100 * RELIABLE_IQR:.0f}% "
+                        "(marked ?): not to be trusted")
     doc = {"name": name, "device": ceil["device"], "dtype": args.dtype, "torch": torch.__version__,
-           "ceilings": ceil, "rows": rows}
+           "ceilings": ceil, "other_load": other, "warnings": warnings, "rows": rows}
     hdr = f"## {name} on {ceil['device']} ({args.dtype}); copy {ceil['copy_GBps']:.0f} GB/s"
     if ceil.get(mm_key):
         hdr += f", matmul {ceil[mm_key]:.1f} TFLOP/s"
-    lines = [hdr, "", "| op | case | impl | ms | GB/s | % copy BW | TFLOP/s | % matmul | x eager |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [hdr, ""] + [f"**WARNING**: {w}" for w in warnings] + ([""] if warnings else []) + [
+        "Timed interleaved (implementations in turn, each round); ms: median [quartiles]; x eager: "
+        "median of the per-round ratios [quartiles]; ? = spread too wide to trust.", "",
+        "| op | case | impl | ms | GB/s | % copy BW | TFLOP/s | % matmul | x eager |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ms = _fmt(r["ms"]) if r["ms"] is not None else f"n/a ({r.get('error', '')[:40]})"
+        if r["ms"] is None:
+            ms = f"n/a ({r.get('error', '')[:40]})"
+        else:
+            ms = _fmt(r["ms"]) + (f" [{_fmt(r['ms_q1'])}-{_fmt(r['ms_q3'])}]" if "ms_q1" in r else "")
+        sp = _fmt(r["speedup_vs_eager"])
+        if r.get("speedup_q1") is not None and r["impl"] != "eager":
+            sp += f" [{_fmt(r['speedup_q1'])}-{_fmt(r['speedup_q3'])}]"
+        if r.get("unreliable"):
+            sp += " ?"
         lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {ms} | {_fmt(r['GBps'])} | "
-                     f"{_fmt(r['pct_copy_bw'], 2)} | {_fmt(r['TFLOPs'])} | {_fmt(r['pct_matmul'], 2)} | "
-                     f"{_fmt(r['speedup_vs_eager'])} |")
+                     f"{_fmt(r['pct_copy_bw'], 2)} | {_fmt(r['TFLOPs'])} | {_fmt(r['pct_matmul'], 2)} | {sp} |")
     table = "\n".join(lines)
     print(table)
+    for w in warnings:
+        print(f"WARNING ({name}): {w}", file=sys.stderr)
     doc["table_md"] = table
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
@@ -257,18 +368,27 @@ def plot_ax(doc: Dict, ax) -> bool:
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     width = 0.8 / len(impls)
     for i, impl in enumerate(impls):
-        xs, ys = [], []
+        xs, ys, lo, hi, hatch = [], [], [], [], []
         for j, c in enumerate(cases):
             for r in rows:
                 if r["impl"] == impl and f"{r['op']}\n{r['case']}" == c:
                     xs.append(j + i * width)
-                    ys.append(r["speedup_vs_eager"])
-        ax.bar(xs, ys, width, label=impl)
+                    y = r["speedup_vs_eager"]
+                    ys.append(y)
+                    lo.append(max(0.0, y - (r.get("speedup_q1") or y)))
+                    hi.append(max(0.0, (r.get("speedup_q3") or y) - y))
+                    hatch.append("//" if r.get("unreliable") else "")
+        bars = ax.bar(xs, ys, width, label=impl, yerr=[lo, hi], capsize=2, error_kw={"lw": 0.8})
+        for b, h in zip(bars, hatch):
+            b.set_hatch(h)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
     ax.set_xticklabels(cases, fontsize=6, rotation=30, ha="right")
     ax.set_ylabel("speedup vs eager")
-    ax.set_title(f"{doc['name']} — {doc['device']} ({doc['dtype']})", fontsize=8)
+    title = f"{doc['name']} — {doc['device']} ({doc['dtype']}); error bars: quartiles, hatched: spread too wide"
+    if doc.get("warnings"):
+        title += "\nWARNING: " + "; ".join(doc["warnings"])
+    ax.set_title(title, fontsize=7, color="red" if doc.get("warnings") else "black")
     ax.legend(fontsize=6)
     return True
 
