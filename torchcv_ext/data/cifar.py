@@ -13,21 +13,32 @@ from typing import Optional
 from torchcv_ext.data._common import (CIFAR10_STATS, CIFAR100_STATS, DataSets, LoadOptions, limit)
 
 
-def _without_md5(cls, folder: str):
-    """``cls`` (torchvision's CIFAR10 / CIFAR100) reading ``root/<folder>`` with its files'
-    presence checked instead of their MD5 sums."""
-    return type(cls.__name__, (cls,), {
-        "base_folder": folder,
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
+_READERS = {"CIFAR10Files": "CIFAR10", "CIFAR100Files": "CIFAR100"}
 
 
-def _classes():
+def __getattr__(name: str):
+    """``CIFAR10Files`` / ``CIFAR100Files``: torchvision's CIFAR10 / CIFAR100 reading
+    ``root/<folder>`` with the files' presence checked instead of their MD5 sums. Built on first
+    use (torchvision is imported only then) as attributes of this module, so that DataLoader
+    workers can unpickle them."""
+    if name not in _READERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from torchvision import datasets
 
-    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+    base = getattr(datasets, _READERS[name])
+
+    def __init__(self, root: str, folder: str, **kwargs) -> None:
+        self.base_folder = folder
+        base.__init__(self, root, **kwargs)
+
+    cls = type(name, (base,), {
+        "__init__": __init__, "__module__": __name__, "__qualname__": name,
+        "train_list": [[f, None] for f, _ in base.train_list],
+        "test_list": [[f, None] for f, _ in base.test_list],
+        "meta": {**base.meta, "md5": None},
+    })
+    globals()[name] = cls
+    return cls
 
 
 #: format -> (its folder name in torchvision's layout, its files)
@@ -48,11 +59,11 @@ def find(root: str, name: str) -> Optional[str]:
 
 
 def load(name: str, found: str, opts: LoadOptions) -> DataSets:
-    cls = _without_md5(_classes()[name], os.path.basename(os.path.normpath(found)))
-    parent = os.path.dirname(os.path.normpath(found))
+    cls = __getattr__("CIFAR10Files" if name == "cifar10" else "CIFAR100Files")
+    folder, parent = os.path.basename(os.path.normpath(found)), os.path.dirname(os.path.normpath(found))
     size, (train_tf, val_tf) = opts.transforms(CIFAR10_STATS if name == "cifar10" else CIFAR100_STATS, 3, 32)
-    train = cls(parent, train=True, transform=train_tf)
-    val = cls(parent, train=False, transform=val_tf)
+    train = cls(parent, folder, train=True, transform=train_tf)
+    val = cls(parent, folder, train=False, transform=val_tf)
     title = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     return DataSets(limit(train, opts.limit), limit(val, opts.limit), list(train.classes), name,
                     f"{title} python batches in {found}", 3, size)
