@@ -77,9 +77,11 @@ def write_imagefolder(root, classes=("cats", "dogs"), per_class=4, size=20, seed
 
 
 def hyperspectral_scene(h=14, w=12, bands=20, classes=3, seed=0):
-    """A cube (h, w, bands) whose spectra depend on the class, and its ground truth (0: unlabelled)."""
+    """A cube (h, w, bands) whose spectra depend on the class, and its ground truth (0: unlabelled):
+    fields of one class each (stripes of 4 columns), a fifth of their pixels unlabelled."""
     rng = np.random.default_rng(seed)
-    gt = rng.integers(0, classes + 1, (h, w))
+    field = (np.arange(w) // 4 % classes + 1)[None, :].repeat(h, 0)
+    gt = np.where(rng.random((h, w)) < 0.2, 0, field)
     gt[0, 0] = 1  # a labelled corner pixel: its patch is mostly zero padding
     spectra = rng.normal(0, 1, (classes + 1, bands)) * 100 + 1000
     cube = spectra[gt] + rng.normal(0, 5, (h, w, bands))

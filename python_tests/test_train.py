@@ -156,9 +156,9 @@ def test_each_format_with_its_default_recipe(tmp_path, layout):
     assert set(metrics["per_class_acc"]) == set(metrics["classes"])
     cm = torch.tensor(metrics["confusion_matrix"])
     assert cm.shape == (expect[2], expect[2])
-    for c, acc in zip(metrics["classes"], metrics["per_class_acc"].values()):
-        row = cm[metrics["classes"].index(c)]
-        assert acc is None if row.sum() == 0 else abs(acc - row[metrics["classes"].index(c)].item() / row.sum().item()) < 1e-9
+    for i, c in enumerate(metrics["classes"]):  # per-class accuracy: the diagonal over the row
+        acc, row = metrics["per_class_acc"][c], cm[i]
+        assert acc is None if row.sum() == 0 else abs(acc - row[i].item() / row.sum().item()) < 1e-9
     assert abs(cm.trace().item() / cm.sum().item() - metrics["best_val_acc"]) < 1e-6
     assert min(_is_png(out / "confusion.png")) > 100 and min(_is_png(out / "predictions.png")) > 100
 

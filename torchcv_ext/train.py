@@ -337,8 +337,9 @@ def learner_report(model: nn.Module, checkpoint: str, val_loader: DataLoader, de
     per_class = {c: cm[i, i].item() / cm[i].sum().item() if cm[i].sum() > 0 else None for i, c in enumerate(classes)}
     plt = _pyplot()
     if plt is not None:
+        acc = cm.trace().item() / max(len(true), 1)
         save_confusion_matrix(plt, cm, classes, os.path.join(args.out, "confusion.png"),
-                              f"{args.model}, {os.path.basename(checkpoint)}: val acc {cm.trace().item() / max(len(true), 1):.4f}")
+                              f"{args.model}, {os.path.basename(checkpoint)}: val acc {acc:.4f}")
         save_prediction_grid(plt, shown[True], shown[False], classes, os.path.join(args.out, "predictions.png"))
     worst = sorted((a, c) for c, a in per_class.items() if a is not None)[:3]
     print("per-class val accuracy, lowest: " + ", ".join(f"{c} {a:.3f}" for a, c in worst))
@@ -522,7 +523,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     if history:
-        save_plot(history, os.path.join(args.out, "curves.png"), f"{args.model} on {os.path.basename(os.path.normpath(args.data)) if args.data else args.dataset}")
+        name = os.path.basename(os.path.normpath(args.data)) if args.data else args.dataset
+        save_plot(history, os.path.join(args.out, "curves.png"), f"{args.model} on {name}")
     onnx = ", model.onnx" if "onnx" in metrics else ""
     print(f"best val acc {best_acc:.4f}; wrote {args.out}/{{last.pt, best.pt, metrics.json, curves.png, "
           f"confusion.png, predictions.png{onnx}}}")

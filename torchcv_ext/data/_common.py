@@ -3,7 +3,7 @@ data sets, and the train/val split helpers."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -33,7 +33,6 @@ class DataSets:
     source: str          #: what was read, in words (printed by the training example)
     channels: int        #: input channels of one sample (3 RGB, 1 grey, K PCA bands)
     img_size: int        #: spatial size of one sample (the patch size for hyperspectral data)
-    extra: dict = field(default_factory=dict)  #: format-specific facts (e.g. ``pca_bands``)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:

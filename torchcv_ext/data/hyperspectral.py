@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from torchcv_ext.data._common import DataError, DataSets, LoadOptions, listing
+from torchcv_ext.data._common import DataError, DataSets, LoadOptions
 
 _GT = re.compile(r"(^|[^a-z])gt([^a-z]|$)|ground.?truth", re.IGNORECASE)
 EXTENSIONS = (".mat", ".npy")
@@ -140,4 +140,4 @@ def load(found: Tuple[str, str], opts: LoadOptions) -> DataSets:
               f"PCA {opts.bands}, {size} x {size} patches, {len(labels)} labelled pixels; "
               f"{opts.val_split:g} of each class held out)")
     return DataSets(ds["train"], ds["val"], [str(i) for i in ids.tolist()], "hyperspectral", source,
-                    opts.bands, size, {"pca_bands": opts.bands, "patch_size": size})
+                    opts.bands, size)

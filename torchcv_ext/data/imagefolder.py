@@ -11,7 +11,7 @@ import torch
 
 from torch.utils.data import Subset
 
-from torchcv_ext.data._common import DataError, DataSets, LoadOptions, listing, split_indices
+from torchcv_ext.data._common import DataError, DataSets, LoadOptions, split_indices
 
 VAL_DIRS = ("val", "valid", "validation", "test")
 
@@ -40,8 +40,8 @@ def find(root: str) -> Optional[Tuple[str, Optional[str]]]:
     split_dirs = [d for d in ("train",) + VAL_DIRS if os.path.isdir(os.path.join(root, d))]
     if split_dirs:
         if not has_class_folders(train):
-            raise DataError(f"{root}: has {', '.join(d + '/' for d in split_dirs)} but "
-                            f"{'train/ holds no class sub-folders of images' if 'train' in split_dirs else 'no train/'}; "
+            problem = "train/ holds no class sub-folders of images" if "train" in split_dirs else "no train/"
+            raise DataError(f"{root}: has {', '.join(d + '/' for d in split_dirs)} but {problem}; "
                             "an image folder with a split needs train/<class>/<image> and "
                             "val/ (or valid/, validation/, test/) with the same class folders")
         for v in VAL_DIRS:
