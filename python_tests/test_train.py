@@ -97,3 +97,101 @@ def test_imagefolder_directory(tmp_path):
                           "--val-split", "0.25", "--out", str(out), "--no-progress"])
     assert metrics["classes"] == ["dark", "light"]
     assert (out / "last.pt").exists() and len(metrics["history"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Data formats and recipes end to end (tiny files in the real formats, 1 epoch of lenet / hybridsn)
+# ---------------------------------------------------------------------------------------------
+def _is_png(path):
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.verify()
+        return im.size
+
+
+def _run(tmp_path, *argv):
+    out = tmp_path / "run"
+    metrics = train.main([*argv, "--epochs", argv[argv.index("--epochs") + 1] if "--epochs" in argv else "1",
+                          "--out", str(out), "--no-progress"])
+    return metrics, out
+
+
+@pytest.mark.parametrize("layout", ["cifar10", "mnist", "cats-vs-dogs", "transfer", "hyperspectral"])
+def test_each_format_with_its_default_recipe(tmp_path, layout):
+    """The format is detected, its recipe chosen, and the learner's outputs written: per-class
+    accuracy, the confusion matrix and the right / wrong prediction grid."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("matplotlib")
+    import data_formats as fmt
+
+    root = tmp_path / "data"
+    model, extra = "lenet", ["--limit", "12"]
+    if layout == "cifar10":
+        fmt.write_cifar10(root, n=4)
+        expect = ("cifar10", "cifar", 10)
+    elif layout == "mnist":
+        fmt.write_mnist(root, gz=True)
+        expect = ("mnist", "mnist", 10)
+    elif layout == "cats-vs-dogs":
+        fmt.write_imagefolder(root / "train", per_class=3)
+        fmt.write_imagefolder(root / "valid", per_class=2)
+        extra = ["--img-size", "32", "--batch-size", "4"]
+        expect = ("imagefolder", "imagenet", 2)
+    elif layout == "transfer":  # --recipe transfer: the backbone frozen
+        fmt.write_imagefolder(root / "train", per_class=3)
+        fmt.write_imagefolder(root / "val", per_class=2)
+        extra = ["--recipe", "transfer", "--img-size", "32", "--batch-size", "4"]
+        expect = ("imagefolder", "transfer", 2)
+    else:
+        pytest.importorskip("scipy")
+        fmt.write_hyperspectral(root, "mat", bands=16)
+        model, extra = "hybridsn", ["--bands", "13", "--img-size", "9", "--val-split", "0.5"]
+        expect = ("hyperspectral", "hyperspectral", 3)
+    metrics, out = _run(tmp_path, "--data", str(root), "--model", model, *extra)
+    assert (metrics["format"], metrics["recipe"], len(metrics["classes"])) == expect
+    assert metrics["args"]["freeze_backbone"] == (layout == "transfer")
+    assert (metrics["trainable_params"] < metrics["total_params"]) == (layout == "transfer")
+    assert set(metrics["per_class_acc"]) == set(metrics["classes"])
+    cm = torch.tensor(metrics["confusion_matrix"])
+    assert cm.shape == (expect[2], expect[2])
+    for i, c in enumerate(metrics["classes"]):  # per-class accuracy: the diagonal over the row
+        acc, row = metrics["per_class_acc"][c], cm[i]
+        assert acc is None if row.sum() == 0 else abs(acc - row[i].item() / row.sum().item()) < 1e-9
+    assert abs(cm.trace().item() / cm.sum().item() - metrics["best_val_acc"]) < 1e-6
+    assert min(_is_png(out / "confusion.png")) > 100 and min(_is_png(out / "predictions.png")) > 100
+
+
+def test_cifar_recipe_settings_and_overrides(tmp_path):
+    """--recipe cifar: SGD momentum 0.9 without Nesterov, weight decay 5e-4, batch 128, the
+    CIFAR transforms; --nesterov and --lr-schedule step override it (x0.1 at 50% and 75%)."""
+    pytest.importorskip("torchvision")
+    import data_formats as fmt
+
+    fmt.write_cifar10(tmp_path / "c", n=4)
+    metrics, out = _run(tmp_path, "--data", str(tmp_path / "c"), "--recipe", "cifar", "--limit", "8",
+                        "--nesterov", "--lr-schedule", "step", "--epochs", "2")
+    a = metrics["args"]
+    assert (a["optimizer"], a["momentum"], a["weight_decay"], a["batch_size"], a["augment"]) == \
+        ("sgd", 0.9, 5e-4, 128, "crop-flip")
+    assert a["nesterov"] is True and a["lr_schedule"] == "step"
+    assert [round(h["lr"], 6) for h in metrics["history"]] == [0.01, 0.001]  # milestones at epochs 1, 2
+    group = torch.load(out / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert group["nesterov"] is True and group["momentum"] == 0.9
+
+
+def test_trainable_pattern_selects_parameters(tmp_path):
+    out = tmp_path / "run"
+    metrics = train.main(["--epochs", "1", "--limit", "120", "--trainable", "classifier.4.*",
+                          "--out", str(out), *COMMON])
+    assert metrics["trainable_params"] == 84 * 10 + 10  # lenet's last Linear only
+    assert metrics["total_params"] > metrics["trainable_params"]
+    with pytest.raises(SystemExit, match="'nothing.*' matches no parameter"):
+        train.main(["--epochs", "1", "--limit", "50", "--trainable", "nothing.*", "--out", str(out), *COMMON])
+
+
+def test_unknown_data_layout_is_a_clear_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(SystemExit, match="no known data-set layout.*data_batch_1"):
+        train.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-progress"])

@@ -1,7 +1,11 @@
-"""Train a torchcv_ext model on an ImageFolder directory, or (no ``--data``) on scikit-learn's
-bundled 8x8 digits upsampled to RGB images -- a complete example in a few CPU minutes.
+"""Train a torchcv_ext model on a data set on disk (CIFAR-10/100 batches, MNIST / Fashion-MNIST idx
+files, an image folder, a hyperspectral cube: see torchcv_ext.data), or (no ``--data``) on
+scikit-learn's bundled 8x8 digits upsampled to RGB images -- a complete example in a few CPU minutes.
 
     python -m torchcv_ext.train                                   # lenet on digits, ~97% val accuracy
+    python -m torchcv_ext.train --data ~/data/mnist --model lenet        # format detected, recipe mnist
+    python -m torchcv_ext.train --data ~/data/cifar-10-batches-py --model resnet18 --recipe cifar
+    python -m torchcv_ext.train --data ~/data/IndianPines --model hybridsn   # recipe hyperspectral
     python -m torchcv_ext.train --model mobilenet_v2 --epochs 15 --channels-last --amp
     python -m torchcv_ext.train --data /path/to/imagefolder --model resnet18 \\
         --weights resnet18_tv.pth --freeze-backbone                # transfer learning: new head only
@@ -9,16 +13,30 @@ bundled 8x8 digits upsampled to RGB images -- a complete example in a few CPU mi
     python -m torchcv_ext.train --model mobilenet_v3_small --export-onnx  # + model.onnx, checked
 
 Writes to ``--out`` (default ``runs/<model>``): ``last.pt`` every epoch, ``best.pt`` (best val
-accuracy), ``metrics.json`` and ``curves.png`` (loss / accuracy per epoch); with ``--export-onnx``
-also ``model.onnx`` (the best checkpoint, dynamic batch) and, when onnxruntime is installed, its
-validation accuracy in onnxruntime next to PyTorch's in ``metrics.json``.
-An ImageFolder directory with ``train/`` and ``val/`` sub-folders uses them; otherwise
-``--val-split`` of the images are held out (same split on resume).
+accuracy), ``metrics.json`` (history, trainable parameter count, and for the best checkpoint the
+per-class validation accuracy and confusion matrix), ``curves.png`` (loss / accuracy per epoch),
+``confusion.png`` and ``predictions.png`` (right and wrong validation predictions with their
+labels); with ``--export-onnx`` also ``model.onnx`` (the best checkpoint, dynamic batch) and, when
+onnxruntime is installed, its validation accuracy in onnxruntime next to PyTorch's.
+An image folder with ``train/`` and ``val/`` (``valid/``, ``validation/``, ``test/``) uses them;
+otherwise ``--val-split`` of the images are held out (same split on resume).
+
+Recipes (``--recipe``; every setting can still be given as a flag): ``mnist`` (AdamW 2e-3, batch
+64, cosine, 10 epochs, no augmentation), ``cifar`` (SGD 0.1, momentum 0.9, weight decay 5e-4,
+batch 128, 200 epochs, cosine or ``--lr-schedule step``, RandomCrop(32, padding=4) + flip, the
+data set's mean / std), ``imagenet`` (SGD 0.1, weight decay 1e-4, batch 256, 90 epochs, step
+x0.1 at 1/3 and 2/3, RandomResizedCrop(224) + flip, ImageNet mean / std), ``transfer`` (the
+imagenet transforms, ``--freeze-backbone``, SGD 1e-3, batch 32, 25 epochs, step at 7 and 14),
+``hyperspectral`` (HybridSN: PCA to 30 bands, 25 x 25 patches, 70% of each class held out,
+Adam 1e-3, batch 256, 100 epochs). Default: ``mnist`` for digits / MNIST / Fashion-MNIST,
+``cifar`` for CIFAR, ``hyperspectral`` for a cube, and for an image folder ``transfer`` with
+``--weights``, else ``imagenet``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import json
 import os
 import sys
@@ -27,25 +45,65 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader
 
-from torchcv_ext import models
+from torchcv_ext import data, models
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: the settings every recipe starts from
+_RECIPE_BASE = dict(momentum=0.9, nesterov=False, freeze_backbone=False, bands=30, img_size=None,
+                    val_split=0.2, lr_milestones=(0.5, 0.75), normalize="data", augment="none")
+#: --recipe presets: each key is an argument (flag or not) that an explicit flag overrides.
+#: ``lr_milestones``: the step schedule's x0.1 points as fractions of ``epochs``; ``augment`` and
+#: ``normalize``: torchcv_ext.data.LoadOptions (``data``: the data set's own mean / std).
+RECIPES: Dict[str, Dict] = {
+    "mnist": dict(optimizer="adamw", lr=2e-3, weight_decay=5e-4, batch_size=64, epochs=10, lr_schedule="cosine"),
+    "cifar": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, batch_size=128, epochs=200, lr_schedule="cosine",
+                  augment="crop-flip", img_size=32),
+    "imagenet": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, batch_size=256, epochs=90, lr_schedule="step",
+                     lr_milestones=(1 / 3, 2 / 3), augment="resized-crop-flip", normalize="imagenet", img_size=224),
+    "transfer": dict(optimizer="sgd", lr=1e-3, weight_decay=0.0, batch_size=32, epochs=25, lr_schedule="step",
+                     lr_milestones=(0.28, 0.56), augment="resized-crop-flip", normalize="imagenet", img_size=224,
+                     freeze_backbone=True),
+    "hyperspectral": dict(optimizer="adamw", lr=1e-3, weight_decay=0.0, batch_size=256, epochs=100,
+                          lr_schedule="constant", img_size=25, bands=30, val_split=0.7),
+}
+#: the recipe of each data format when --recipe is not given (an image folder with --weights: transfer)
+DEFAULT_RECIPE = {"digits": "mnist", "mnist": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar",
+                  "cifar100": "cifar", "hyperspectral": "hyperspectral", "imagefolder": "imagenet"}
+#: --lr when --optimizer differs from the recipe's
+OPTIMIZER_LR = {"adamw": 2e-3, "sgd": 0.05}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m torchcv_ext.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=None, help="ImageFolder root (default: scikit-learn digits)")
+    p.add_argument("--data", default=None,
+                   help="data directory; its format is detected (CIFAR-10/100 batches, MNIST / Fashion-MNIST "
+                        "idx files, image folder, hyperspectral cube + gt; default: scikit-learn digits)")
+    p.add_argument("--dataset", choices=list(data.FORMATS), default=None,
+                   help="read --data as this format instead of detecting it")
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="training preset (see above); default by data format: digits / MNIST -> mnist, "
+                        "CIFAR -> cifar, hyperspectral -> hyperspectral, image folder -> transfer with "
+                        "--weights, else imagenet")
     p.add_argument("--model", default="lenet", help="a name from torchcv_ext.models.list_models() (default lenet)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="default 2e-3 (adamw) / 0.05 (sgd)")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--img-size", type=int, default=None, help="default 32 (digits) / 224 (ImageFolder)")
-    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: the recipe's (2e-3 for adamw / 0.05 for sgd when --optimizer is not the recipe's)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=None, help="default: the recipe's")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum for SGD (default off)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--lr-schedule", choices=("cosine", "step", "constant"), default=None,
+                   help="cosine annealing, or x0.1 steps at the recipe's milestones (default: the recipe's)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (hyperspectral: the patch size); default: the recipe's, else the data's own")
+    p.add_argument("--bands", type=int, default=None, help="hyperspectral: PCA to this many bands (default 30)")
+    p.add_argument("--val-split", type=float, default=None,
+                   help="fraction held out when the data has no validation / test split (default 0.2; "
+                        "hyperspectral: 0.7 of each class)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images (quick runs)")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU, fp16 + GradScaler on CUDA")
     p.add_argument("--channels-last", action="store_true")
@@ -54,8 +112,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--weights", default=None,
                    help="state_dict (.pth, e.g. a torchvision model's) to start from; a head with "
                         "another class count is skipped and re-initialised")
-    p.add_argument("--freeze-backbone", action="store_true",
-                   help="transfer learning: train only a new classifier head (backbone frozen, BN in eval)")
+    p.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                   help="transfer learning: train only a new classifier head (the layer reset_classifier "
+                        "replaces; frozen BN layers in eval); default on in the transfer recipe")
+    p.add_argument("--trainable", action="append", default=None, metavar="PATTERN",
+                   help="train only the parameters whose names match this shell pattern (e.g. 'layer4.*', "
+                        "'classifier.*'; repeatable; with --freeze-backbone: these and the head)")
     p.add_argument("--resume", default=None, help="checkpoint (last.pt) to continue from")
     p.add_argument("--out", default=None, help="output directory (default runs/<model>)")
     p.add_argument("--seed", type=int, default=0)
@@ -64,8 +126,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="export the best checkpoint to <out>/model.onnx (torchcv_ext.export.to_onnx; needs "
                         "onnx + onnxscript) and, with onnxruntime, check its validation accuracy there")
     args = p.parse_args(argv)
-    if args.lr is None:
-        args.lr = 2e-3 if args.optimizer == "adamw" else 0.05
     if args.out is None:
         args.out = os.path.join("runs", args.model)
     return args
@@ -74,66 +134,49 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
-def _split(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(round(n * val_fraction)))
-    return perm[n_val:], perm[:n_val]
+def apply_recipe(args: argparse.Namespace, data_format: str) -> None:
+    """Fill every setting not given on the command line from ``args.recipe`` (chosen from the data
+    format when not given)."""
+    if args.recipe is None:
+        args.recipe = ("transfer" if data_format == "imagefolder" and args.weights
+                       else DEFAULT_RECIPE[data_format])
+    recipe = {**_RECIPE_BASE, **RECIPES[args.recipe]}
+    if args.lr is None:
+        args.lr = recipe["lr"] if args.optimizer in (None, recipe["optimizer"]) else OPTIMIZER_LR[args.optimizer]
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
 
 
-def digits_datasets(img_size: int, val_split: float, seed: int, limit: Optional[int] = None):
-    """scikit-learn's 1797 8x8 digit images, upsampled to ``img_size`` and repeated to 3 channels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - environment dependent
-        raise SystemExit("the default dataset needs scikit-learn: pip install scikit-learn") from e
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    x = nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-    x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
-    train_idx, val_idx = _split(len(y), val_split, seed)
-    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]), [str(i) for i in range(10)]
-
-
-def imagefolder_datasets(root: str, img_size: int, val_split: float, seed: int, limit: Optional[int] = None):
-    try:
-        from torchvision import datasets, transforms
-    except ImportError as e:  # pragma: no cover
-        raise SystemExit("--data needs torchvision (ImageFolder and transforms)") from e
-    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(img_size), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), norm])
-    val_tf = transforms.Compose([transforms.Resize(int(round(img_size * 256 / 224))), transforms.CenterCrop(img_size),
-                                 transforms.ToTensor(), norm])
-    if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val")):
-        train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)
-        val = datasets.ImageFolder(os.path.join(root, "val"), val_tf)
-        if train.classes != val.classes:
-            raise SystemExit(f"{root}: train/ and val/ have different class folders")
-        classes = train.classes
-        if limit is not None:
-            train, val = Subset(train, range(min(limit, len(train)))), Subset(val, range(min(limit, len(val))))
-    else:
-        train_all = datasets.ImageFolder(root, train_tf)
-        val_all = datasets.ImageFolder(root, val_tf)
-        classes = train_all.classes
-        n = len(train_all) if limit is None else min(limit, len(train_all))
-        train_idx, val_idx = _split(n, val_split, seed)
-        train, val = Subset(train_all, train_idx), Subset(val_all, val_idx)
-    return train, val, classes
+def load_data(args: argparse.Namespace) -> data.DataSets:
+    """The data of ``--data`` (format detected or ``--dataset``), read with the recipe's
+    transforms; fills the recipe's settings into ``args``."""
+    forced = args.dataset is not None
+    data_format = args.dataset or data.detect_format(args.data)
+    apply_recipe(args, data_format)
+    opts = data.LoadOptions(img_size=args.img_size, augment=args.augment, normalize=args.normalize,
+                            val_split=args.val_split, seed=args.seed, limit=args.limit, bands=args.bands)
+    ds = data.load_datasets(data_format, args.data, opts)
+    args.dataset, args.img_size = data_format, ds.img_size
+    print(f"data: {ds.source}; format {data_format} ({'--dataset' if forced else 'detected'}), "
+          f"recipe {args.recipe}")
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
-def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
+def build_model(args: argparse.Namespace, num_classes: int, channels: int = 3) -> nn.Module:
     kwargs = {}
     if args.model.startswith("vit"):
         kwargs["img_size"] = args.img_size
     if args.model == "hybridsn":
-        raise SystemExit("hybridsn takes hyperspectral (bands x S x S) patches, not RGB images")
+        if args.dataset != "hyperspectral":
+            raise SystemExit("hybridsn takes hyperspectral (bands x S x S) patches, not RGB images: give --data "
+                             "a directory holding a hyperspectral cube and its ground-truth map")
+        kwargs.update(in_bands=channels, patch_size=args.img_size)
+    elif channels != 3:
+        kwargs["in_chans"] = channels
     model = models.create_model(args.model, num_classes=num_classes, **kwargs)
     if args.weights:
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
@@ -150,7 +193,31 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     if args.freeze_backbone:
         model.reset_classifier(num_classes)
         model.freeze_backbone()
+    if args.trainable:
+        select_trainable(model, args.trainable, keep=args.freeze_backbone)
     return model
+
+
+def select_trainable(model: nn.Module, patterns: List[str], keep: bool = False) -> None:
+    """Train only the parameters whose names match one of the shell ``patterns`` (and, with
+    ``keep``, those already trainable); a pattern that matches nothing is an error."""
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise SystemExit(f"--trainable {pat!r} matches no parameter of {type(model).__name__}; its names "
+                             f"look like {', '.join(names[:3])}, ..., {', '.join(names[-2:])}")
+    for n, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(n, pat) for pat in patterns) or (keep and p.requires_grad))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
+    epochs = max(args.epochs, 1)
+    if args.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if args.lr_schedule == "step":
+        milestones = sorted({max(1, int(round(f * epochs))) for f in args.lr_milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _loss(out, target: torch.Tensor, criterion) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +246,10 @@ def _set_postfix(bar, **kw) -> None:
 def run_epoch(model, loader, criterion, device, args, optimizer=None, scaler=None, desc="") -> Dict[str, float]:
     train = optimizer is not None
     model.train(train)
-    if train and args.freeze_backbone:
-        model.features.eval()  # frozen BN statistics too
+    if train:  # frozen BN layers keep their statistics too
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+                m.eval()
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     total_loss, correct, seen = 0.0, 0, 0
     bar = _progress(loader, len(loader), desc, not args.no_progress)
@@ -209,13 +278,21 @@ def run_epoch(model, loader, criterion, device, args, optimizer=None, scaler=Non
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
-def save_plot(history: List[Dict[str, float]], path: str, title: str) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a message) when it is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no plot (pip install matplotlib)")
+        print("matplotlib not installed: no plots (pip install matplotlib)")
+        return None
+    return plt
+
+
+def save_plot(history: List[Dict[str, float]], path: str, title: str) -> bool:
+    plt = _pyplot()
+    if plt is None:
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -230,6 +307,95 @@ def save_plot(history: List[Dict[str, float]], path: str, title: str) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def learner_report(model: nn.Module, checkpoint: str, val_loader: DataLoader, device: torch.device,
+                   args: argparse.Namespace, classes: List[str], examples: int = 8) -> Dict:
+    """The checkpoint's predictions on the validation set: per-class accuracy and the confusion
+    matrix (rows: true class, columns: predicted) for metrics.json, ``confusion.png``, and
+    ``predictions.png`` with up to ``examples`` right and ``examples`` wrong predictions."""
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=False)["model"])
+    model.eval()
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    preds, targets, shown = [], [], {True: [], False: []}
+    with torch.no_grad():
+        for x, y in val_loader:
+            xd = x.to(device)
+            if args.channels_last and xd.dim() == 4:
+                xd = xd.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+                out = model(xd)
+            pred = (out if isinstance(out, torch.Tensor) else out[0]).argmax(1).cpu()
+            preds.append(pred)
+            targets.append(y)
+            for xi, yi, pi in zip(x, y.tolist(), pred.tolist()):
+                if len(shown[yi == pi]) < examples:
+                    shown[yi == pi].append((xi, yi, pi))
+    n = len(classes)
+    pred, true = torch.cat(preds), torch.cat(targets)
+    cm = torch.bincount(true * n + pred, minlength=n * n).view(n, n)
+    per_class = {c: cm[i, i].item() / cm[i].sum().item() if cm[i].sum() > 0 else None for i, c in enumerate(classes)}
+    plt = _pyplot()
+    if plt is not None:
+        acc = cm.trace().item() / max(len(true), 1)
+        save_confusion_matrix(plt, cm, classes, os.path.join(args.out, "confusion.png"),
+                              f"{args.model}, {os.path.basename(checkpoint)}: val acc {acc:.4f}")
+        save_prediction_grid(plt, shown[True], shown[False], classes, os.path.join(args.out, "predictions.png"))
+    worst = sorted((a, c) for c, a in per_class.items() if a is not None)[:3]
+    print("per-class val accuracy, lowest: " + ", ".join(f"{c} {a:.3f}" for a, c in worst))
+    return {"per_class_acc": per_class, "confusion_matrix": cm.tolist()}
+
+
+def save_confusion_matrix(plt, cm: torch.Tensor, classes: List[str], path: str, title: str) -> None:
+    n = len(classes)
+    size = min(4 + 0.35 * n, 24)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(cm.numpy(), cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+    if n <= 20:
+        hi = cm.max().item() / 2
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > hi else "black")
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _displayable(x: torch.Tensor) -> torch.Tensor:
+    """An input sample as an (H, W) or (H, W, 3) image in [0, 1]: its first three channels (RGB;
+    for hyperspectral patches the first three PCA bands), stretched to its own range."""
+    x = x.float()
+    if x.dim() == 4:  # (1, bands, H, W)
+        x = x[0]
+    x = x[:3] if x.shape[0] >= 3 else x[:1]
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
+    return x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+
+
+def save_prediction_grid(plt, right: List, wrong: List, classes: List[str], path: str) -> None:
+    """Right predictions in the top row(s), wrong ones below, each titled with its labels."""
+    cols = max(len(right), len(wrong), 1)
+    fig, axes = plt.subplots(2, cols, figsize=(1.8 * cols, 4.2), squeeze=False)
+    for row, (items, name, color) in enumerate(((right, "right", "green"), (wrong, "wrong", "red"))):
+        for col in range(cols):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(items):
+                x, y, p = items[col]
+                ax.imshow(_displayable(x).numpy(), cmap="gray")
+                title = f"{classes[y]}" if y == p else f"true {classes[y]}\npred {classes[p]}"
+                ax.set_title(title, fontsize=8, color=color)
+        axes[row][0].text(-0.1, 0.5, f"{name} ({len(items)})", transform=axes[row][0].transAxes, rotation=90,
+                          ha="right", va="center", color=color)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def export_onnx(model: nn.Module, checkpoint: str, val_loader: DataLoader, path: str) -> Dict:
@@ -276,30 +442,32 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     if resume is not None:  # the data split and model come from the run being resumed
-        for key in ("data", "model", "img_size", "val_split", "seed", "limit", "freeze_backbone"):
-            setattr(args, key, resume["args"][key])
-    if args.img_size is None:
-        args.img_size = 32 if args.data is None else 224
+        for key in ("data", "dataset", "model", "img_size", "val_split", "seed", "limit", "freeze_backbone",
+                    "trainable", "bands"):
+            setattr(args, key, resume["args"].get(key))
+        for key, value in resume["args"].items():  # and every setting not given again
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
 
-    if args.data is None:
-        train_ds, val_ds, classes = digits_datasets(args.img_size, args.val_split, args.seed, args.limit)
-        source = "scikit-learn digits"
-    else:
-        train_ds, val_ds, classes = imagefolder_datasets(args.data, args.img_size, args.val_split, args.seed, args.limit)
-        source = args.data
+    try:
+        ds = load_data(args)
+    except data.DataError as e:
+        raise SystemExit(f"error: {e}") from e
+    train_ds, val_ds, classes, source = ds.train, ds.val, ds.classes, ds.source
     train_loader = DataLoader(train_ds, args.batch_size, shuffle=True, num_workers=args.workers,
                               drop_last=len(train_ds) > args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_ds, args.batch_size * 2, shuffle=False, num_workers=args.workers)
 
-    model = build_model(args, len(classes)).to(device)
+    model = build_model(args, len(classes), ds.channels).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1))
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                                    weight_decay=args.weight_decay)
+    scheduler = build_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     criterion = nn.CrossEntropyLoss()
 
@@ -308,8 +476,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        # A longer run than first planned: keep the schedule's progress, stretch its horizon.
-        scheduler.load_state_dict({**resume["scheduler"], "T_max": max(args.epochs, 1)})
+        # A longer run than first planned: keep the schedule's progress, stretch a cosine's horizon.
+        horizon = {"T_max": max(args.epochs, 1)} if args.lr_schedule == "cosine" else {}
+        scheduler.load_state_dict({**resume["scheduler"], **horizon})
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         history, start_epoch, best_acc = resume["history"], resume["epoch"] + 1, resume["best_acc"]
@@ -317,8 +486,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
     os.makedirs(args.out, exist_ok=True)
     n_train = sum(p.numel() for p in params)
-    print(f"{args.model}: {n_train / 1e6:.2f}M trainable params; data: {source} ({len(train_ds)} train / "
-          f"{len(val_ds)} val, {len(classes)} classes, {args.img_size}px); device {device}"
+    n_total = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {n_train:,} trainable of {n_total:,} params; {len(train_ds)} train / "
+          f"{len(val_ds)} val, {len(classes)} classes, {args.img_size}px, {args.optimizer} lr {args.lr:g}, "
+          f"batch {args.batch_size}, {args.epochs} epochs ({args.lr_schedule}); device {device}"
           f"{', AMP' if args.amp else ''}{', channels_last' if args.channels_last else ''}")
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
@@ -340,19 +511,23 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         if best:
             torch.save(ckpt, os.path.join(args.out, "best.pt"))
 
-    metrics = {"model": args.model, "data": source, "classes": classes, "best_val_acc": best_acc,
+    metrics = {"model": args.model, "data": source, "format": args.dataset, "recipe": args.recipe,
+               "classes": classes, "trainable_params": n_train, "total_params": n_total, "best_val_acc": best_acc,
                "history": history, "args": vars(args)}
+    best_path = os.path.join(args.out, "best.pt")  # absent if no epoch beat 0% accuracy
+    final = best_path if os.path.exists(best_path) else os.path.join(args.out, "last.pt")
+    if history:
+        metrics.update(learner_report(model, final, val_loader, device, args, classes))
     if args.export_onnx and history:
-        best_path = os.path.join(args.out, "best.pt")  # absent if no epoch beat 0% accuracy
-        metrics["onnx"] = export_onnx(model, best_path if os.path.exists(best_path) else
-                                      os.path.join(args.out, "last.pt"), val_loader,
-                                      os.path.join(args.out, "model.onnx"))
+        metrics["onnx"] = export_onnx(model, final, val_loader, os.path.join(args.out, "model.onnx"))
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     if history:
-        save_plot(history, os.path.join(args.out, "curves.png"), f"{args.model} on {os.path.basename(str(source))}")
+        name = os.path.basename(os.path.normpath(args.data)) if args.data else args.dataset
+        save_plot(history, os.path.join(args.out, "curves.png"), f"{args.model} on {name}")
     onnx = ", model.onnx" if "onnx" in metrics else ""
-    print(f"best val acc {best_acc:.4f}; wrote {args.out}/{{last.pt, best.pt, metrics.json, curves.png{onnx}}}")
+    print(f"best val acc {best_acc:.4f}; wrote {args.out}/{{last.pt, best.pt, metrics.json, curves.png, "
+          f"confusion.png, predictions.png{onnx}}}")
     return metrics
 
 
