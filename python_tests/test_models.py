@@ -17,7 +17,8 @@ from testing import randomize_bn
 SLOW = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "resnet101", "resnet152", "vgg16", "vgg16_bn",
         "vgg19", "vgg19_bn", "vgg13", "vgg13_bn", "inception_v3"}
 REQUIRED = {
-    "lenet", "alexnet", "zfnet", "inception_v3", *[f"vgg{d}{bn}_cifar" for d in (11, 13, 16, 19) for bn in ("", "_bn")], "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "googlenet",
+    "lenet", "alexnet", "zfnet", "inception_v3",
+    *[f"vgg{d}{bn}_cifar" for d in (11, 13, 16, 19) for bn in ("", "_bn")], "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "googlenet",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "seresnet18", "seresnet50", "senet18_cifar",
     "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
     *[f"shufflenet_v1_g{g}" for g in (1, 2, 3, 4, 8)],

@@ -25,5 +25,6 @@ from torchcv_ext.models.vit import VisionTransformer
 __all__ = [
     "register_model", "list_models", "create_model", "is_model", "model_entrypoint",
     "AlexNet", "EfficientNet", "GoogLeNet", "GoogLeNetOutputs", "HybridSN", "Inception3", "InceptionOutputs",
-    "LeNet", "MobileNetV1", "MobileNetV2", "MobileNetV3", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG", "VisionTransformer",
+    "LeNet", "MobileNetV1", "MobileNetV2", "MobileNetV3", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG",
+    "VisionTransformer",
 ]
