@@ -15,7 +15,8 @@ from testing import randomize_bn
 
 # The largest variants run in the `slow` set (CI runs it too).
 SLOW = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "resnet101", "resnet152", "vgg16", "vgg16_bn",
-        "vgg19", "vgg19_bn", "vgg13", "vgg13_bn", "inception_v3"}
+        "vgg19", "vgg19_bn", "vgg13", "vgg13_bn", "inception_v3",
+        *[f"vgg{d}{bn}_cifar" for d in (13, 16, 19) for bn in ("", "_bn")]}
 REQUIRED = {
     "lenet", "alexnet", "zfnet", "inception_v3",
     *[f"vgg{d}{bn}_cifar" for d in (11, 13, 16, 19) for bn in ("", "_bn")], "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "googlenet",
@@ -208,6 +209,10 @@ def test_zfnet_and_vgg_cifar_shapes():
             if isinstance(m, nn.Conv2d):
                 sizes.append(x.shape[-1])
     assert sizes == [110, 26, 13, 13, 13] and x.shape == (1, 256, 6, 6)
+    bn = create_model("alexnet", batch_norm=True, num_classes=4).eval()  # conv + BN + ReLU, fused in eval
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.features) == 5
+    with torch.no_grad():
+        assert bn(torch.randn(1, 3, 63, 63)).shape == (1, 4)
     vgg = create_model("vgg11_bn_cifar").eval()
     assert isinstance(vgg.classifier, nn.Linear) and (vgg.classifier.in_features, vgg.num_classes) == (512, 10)
     with torch.no_grad():
