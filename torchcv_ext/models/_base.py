@@ -3,27 +3,22 @@ a classifier head (``classifier``, ``fc`` or ``head``, named as torchvision / ti
 ``reset_classifier(num_classes)`` and ``freeze_backbone()``."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, List
 
 import torch
 from torch import nn
 
 
-def replace_linear(head: nn.Module, num_classes: int) -> nn.Module:
-    """``head`` with its last ``nn.Linear`` replaced by a fresh one with ``num_classes`` outputs
-    (``head`` itself when it is that Linear)."""
-    if isinstance(head, nn.Linear):
-        return nn.Linear(head.in_features, num_classes, bias=head.bias is not None).to(head.weight.device)
+def last_linear_name(head: nn.Module) -> str:
+    """Qualified name (within ``head``) of the last ``nn.Linear`` of a head: "" when ``head`` is
+    that Linear."""
     last = None
     for name, m in head.named_modules():
         if isinstance(m, nn.Linear):
             last = name
     if last is None:
         raise ValueError(f"reset_classifier: no nn.Linear in the head {type(head).__name__}")
-    parent_name, _, child = last.rpartition(".")
-    parent = head.get_submodule(parent_name) if parent_name else head
-    setattr(parent, child, replace_linear(getattr(parent, child), num_classes))
-    return head
+    return last
 
 
 class FeatureView(nn.Sequential):
@@ -42,25 +37,43 @@ class ClassifierModel(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        head = self.get_classifier()
-        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-        return linears[-1].out_features
+        return self.get_submodule(self.classifier_layer_names()[0]).out_features
+
+    def classifier_layer_names(self) -> List[str]:
+        """Qualified names of the layers ``reset_classifier`` replaces and ``freeze_backbone``
+        leaves trainable: the head's last ``nn.Linear`` (``classifier.6`` in VGG, ``fc`` in ResNet),
+        first; models with auxiliary heads add those heads' last Linear."""
+        inner = last_linear_name(self.get_classifier())
+        return [f"{self.head_name}.{inner}" if inner else self.head_name]
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last Linear of the head by a freshly initialised ``num_classes``-way one."""
-        if num_classes < 1:
-            raise ValueError(f"reset_classifier: num_classes must be >= 1, got {num_classes}")
-        setattr(self, self.head_name, replace_linear(self.get_classifier(), num_classes))
+        """Replace the classifier layers by freshly initialised ``num_classes``-way Linears."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"reset_classifier: num_classes must be >= 1, got {num_classes!r}")
+        for name in self.classifier_layer_names():
+            parent_name, _, child = name.rpartition(".")
+            parent = self.get_submodule(parent_name) if parent_name else self
+            old = getattr(parent, child)
+            setattr(parent, child, nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(
+                device=old.weight.device, dtype=old.weight.dtype))
 
     def backbone_parameters(self) -> Iterable[nn.Parameter]:
+        """The parameters of ``features``."""
         return self.features.parameters()
 
     def freeze_backbone(self, freeze: bool = True) -> None:
-        """Stop (or restart) gradients to the ``features`` backbone; the head stays trainable.
-        The backbone's BatchNorm layers keep updating their running statistics in train mode
-        unless the caller puts ``model.features`` in eval mode."""
-        for p in self.backbone_parameters():
-            p.requires_grad_(not freeze)
+        """Train only the classifier layers (``classifier_layer_names()``, the layers
+        ``reset_classifier`` replaces): every other parameter gets ``requires_grad=False``
+        (VGG16 with a 2-class head: 4096 * 2 + 2 = 8,194 trainable parameters).
+        ``freeze=False`` makes every parameter trainable again.
+
+        Only gradients are switched off: BatchNorm layers keep their mode, so in train mode the
+        frozen ones still update their running statistics (as in torchvision's and timm's
+        fine-tuning examples). To freeze those too, put them in eval mode after each
+        ``model.train()``, e.g. ``model.features.eval()`` (what ``torchcv_ext.train`` does)."""
+        keep = {id(p) for name in self.classifier_layer_names() for p in self.get_submodule(name).parameters()}
+        for p in self.parameters():
+            p.requires_grad_(not freeze or id(p) in keep)
 
 
 def init_weights_(model: nn.Module, linear_std: float = 0.01) -> None:

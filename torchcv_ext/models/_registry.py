@@ -44,6 +44,9 @@ def is_model(name: str) -> bool:
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    if not isinstance(name, str):
+        raise TypeError(f"create_model: name must be a model name (str), got {type(name).__name__} {name!r}; "
+                        "torchcv_ext.models.list_models() lists them")
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -52,8 +55,20 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
-def create_model(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with a ``num_classes``-way classifier.
+def _check_positive_int(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"create_model: {what} must be a positive int, got {value!r}")
+
+
+def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool = False,
+                 in_chans: Optional[int] = None, **kwargs) -> nn.Module:
+    """Build the registered model ``name``.
+
+    ``num_classes``: size of the classifier; None (the default) keeps the builder's own default
+    (1000 for the ImageNet networks, 10 for LeNet and the ``*_cifar`` networks, 16 for HybridSN).
+    ``in_chans``: input channels (1 for MNIST, 3 for RGB); None keeps the builder's default (3;
+    for HybridSN, whose input is a band cube, ``in_chans`` is its number of spectral bands,
+    ``in_bands``). Other keyword arguments go to the builder.
 
     ``pretrained=True`` is an error: torchcv_ext ships and downloads no weights. Load a
     torchvision ``state_dict`` instead (``model.load_state_dict(tv_model.state_dict())``).
@@ -64,6 +79,8 @@ def create_model(name: str, num_classes: int = 1000, pretrained: bool = False, *
             f"create_model({name!r}, pretrained=True): torchcv_ext has no weight downloads. "
             "Build the torchvision model with its weights and load its state_dict into this "
             "model (same parameter names), or convert it in place with torchcv_ext.convert(model).")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"create_model: num_classes must be a positive int, got {num_classes!r}")
-    return fn(num_classes=num_classes, **kwargs)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is not None:
+            _check_positive_int(value, key)
+            kwargs[key] = value
+    return fn(**kwargs)

@@ -26,7 +26,8 @@ _SCALING = {"b0": (1.0, 1.0, 0.2), "b1": (1.0, 1.1, 0.2), "b2": (1.1, 1.2, 0.3),
 
 class EfficientNet(ClassifierModel):
     def __init__(self, width_mult: float, depth_mult: float, num_classes: int = 1000, dropout: float = 0.2,
-                 stochastic_depth_prob: float = 0.2, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 stochastic_depth_prob: float = 0.2, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 in_chans: int = 3) -> None:
         super().__init__()
         norm = partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)
 
@@ -35,7 +36,7 @@ class EfficientNet(ClassifierModel):
 
         stages = [(e, k, s, ch(i), ch(o), int(math.ceil(n * depth_mult))) for e, k, s, i, o, n in _B0]
         total = sum(st[-1] for st in stages)
-        layers: List[nn.Module] = [ConvBNAct(3, stages[0][3], 3, 2, activation=nn.SiLU, norm_layer=norm)]
+        layers: List[nn.Module] = [ConvBNAct(in_chans, stages[0][3], 3, 2, activation=nn.SiLU, norm_layer=norm)]
         block_id = 0
         for expand, kernel, stride, cin, cout, n in stages:
             stage = []

@@ -3,7 +3,7 @@ outputs come back in train mode as ``GoogLeNetOutputs(logits, aux_logits2, aux_l
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Union
+from typing import List, Union
 
 import torch
 from torch import nn
@@ -17,15 +17,30 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs"]
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
 
+def check_transform_input(transform_input: bool, in_chans: int) -> None:
+    if transform_input and in_chans != 3:
+        raise ValueError(f"transform_input=True rescales ImageNet-normalised RGB input; it needs in_chans=3, "
+                         f"got {in_chans}")
+
+
+def imagenet_to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised RGB input -> the [-1, 1] scaling the original GoogLeNet / Inception v3
+    weights expect (torchvision's ``transform_input=True``)."""
+    scale = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) / 0.5
+    shift = (x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) - 0.5) / 0.5
+    return x * scale + shift
+
+
 class GoogLeNet(ClassifierModel):
     head_name = "fc"
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
-                 dropout: float = 0.2, dropout_aux: float = 0.7) -> None:
+                 dropout: float = 0.2, dropout_aux: float = 0.7, in_chans: int = 3) -> None:
         super().__init__()
+        check_transform_input(transform_input, in_chans)
         self.aux_logits = aux_logits
         self.transform_input = transform_input
-        self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        self.conv1 = BasicConv2d(in_chans, 64, kernel_size=7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         self.conv2 = BasicConv2d(64, 64, kernel_size=1)
         self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
@@ -59,20 +74,9 @@ class GoogLeNet(ClassifierModel):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        super().reset_classifier(num_classes)
-        for name in ("aux1", "aux2"):
-            aux = getattr(self, name)
-            if aux is not None:
-                aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes).to(aux.fc2.weight.device)
-
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transform_input:
-            return x
-        # ImageNet-normalised input -> the [-1, 1] scaling the original weights expect.
-        scale = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) / 0.5
-        shift = (x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) - 0.5) / 0.5
-        return x * scale + shift
+    def classifier_layer_names(self) -> List[str]:
+        """``fc``, then the auxiliary heads' last layers (``aux1.fc2``, ``aux2.fc2``) when present."""
+        return ["fc"] + [f"{n}.fc2" for n in ("aux1", "aux2") if getattr(self, n) is not None]
 
     @property
     def features(self) -> nn.Sequential:
@@ -83,7 +87,7 @@ class GoogLeNet(ClassifierModel):
                            self.maxpool4, self.inception5a, self.inception5b)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, GoogLeNetOutputs]:
-        x = self._transform_input(x)
+        x = imagenet_to_unit_range(x) if self.transform_input else x
         x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)

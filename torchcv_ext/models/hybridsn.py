@@ -1,8 +1,12 @@
 """HybridSN (Roy et al., 2019) for hyperspectral patch classification: three 3-D convs over
 (bands, H, W), the spectral axis folded into channels, one 2-D conv, then an MLP head.
 
-Input: (B, 1, bands, S, S) or (B, bands, S, S) patches (e.g. 30 PCA bands, S = 25)."""
+Input: (B, 1, bands, S, S) or (B, bands, S, S) patches (e.g. 30 PCA bands, S = 25). Read as an
+image, a patch has one channel per band, so ``in_chans`` (``create_model("hybridsn", in_chans=K)``)
+is the number of bands, another name for ``in_bands``."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -22,8 +26,13 @@ class _FoldSpectral(nn.Module):
 
 
 class HybridSN(ClassifierModel):
-    def __init__(self, num_classes: int = 16, in_bands: int = 30, patch_size: int = 25, dropout: float = 0.4) -> None:
+    def __init__(self, num_classes: int = 16, in_bands: Optional[int] = None, patch_size: int = 25,
+                 dropout: float = 0.4, in_chans: Optional[int] = None) -> None:
         super().__init__()
+        if in_bands is not None and in_chans is not None and in_bands != in_chans:
+            raise ValueError(f"HybridSN: in_chans is the number of spectral bands (in_bands); got in_bands={in_bands} "
+                             f"and in_chans={in_chans}")
+        in_bands = in_bands if in_bands is not None else in_chans if in_chans is not None else 30
         if in_bands < 13 or patch_size < 9:
             raise ValueError(f"HybridSN: needs in_bands >= 13 and patch_size >= 9, got {in_bands}, {patch_size}")
         self.in_bands, self.patch_size = in_bands, patch_size
@@ -53,5 +62,6 @@ class HybridSN(ClassifierModel):
 
 @register_model
 def hybridsn(num_classes: int = 16, **kwargs) -> HybridSN:
-    """HybridSN; ``in_bands`` (default 30) and ``patch_size`` (default 25) set the input size."""
+    """HybridSN; ``in_bands`` (default 30; ``in_chans`` is the same) and ``patch_size`` (default 25)
+    set the input size."""
     return HybridSN(num_classes, **kwargs)

@@ -68,11 +68,11 @@ class MobileNetV2(ClassifierModel):
         (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, round_nearest: int = 8,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, in_chans: int = 3) -> None:
         super().__init__()
         c = make_divisible(32 * width_mult, round_nearest)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
-        layers: List[nn.Module] = [ConvBNAct(3, c, 3, 2, activation=nn.ReLU6)]
+        layers: List[nn.Module] = [ConvBNAct(in_chans, c, 3, 2, activation=nn.ReLU6)]
         for t, out, n, s in self._CFG:
             out = make_divisible(out * width_mult, round_nearest)
             for i in range(n):
@@ -132,11 +132,12 @@ def _v3_config(arch: str, width_mult: float = 1.0, reduced_tail: bool = False, d
 
 class MobileNetV3(ClassifierModel):
     def __init__(self, arch: str = "large", num_classes: int = 1000, width_mult: float = 1.0,
-                 reduced_tail: bool = False, dilated: bool = False, dropout: float = 0.2) -> None:
+                 reduced_tail: bool = False, dilated: bool = False, dropout: float = 0.2,
+                 in_chans: int = 3) -> None:
         super().__init__()
         cfg, last_channel = _v3_config(arch, width_mult, reduced_tail, dilated)
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
-        layers: List[nn.Module] = [ConvBNAct(3, cfg[0].inp, 3, 2, activation=Hardswish, norm_layer=norm)]
+        layers: List[nn.Module] = [ConvBNAct(in_chans, cfg[0].inp, 3, 2, activation=Hardswish, norm_layer=norm)]
         for c in cfg:
             act = Hardswish if c.act == "HS" else nn.ReLU
             layers.append(InvertedResidual(

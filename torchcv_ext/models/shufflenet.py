@@ -29,13 +29,14 @@ def fuse_shufflenet_v2_splits(stage: nn.Sequential) -> None:
 class ShuffleNetV2(ClassifierModel):
     head_name = "fc"
 
-    def __init__(self, stages_repeats: List[int], stages_out_channels: List[int], num_classes: int = 1000) -> None:
+    def __init__(self, stages_repeats: List[int], stages_out_channels: List[int], num_classes: int = 1000,
+                 in_chans: int = 3) -> None:
         super().__init__()
         if len(stages_repeats) != 3 or len(stages_out_channels) != 5:
             raise ValueError("ShuffleNetV2: expected 3 stage repeats and 5 channel counts")
         self._stage_out_channels = stages_out_channels
         c = stages_out_channels[0]
-        self.conv1 = FusedSequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.conv1 = FusedSequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         for name, repeats, out in zip(("stage2", "stage3", "stage4"), stages_repeats, stages_out_channels[1:4]):
             stage = nn.Sequential(ShuffleV2Block(c, out, 2), *[ShuffleV2Block(out, out, 1) for _ in range(repeats - 1)])

@@ -1,14 +1,13 @@
-"""VGG-11/13/16/19 with and without BatchNorm (torchvision layout and names)."""
+"""VGG-11/13/16/19 with and without BatchNorm (torchvision layout and names), and the CIFAR
+variants ``vgg11_cifar`` ... ``vgg19_bn_cifar`` (same convs, 32x32 inputs, a 512 -> 10 head)."""
 from __future__ import annotations
-
-from typing import List, Union
 
 import torch
 from torch import nn
 
-from torchcv_ext.models._base import ClassifierModel
+from torchcv_ext.models._base import ClassifierModel, init_weights_
 from torchcv_ext.models._registry import register_model
-from torchcv_ext.nn.conv_bn import FusedSequential
+from torchcv_ext.nn.blocks import conv_stack
 
 __all__ = ["VGG"]
 
@@ -20,43 +19,27 @@ _CFGS = {
 }
 
 
-def _make_features(cfg: List[Union[int, str]], batch_norm: bool, in_chans: int = 3) -> nn.Sequential:
-    layers: List[nn.Module] = []
-    c = in_chans
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-            continue
-        layers.append(nn.Conv2d(c, v, 3, padding=1))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(v))
-        layers.append(nn.ReLU(inplace=True))
-        c = v
-    return FusedSequential(*layers)
-
-
 class VGG(ClassifierModel):
-    """VGG: ``features`` (convs), ``avgpool`` (adaptive 7x7) and ``classifier`` (3 Linear)."""
+    """VGG: ``features`` (convs) then, with ``head="imagenet"``, ``avgpool`` (adaptive 7x7) and
+    ``classifier`` (3 Linear, torchvision's layout); with ``head="cifar"`` (32x32 inputs: the
+    features end at 1x1), ``avgpool`` (global) and ``classifier`` = one ``Linear(512, num_classes)``."""
 
     def __init__(self, cfg: str, batch_norm: bool = False, num_classes: int = 1000, dropout: float = 0.5,
-                 in_chans: int = 3) -> None:
+                 in_chans: int = 3, head: str = "imagenet") -> None:
         super().__init__()
-        self.features = _make_features(_CFGS[cfg], batch_norm, in_chans)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        if head not in ("imagenet", "cifar"):
+            raise ValueError(f"VGG: head must be 'imagenet' or 'cifar', got {head!r}")
+        self.features = conv_stack(_CFGS[cfg], batch_norm, in_chans)
+        if head == "imagenet":
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+                nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+                nn.Linear(4096, num_classes))
+        else:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Linear(512, num_classes)
+        init_weights_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -104,3 +87,21 @@ def vgg19(num_classes: int = 1000, **kwargs) -> VGG:
 @register_model
 def vgg19_bn(num_classes: int = 1000, **kwargs) -> VGG:
     return _vgg("E", True, num_classes, **kwargs)
+
+
+def _register_cifar(depth: int, cfg: str, bn: bool):
+    def builder(num_classes: int = 10, **kwargs) -> VGG:
+        return VGG(cfg, bn, num_classes, head="cifar", **kwargs)
+
+    name = f"vgg{depth}{'_bn' if bn else ''}_cifar"
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = __name__
+    builder.__doc__ = (f"VGG-{depth}{' with BatchNorm' if bn else ''} for 32x32 inputs (CIFAR): the VGG convs, "
+                       "then global pooling and one Linear(512, num_classes).")
+    return register_model(builder)
+
+
+vgg11_cifar, vgg11_bn_cifar = _register_cifar(11, "A", False), _register_cifar(11, "A", True)
+vgg13_cifar, vgg13_bn_cifar = _register_cifar(13, "B", False), _register_cifar(13, "B", True)
+vgg16_cifar, vgg16_bn_cifar = _register_cifar(16, "D", False), _register_cifar(16, "D", True)
+vgg19_cifar, vgg19_bn_cifar = _register_cifar(19, "E", False), _register_cifar(19, "E", True)

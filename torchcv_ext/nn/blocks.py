@@ -8,6 +8,7 @@ Module and parameter names follow torchvision wherever torchvision has the block
 block                         used by                                              names as in
 ============================  ===================================================  ==========================
 ConvBNAct / conv_bn_act       every CNN here (depthwise -> fused DWConvBNAct)       Conv2dNormActivation
+conv_stack                    VGG (+ CIFAR), AlexNet, ZFNet, LeNet                  torchvision ``features``
 InvertedResidual (= MBConv)   MobileNetV2 (``conv``), MobileNetV3 / EfficientNet     torchvision
                               (``block`` + SqueezeExcite + stochastic depth)
 ShuffleV1Unit                 ShuffleNetV1 (group conv + fused channel shuffle)     --
@@ -19,6 +20,7 @@ ViTBlock                      ViT-Tiny/Small (fused MultiheadSelfAttention)     
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -32,7 +34,7 @@ from torchcv_ext.nn.squeeze_excite import SqueezeExcite
 from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
 
 __all__ = [
-    "make_divisible", "get_activation", "ConvBNAct", "conv_bn_act", "StochasticDepth", "stochastic_depth",
+    "make_divisible", "get_activation", "ConvBNAct", "conv_bn_act", "conv_stack", "StochasticDepth", "stochastic_depth",
     "InvertedResidual", "MBConv", "ShuffleV1Unit", "ShuffleV2Block", "BasicBlock", "Bottleneck",
     "SEBasicBlock", "SEBottleneck", "BasicConv2d", "Inception", "InceptionAux", "PatchEmbed", "Mlp",
     "ViTBlock",
@@ -111,6 +113,34 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, strid
         return DWConvBNAct.from_modules(conv, norm_layer(in_channels), act)
     return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups=groups, dilation=dilation,
                      activation=activation, norm_layer=norm_layer)
+
+
+#: A ``conv_stack`` entry: ``v`` (3x3 conv, padding 1, ``v`` channels), ``(v, kernel, stride, padding)``,
+#: ``"M"`` (2x2 max-pool, stride 2) or ``("M", kernel, stride[, padding])``.
+StackEntry = Union[int, str, Tuple[Union[int, str], ...]]
+
+
+def conv_stack(cfg: List[StackEntry], batch_norm: bool = False, in_chans: int = 3,
+               activation: ActLike = partial(nn.ReLU, inplace=True),
+               pool: Callable[..., nn.Module] = nn.MaxPool2d) -> FusedSequential:
+    """A plain conv -> [BN ->] activation stack with pooling (VGG, AlexNet, ZFNet, LeNet), flat as
+    torchvision numbers it (``features.0``, ``features.1``, ...). Convs keep their bias, as in
+    torchvision's VGG-BN; with ``batch_norm`` every conv + BN + activation runs fused in eval mode."""
+    layers: List[nn.Module] = []
+    c = in_chans
+    for v in cfg:
+        if v == "M" or (isinstance(v, tuple) and v[0] == "M"):
+            layers.append(pool(2, 2) if v == "M" else pool(*v[1:]))
+            continue
+        out, k, stride, pad = (v, 3, 1, 1) if isinstance(v, int) else v
+        layers.append(nn.Conv2d(c, out, k, stride, pad))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out))
+        act = get_activation(activation)
+        if act is not None:
+            layers.append(act)
+        c = out
+    return FusedSequential(*layers)
 
 
 def stochastic_depth(x: torch.Tensor, p: float, mode: str, training: bool = True) -> torch.Tensor:
