@@ -7,7 +7,7 @@ torch.compile of the eager code, forward and backward, in TFLOP/s.
 
 FLOPs counted: forward 4 * B * H * N^2 * D (the two matmuls); backward 2.5x that (five matmuls,
 one of which recomputes S). "bwd" rows time the backward alone (autograd.grad of a retained
-graph); on a GPU, "torchcv_ext (atomic dQ)" is the backward with TORCHCV_EXT_ATTENTION_DQ=atomic.
+graph); on a GPU, "torchcv_ext (atomic dQ)" is the backward with ops.config.cuda_attention_dq = "atomic".
 Shapes: ViT-S/16 and ViT-B/16 at 224 (B=64, N=197, H=6/12, D=64), ViT-L/16 at 384 (N=577, D=64),
 and long sequences (N=1024 D=128, N=4096 D=64); small CPU-sized shapes on cpu.
 Target on a GPU: forward at parity with SDPA's best backend at N=197, backward within 1.3x.
@@ -52,18 +52,17 @@ def sdpa(backend):
     return f
 
 
-def with_env(fn, key, value):
-    """fn() with os.environ[key] = value (read by the op at each call), restored afterwards."""
+def with_config(fn, key, value):
+    """fn() with torchcv_ext.ops.config.<key> = value, restored afterwards."""
+    from torchcv_ext.ops import config
+
     def g():
-        old = os.environ.get(key)
-        os.environ[key] = value
+        old = getattr(config, key)
+        setattr(config, key, value)
         try:
             return fn()
         finally:
-            if old is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = old
+            setattr(config, key, old)
     return g
 
 
@@ -104,7 +103,7 @@ def main(argv=None):
         if dev == "cuda" and dt != torch.float32 and bwd.get("torchcv_ext") is not None:
             # The other backward: dQ from the dK/dV pass with float32 atomics (opt-in until
             # measured faster than the default separate dQ pass).
-            bwd["torchcv_ext (atomic dQ)"] = with_env(bwd["torchcv_ext"], "TORCHCV_EXT_ATTENTION_DQ", "atomic")
+            bwd["torchcv_ext (atomic dQ)"] = with_config(bwd["torchcv_ext"], "cuda_attention_dq", "atomic")
         with torch.no_grad():
             rows += bc.bench_impls("attention fwd", case, fwd, args, flops=flops)
         rows += bc.bench_impls("attention bwd", case, bwd, args, flops=2.5 * flops)

@@ -138,13 +138,15 @@ def hardswish(dev, dtype, smoke):
 
 
 @contextlib.contextmanager
-def _env(name, value):
-    prev = os.environ.get(name)
-    os.environ[name] = value
+def _atomic_dq():
+    """The CUDA fp16 / bf16 backward with dQ from float32 atomics in the dK/dV pass."""
+    from torchcv_ext.ops import config
+
+    old, config.cuda_attention_dq = config.cuda_attention_dq, "atomic"
     try:
         yield
     finally:
-        os.environ.pop(name, None) if prev is None else os.environ.__setitem__(name, prev)
+        config.cuda_attention_dq = old
 
 
 def attention(dev, dtype, smoke):
@@ -158,7 +160,7 @@ def attention(dev, dtype, smoke):
         fwd_bwd(f"attention {'x'.join(map(str, shape))} {dtype}", ops.attention, ref, (q, k, v), tol)
         if dev == "cuda" and dtype != torch.float32 and not smoke:
             # The opt-in backward with dQ from float32 atomics in the dK/dV pass.
-            with _env("TORCHCV_EXT_ATTENTION_DQ", "atomic"):
+            with _atomic_dq():
                 fwd_bwd(f"attention atomic dQ {'x'.join(map(str, shape))} {dtype}", ops.attention, ref,
                         (q, k, v), tol)
     if not smoke:

@@ -75,7 +75,9 @@ TORCH_LIBRARY(torchcv_ext, m) {
   // (B, H, Nq, D) and lse = logsumexp(q k^T * scale, -1) float32 (B, H, Nq); scale defaults to
   // 1/sqrt(D). Flash-style: tiled, online softmax, the Nq x Nk matrix is never stored.
   m.def("attention(Tensor q, Tensor k, Tensor v, float? scale=None) -> (Tensor, Tensor)", pt2);
-  // Recomputes the attention from lse: (dq, dk, dv).
+  // Recomputes the attention from lse: (dq, dk, dv). atomic_dq (CUDA, fp16/bf16; ignored elsewhere and
+  // under deterministic algorithms): dQ from the dK/dV pass with float32 atomics instead of a separate
+  // dQ pass (torchcv_ext.ops.config.cuda_attention_dq chooses).
   m.def("_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-        "Tensor lse, float? scale=None) -> (Tensor, Tensor, Tensor)", pt2);
+        "Tensor lse, float? scale=None, bool atomic_dq=False) -> (Tensor, Tensor, Tensor)", pt2);
 }

@@ -4,7 +4,7 @@ vector / scalar / head / tail, split reductions, shared-memory opt-in, tensor-co
 the inputs it is run on.
 
 One matrix, three targets:
-- the CUDA emulator on the CPU (python_tests/cuda_emu/cases.py, every CI run);
+- the CUDA emulator on the CPU (tools/cuda_emu/cases.py, every CI run);
 - a CUDA GPU through the public ops, forward and backward vs float64 references
   (benchmarks/check_kernels.py: the GPU suite's smoke test, and its compute-sanitizer workload);
 - the CPU kernels through the same script (``--device cpu``, the suite's rehearsal).

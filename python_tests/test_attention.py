@@ -25,22 +25,6 @@ from testing import DEVICES, TOL, assert_close, assert_flash_rule, eager_attenti
 op = torch.ops.torchcv_ext.attention if torchcv_ext.extension_loaded() else None
 HALF = [torch.float16, torch.bfloat16]
 
-# The CPU op has two kernels (csrc/cpu/attention.cpp): ATen's CPU flash attention (the default)
-# and, with TORCHCV_EXT_CPU_ATTENTION=tiled, the tiled kernel that mirrors the CUDA kernels'
-# algorithm. The op tests run on both; on CUDA once.
-DEVICE_KERNELS = [pytest.param("cpu", "aten", id="cpu-aten"), pytest.param("cpu", "tiled", id="cpu-tiled"),
-                  pytest.param("cuda", "aten", id="cuda", marks=pytest.mark.cuda)]
-
-
-@pytest.fixture
-def cpu_kernel(request, monkeypatch):
-    if request.param == "tiled":
-        monkeypatch.setenv("TORCHCV_EXT_CPU_ATTENTION", "tiled")
-    else:
-        monkeypatch.delenv("TORCHCV_EXT_CPU_ATTENTION", raising=False)
-    return request.param
-
-
 def _qkv(b, h, nq, nk, d, dtype, device, requires_grad=False):
     g = torch.Generator().manual_seed(1234 + nq * 7 + nk * 13 + d)
     ts = [torch.randn(b, h, n, d, generator=g, dtype=torch.float64) for n in (nq, nk, nk)]
@@ -67,10 +51,10 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_forward_backward_full_precision(device, dtype, shape, cpu_kernel):
+def test_forward_backward_full_precision(device, dtype, shape):
     b, h, nq, nk, d = shape
     q, k, v = _qkv(b, h, nq, nk, d, dtype, device)
     go = torch.randn(b, h, nq, d, dtype=dtype, device=device)
@@ -89,10 +73,10 @@ def test_forward_backward_full_precision(device, dtype, shape, cpu_kernel):
         assert_close(lse, want, dtype)
 
 
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("shape", SHAPES + [(2, 4, 1000, 1000, 64)], ids=lambda s: "x".join(map(str, s)))
-def test_flash_attention_rule_half(device, dtype, shape, cpu_kernel):
+def test_flash_attention_rule_half(device, dtype, shape):
     """fp16 / bf16: error vs the float64 reference at most 2x that of eager PyTorch in the same
     precision, for out, dq, dk and dv (flash-attention's test rule)."""
     b, h, nq, nk, d = shape
@@ -109,8 +93,8 @@ def test_flash_attention_rule_half(device, dtype, shape, cpu_kernel):
         assert_flash_rule(o, e, x, name)
 
 
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
-def test_gradcheck_float64(device, cpu_kernel):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
     # Full Jacobian at a small size; a random projection (fast mode) across two query tiles and
     # two key tiles with partial tails. Any head dim on CPU.
     d = 6 if device == "cpu" else 32
@@ -121,8 +105,8 @@ def test_gradcheck_float64(device, cpu_kernel):
 
 
 @requires_ext
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
-def test_backward_op_vs_reference(device, cpu_kernel):
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_vs_reference(device):
     """_attention_backward on its own: (dq, dk, dv) from a saved (out, lse)."""
     q, k, v = _qkv(2, 3, 33, 90, 32, torch.float32, device)
     go = torch.randn_like(q)
@@ -144,8 +128,8 @@ def test_default_scale_matches_sdpa(device):
                  torch.float32, scale=2)
 
 
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
-def test_strided_inputs(device, cpu_kernel):
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_inputs(device):
     """Views straight out of a fused qkv projection (unit stride only along D), a last-dim
     non-contiguous view, and an expanded k/v: same result as contiguous inputs."""
     b, n, h, d = 2, 23, 2, 32
@@ -168,8 +152,8 @@ def test_strided_inputs(device, cpu_kernel):
 
 
 @requires_ext
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
-def test_edge_shapes(device, cpu_kernel):
+@pytest.mark.parametrize("device", DEVICES)
+def test_edge_shapes(device):
     # No keys: out = 0, lse = -inf (reference convention); empty batch; single query / key.
     q = torch.randn(1, 2, 3, 32, device=device)
     kv = torch.randn(1, 2, 0, 32, device=device)
@@ -185,9 +169,9 @@ def test_edge_shapes(device, cpu_kernel):
 
 
 @requires_ext
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(device, dtype, cpu_kernel):
+def test_opcheck(device, dtype):
     q, k, v = _qkv(1, 2, 9, 70, 32, dtype, device, requires_grad=True)
     opcheck(torch.ops.torchcv_ext.attention.default,
                           (q, k, v, 0.3 if dtype == torch.float32 else None))
@@ -355,8 +339,8 @@ def test_module_bad_args():
 
 
 @requires_ext
-@pytest.mark.parametrize("device,cpu_kernel", DEVICE_KERNELS, indirect=["cpu_kernel"])
-def test_backward_deterministic(device, cpu_kernel):
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_deterministic(device):
     """No atomics: dq, dk, dv are bitwise reproducible."""
     q, k, v = _qkv(2, 2, 100, 130, 64, torch.float32, device)
     go = torch.randn_like(q)
@@ -368,35 +352,18 @@ def test_backward_deterministic(device, cpu_kernel):
 
 @pytest.mark.cuda
 @requires_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("d", [32, 64, 128])
-def test_cuda_matches_cpu_kernel(dtype, d, monkeypatch):
-    """The CUDA kernels and the C++ CPU kernel run the same tiled algorithm (same tiles, same
-    rounding of P and dS): their results agree far more tightly than either agrees with eager."""
-    monkeypatch.setenv("TORCHCV_EXT_CPU_ATTENTION", "tiled")
-    q, k, v = _qkv(2, 3, 97, 131, d, dtype, "cpu")
-    go = torch.randn(2, 3, 97, d, dtype=dtype)
-    cpu = _fwd_bwd(attention, q, k, v, go, None)
-    gpu = _fwd_bwd(attention, q.cuda(), k.cuda(), v.cuda(), go.cuda(), None)
-    tol = dict(atol=2e-5, rtol=2e-4) if dtype == torch.float32 else TOL[dtype]
-    for c, g in zip(cpu, gpu):
-        torch.testing.assert_close(g.cpu().double(), c.double(), **tol)
-
-
-@pytest.mark.cuda
-@requires_ext
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("shape", [(2, 3, 97, 131, 32), (2, 3, 197, 197, 64), (1, 2, 33, 300, 128),
                                    (3, 2, 1, 7, 64)], ids=lambda s: "x".join(map(str, s)))
-def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
-    """TORCHCV_EXT_ATTENTION_DQ=atomic (dQ from the dK/dV pass with float32 atomics): dk and dv
+def test_cuda_atomic_dq_backward(dtype, shape):
+    """atomic_dq (config.cuda_attention_dq = "atomic": dQ from the dK/dV pass with float32 atomics): dk and dv
     are the same bits as the separate-pass backward, dq agrees to rounding and passes the
     flash-attention rule; deterministic mode ignores the switch (bitwise reproducible)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def run_with_kernels():  # the backward, and the names of the CUDA kernels it launched
+    def run_with_kernels(atomic_dq):  # the backward, and the names of the CUDA kernels it launched
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            grads = torch.ops.torchcv_ext._attention_backward(go, q, k, v, out, lse, None)
+            grads = torch.ops.torchcv_ext._attention_backward(go, q, k, v, out, lse, None, atomic_dq)
             torch.cuda.synchronize()
         names = " ".join(e.name for e in prof.events())
         return grads, ("dq_convert_kernel" in names, "dq_mma_kernel" in names)
@@ -405,11 +372,9 @@ def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
     q, k, v = _qkv(b, h, nq, nk, d, dtype, "cuda")
     go = torch.randn(b, h, nq, d, device="cuda", dtype=dtype)
     out, lse = op(q, k, v, None)
-    monkeypatch.delenv("TORCHCV_EXT_ATTENTION_DQ", raising=False)
-    sep, kernels = run_with_kernels()
+    sep, kernels = run_with_kernels(False)
     assert kernels == (False, True)  # the separate dQ pass
-    monkeypatch.setenv("TORCHCV_EXT_ATTENTION_DQ", "atomic")
-    (dq, dk, dv), kernels = run_with_kernels()
+    (dq, dk, dv), kernels = run_with_kernels(True)
     assert kernels == (True, False)  # dQ from the dK/dV pass
     assert torch.equal(dk, sep[1]) and torch.equal(dv, sep[2])
     torch.testing.assert_close(dq, sep[0], **TOL[dtype])
@@ -419,7 +384,7 @@ def test_cuda_atomic_dq_backward(dtype, shape, monkeypatch):
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        again, kernels = run_with_kernels()
+        again, kernels = run_with_kernels(True)
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
     assert kernels == (False, True)
@@ -519,3 +484,33 @@ def test_convert_torchvision_vit_uses_fused_attention():
     for (n, a), b in zip(conv.named_parameters(), tv.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=lambda m: f"{n}: {m}")
     assert torchcv_ext.convert(conv)._torchcv_ext_converted == {}
+
+
+@requires_ext
+def test_config_chooses_the_dq_strategy(monkeypatch):
+    """config.cuda_attention_dq reaches the backward op as its atomic_dq argument (the CUDA kernels
+    act on it, the CPU kernel ignores it); a value other than "separate" / "atomic" is an error."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchcv_ext.ops import config
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name() == "torchcv_ext::_attention_backward":
+                seen.append(args[7] if len(args) > 7 else kwargs.get("atomic_dq", False))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = _qkv(1, 2, 9, 9, 16, torch.float32, "cpu", requires_grad=True)
+    for mode, flag in (("separate", False), ("atomic", True)):
+        monkeypatch.setattr(config, "cuda_attention_dq", mode)
+        seen = []
+        out = attention(q, k, v)
+        with Record():
+            grads = torch.autograd.grad(out.sum(), (q, k, v))
+        assert seen == [flag]
+        expected = torch.autograd.grad(ref.attention(q, k, v)[0].sum(), (q, k, v))
+        for g, e in zip(grads, expected):
+            assert_close(g, e.double(), torch.float32, scale=4)
+    monkeypatch.setattr(config, "cuda_attention_dq", "fast")
+    with pytest.raises(ValueError, match="cuda_attention_dq"):
+        torch.autograd.grad(attention(q, k, v).sum(), (q,))

@@ -1,5 +1,5 @@
 """The CUDA kernels of every op (dwconv_bn_act, squeeze_excite, channel_shuffle, hardswish,
-attention), run on the CPU by the CUDA emulator (python_tests/cuda_emu/: cuda_emu.h, build.py, cases.py), so that every test
+attention), run on the CPU by the CUDA emulator (tools/cuda_emu/: cuda_emu.h, build.py, cases.py; its README says what it checks), so that every test
 run executes the CUDA code paths, not only a GPU session. The cases run in a subprocess because the
 emulator library is built with AddressSanitizer, whose runtime must be preloaded; ASan's reports
 (out-of-bounds accesses) land in the failure message. Takes a few minutes: g++ builds the library
@@ -49,7 +49,7 @@ def test_cuda_kernels_in_emulator(tmp_path):
     env = dict(os.environ, LD_PRELOAD=f"{ASAN} {LIBSTDCXX}",
                ASAN_OPTIONS=f"detect_leaks=0:log_path={tmp_path}/asan",
                PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "pytest", os.path.join(HERE, "cuda_emu", "cases.py"), "-q", "-s",
+    cmd = [sys.executable, "-m", "pytest", os.path.join(REPO, "tools", "cuda_emu", "cases.py"), "-q", "-s",
            "-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore::UserWarning"]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2400)
     reports = "".join(open(p).read() for p in sorted(glob.glob(f"{tmp_path}/asan*")))
@@ -66,7 +66,7 @@ def test_cuda_kernels_memory_traffic(tmp_path):
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(torchcv_ext.__file__)))
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))
-    cmd = [sys.executable, os.path.join(HERE, "cuda_emu", "traffic.py"), "--quick", "--check", "--out", str(tmp_path)]
+    cmd = [sys.executable, os.path.join(REPO, "tools", "cuda_emu", "traffic.py"), "--quick", "--check", "--out", str(tmp_path)]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"traffic check failed (rc {r.returncode}):\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     assert os.path.exists(tmp_path / "traffic.json")

@@ -13,9 +13,6 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "attention_launch.h"
 #include "torchcv_ext/attention_host.h"
 
@@ -24,21 +21,19 @@ namespace torchcv_ext::attn {
 namespace {
 
 // The fp16 / bf16 backward computes dQ in its dK/dV pass with float32 atomics (one pass fewer,
-// FlashAttention-2 style) when TORCHCV_EXT_ATTENTION_DQ=atomic and deterministic algorithms are
-// off; otherwise in a separate deterministic pass (the default until measured faster on a GPU:
-// benchmarks/bench_attention.py times both).
-bool use_atomic_dq(const at::Tensor& q) {
+// FlashAttention-2 style) when the op is asked to (atomic_dq: config.cuda_attention_dq = "atomic")
+// and deterministic algorithms are off; otherwise in a separate deterministic pass (the default
+// until measured faster on a GPU: benchmarks/bench_attention.py times both).
+bool use_atomic_dq(const at::Tensor& q, bool requested) {
   if (q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) return false;
-  if (at::globalContext().deterministicAlgorithms()) return false;
-  const char* mode = std::getenv("TORCHCV_EXT_ATTENTION_DQ");
-  return mode != nullptr && std::strcmp(mode, "atomic") == 0;
+  return requested && !at::globalContext().deterministicAlgorithms();
 }
 
 template <typename T>
-void run_backward(const BwdSetup& s, cudaStream_t stream) {
+void run_backward(const BwdSetup& s, bool atomic_dq, cudaStream_t stream) {
   BwdParams<T> p = bwd_params<T>(s);
   at::Tensor dq_acc;  // float32 [B * H][Nq][D], zeroed; freed stream-ordered after the kernels
-  if (use_atomic_dq(s.q)) {
+  if (use_atomic_dq(s.q, atomic_dq)) {
     dq_acc = at::zeros({s.q.size(0) * s.q.size(1) * s.q.size(2) * s.q.size(3)},
                        s.q.options().dtype(at::kFloat));
     p.dq_acc = dq_acc.data_ptr<float>();
@@ -75,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, std::optional<double> scale) {
+    const at::Tensor& out, const at::Tensor& lse, std::optional<double> scale, bool atomic_dq) {
   check_device("_attention_backward", q, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(q.device());
   BwdSetup s = backward_setup("_attention_backward", dout, q, k, v, out, lse, scale, /*align=*/16);
@@ -84,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (s.q.scalar_type()) {
     case at::kFloat: launch_backward(bwd_params<float>(s), stream); break;
-    case at::kHalf: run_backward<__half>(s, stream); break;
-    case at::kBFloat16: run_backward<__nv_bfloat16>(s, stream); break;
+    case at::kHalf: run_backward<__half>(s, atomic_dq, stream); break;
+    case at::kBFloat16: run_backward<__nv_bfloat16>(s, atomic_dq, stream); break;
     default: {  // float64: explicit math, recomputing P from lse like the kernels
       const at::Tensor p =
           at::exp(at::matmul(s.q, s.k.transpose(-2, -1)) * s.scale - s.lse.unsqueeze(-1));

@@ -30,8 +30,13 @@ NAMESPACE = "torchcv_ext"
 #:     float32 without autograd (torchcv_ext/nn/conv_bn.py): True (default) runs one oneDNN call
 #:     with BN folded, weights pre-packed and the activation / residual add as post-ops; False runs
 #:     F.conv2d with the folded BN, then the activation.
+#:   cuda_attention_dq: how the CUDA fp16 / bf16 attention backward computes dQ: "separate"
+#:     (default) a deterministic dQ pass of its own; "atomic": inside the dK/dV pass with float32
+#:     atomics (FlashAttention-2 style, one pass fewer; ignored under
+#:     torch.use_deterministic_algorithms). Read by ops/attention.py's backward, which passes it to
+#:     the op (no kernel reads an environment variable). Opt-in until a GPU run shows it faster.
 config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_backend="auto",
-                               cpu_onednn_conv_bn=True)
+                               cpu_onednn_conv_bn=True, cuda_attention_dq="separate")
 
 
 def capturing_graph() -> bool:

@@ -12,10 +12,9 @@ log-sum-exp the backward recomputes the attention probabilities from. ``out`` (a
 ``out.transpose(1, 2).reshape(B, N, H * D)`` (the multi-head merge) is free.
 
 Kernels: CUDA fp16/bf16 on tensor cores (mma.sync m16n8k16, sm_80+), fp32 SIMT, fp64 as explicit
-ATen math; head dims 32, 64, 128 on CUDA. CPU, any head dim: ATen's CPU flash attention (vectorized,
-at SDPA's speed), or with ``TORCHCV_EXT_CPU_ATTENTION=tiled`` our C++ kernel running the CUDA
-kernels' tiled algorithm with scalar loops (~5x slower; the tests run both, so the CPU run checks
-the CUDA kernels' bookkeeping).
+ATen math; head dims 32, 64, 128 on CUDA (``config.cuda_attention_dq`` picks the fp16 / bf16
+backward's dQ strategy). CPU, any head dim: ATen's CPU flash attention (vectorized, at SDPA's
+speed) through the op.
 Inputs need unit stride along D only (views of a fused qkv projection are used in place).
 Not supported: attention masks, causal masking, dropout, double backward.
 """
@@ -74,7 +73,7 @@ def _ref_forward(q, k, v, scale=None):
     return _as_bnhd(out), lse.contiguous()
 
 
-def _ref_backward(grad_out, q, k, v, out, lse, scale=None):
+def _ref_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
     dq, dk, dv = ref.attention_backward(grad_out, q, k, v, out, lse, scale)
     return _as_bnhd(dq), _as_bnhd(dk), _as_bnhd(dv)
 
@@ -98,7 +97,7 @@ def _register() -> None:
                                                     device=q.device)
 
     @torch.library.register_fake(lib + "_attention_backward")
-    def _(grad_out, q, k, v, out, lse, scale=None):
+    def _(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
         return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
 
     # Autograd: the backward op recomputes P from the saved lse. lse is an auxiliary output and
@@ -114,7 +113,11 @@ def _register() -> None:
         q, k, v, out, lse = ctx.saved_tensors
         if grad_out is None:
             return None, None, None, None
-        dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
+        mode = _common.config.cuda_attention_dq
+        if mode not in ("separate", "atomic"):
+            raise ValueError(f"config.cuda_attention_dq must be 'separate' or 'atomic', got {mode!r}")
+        dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
+                                                               mode == "atomic")
         return dq, dk, dv, None
 
     torch.library.register_autograd(lib + "attention", _backward, setup_context=_setup)

@@ -1,5 +1,5 @@
-// Flash-style attention: the tiling and online-softmax bookkeeping shared by the C++ CPU kernel
-// (csrc/cpu/attention.cpp) and the CUDA kernels (csrc/cuda/attention*.cu, attention_mma.cuh).
+// Flash-style attention: the tiling and online-softmax bookkeeping of the CUDA kernels
+// (csrc/cuda/attention*.cu, attention_mma.cuh; run on the CPU by the CUDA emulator).
 // No torch headers here, so the CUDA kernel translation units stay light.
 //
 // Notation: q (B, H, Nq, D), k and v (B, H, Nk, D); every row is unit-stride along D, the other
@@ -12,7 +12,7 @@
 // per tile: x = masked scores (key >= Nk -> -inf), m' = max(m, rowmax(x)), alpha = exp2(m - m'),
 // p = exp2(x - m'), l = alpha * l + rowsum(p), acc = alpha * acc + p @ V. At the end out = acc / l
 // and lse as above. P enters the P @ V product rounded to the input precision (tensor-core
-// operands on the GPU; the CPU kernel rounds the same way).
+// operands on the GPU).
 //
 // Backward (recompute from lse): Delta_i = sum_d dO_id * O_id (preprocess), then for a key tile
 // looping over query tiles: P = exp2(x - lse * log2(e)), dV += P^T dO, dP = dO V^T,

@@ -10,10 +10,10 @@ reading another block's output changes them), with AddressSanitizer watching eve
 shared-memory access.
 
 Not collected by the main test run (the library needs ASan preloaded):
-python_tests/test_cuda_emulated.py runs this file in a subprocess, or by hand:
+python_tests/test_cuda_emulated.py runs this file in a subprocess, or by hand (tools/cuda_emu/README.md):
 
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
-        python -m pytest python_tests/cuda_emu/cases.py -q
+        python -m pytest tools/cuda_emu/cases.py -q
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+# testing.py and kernel_cases.py (the case matrix)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python_tests"))
 
 import build  # noqa: E402
 from kernel_cases import (ATTN_IDS, ATTN_SHAPES, CL, DW_CASES, DW_IDS, HARDSWISH_CASES, NCHW,  # noqa: E402
@@ -448,12 +449,6 @@ def _attn_check(got, q, k, v, go, scale):
         assert_flash_rule(a, e, x, name)
 
 
-def atomic_dq():
-    """The fp16 / bf16 backward's dQ from atomics in the dK/dV pass (csrc/cuda/attention.cu:
-    use_atomic_dq)."""
-    return env("TORCHCV_EXT_ATTENTION_DQ", "atomic")
-
-
 def _attn_run(q, k, v, go, scale):
     out, lse = run2(lambda: EMU.attention(q, k, v, scale))
     grads = run2(lambda: EMU._attention_backward(go, q, k, v, out, lse, scale))
@@ -481,10 +476,12 @@ def test_attention_atomic_dq(shape, dtype):
     out, lse = EMU.attention(q, k, v, None)
     separate = EMU._attention_backward(go, q, k, v, out, lse, None)
     for order in ORDERS:
-        with env("TORCHCV_EMU_ORDER", order), atomic_dq():
-            grads = EMU._attention_backward(go, q, k, v, out, lse, None)
+        # atomic_dq=True: the fp16 / bf16 backward's dQ from atomics in the dK/dV pass
+        # (csrc/cuda/attention.cu: use_atomic_dq); deterministic mode ignores it.
+        with env("TORCHCV_EMU_ORDER", order):
+            grads = EMU._attention_backward(go, q, k, v, out, lse, None, True)
             with deterministic(True):
-                det = EMU._attention_backward(go, q, k, v, out, lse, None)
+                det = EMU._attention_backward(go, q, k, v, out, lse, None, True)
         _attn_check((out, lse, *grads), q, k, v, go, None)
         for a, b in zip(det, separate):
             assert torch.equal(a, b)

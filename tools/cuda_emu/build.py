@@ -1,5 +1,5 @@
 """Build the CUDA-emulator library: every csrc/cuda/*.cu file and the headers they include (and the
-emulator's own broken-kernel checks, emu_selftest.cu) rewritten for python_tests/cuda_emu/cuda_emu.h
+emulator's own broken-kernel checks, emu_selftest.cu) rewritten for tools/cuda_emu/cuda_emu.h
 (attention_ptx.cuh's PTX instructions: ptx_emu.h) and compiled as C++ with g++ and AddressSanitizer,
 registered as the CPU kernels of a separate op namespace, ``torchcv_ext_emu`` (same schemas as
 ``torchcv_ext``, from csrc/registration.cpp). The ops then run the CUDA host and kernel code on
@@ -11,9 +11,9 @@ C++ exception): run the process with
 ``LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so.6)"
 ASAN_OPTIONS=detect_leaks=0``, as python_tests/test_cuda_emulated.py does for cases.py.
 
-    python python_tests/cuda_emu/build.py   # with that LD_PRELOAD: build (cached under
+    python tools/cuda_emu/build.py   # with that LD_PRELOAD: build (cached under
                                             # build/cuda_emu/torch-<version>) and load
-    python python_tests/cuda_emu/build.py --traffic   # the traffic flavor (no LD_PRELOAD)
+    python tools/cuda_emu/build.py --traffic   # the traffic flavor (no LD_PRELOAD)
 """
 from __future__ import annotations
 

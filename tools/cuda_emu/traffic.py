@@ -15,9 +15,9 @@ into warp requests of 32-byte sectors as a GPU issues them. Per case this report
 Shapes: the depthwise layers and SE shapes of benchmarks/bench_dwconv_bn_act.py and
 bench_squeeze_excite.py, ShuffleNet shapes, ViT attention, at batch 2 (batch 1 for attention).
 
-    python python_tests/cuda_emu/traffic.py                  # every case: markdown on stdout
-    python python_tests/cuda_emu/traffic.py --out DIR        # also DIR/traffic.md and .json
-    python python_tests/cuda_emu/traffic.py --quick --check  # a subset, checked against BUDGETS
+    python tools/cuda_emu/traffic.py                  # every case: markdown on stdout
+    python tools/cuda_emu/traffic.py --out DIR        # also DIR/traffic.md and .json
+    python tools/cuda_emu/traffic.py --quick --check  # a subset, checked against BUDGETS
 
 --check fails when a case's DRAM estimate exceeds its floor by more than its op's budget (an extra
 pass over a tensor, a scratch round trip) or its coalescing falls under the op's minimum (an access
