@@ -61,3 +61,21 @@ def apply(name: str, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 
 _FUNCTIONS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
               "hardsigmoid": F.hardsigmoid}
+
+
+# The same activations as called in a forward (what torch.fx records): torch.nn.functional and
+# torch functions, and Tensor methods (in-place forms included). convert() reads them here.
+_CALLS = {fn: name for name, fn in _FUNCTIONS.items()}
+_CALLS.update({torch.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.relu_: "relu"})
+_METHODS = {m: name for name in MODULES for m in (name, name + "_") if hasattr(torch.Tensor, m)}
+
+
+def call_name(op: str, target) -> Optional[str]:
+    """The op's name for an activation *call*: ``op`` is a torch.fx node kind ("call_function" with
+    a function target such as ``F.relu``, "call_method" with a Tensor method name such as
+    ``"sigmoid"``); None when it is not one of the activations the fused ops compute."""
+    if op == "call_function":
+        return _CALLS.get(target)
+    if op == "call_method":
+        return _METHODS.get(target)
+    return None

@@ -38,7 +38,7 @@ from torch import nn
 
 from torchcv_ext.nn import _activations as activations
 from torchcv_ext.nn._activations import fused_name
-from torchcv_ext.nn.dwconv_bn_act import dwconv_bn_act_forward
+from torchcv_ext.nn.dwconv_bn_act import batch_norm_only, dwconv_bn_act_forward
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.dwconv_bn_act import fold_bn
 
@@ -167,7 +167,7 @@ def conv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Union[str, nn.
         return dwconv_bn_act_forward(conv, bn, name, x)
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if use_batch_stats or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return _apply_act(name, module, bn(conv(x)), residual)
+        return _apply_act(name, module, batch_norm_only(bn, conv(x)), residual)
 
     needs_grad = _needs_grad(conv, bn, x, residual)
     if needs_grad or _common.capturing_graph():

@@ -189,6 +189,15 @@ def _eval_scale_shift(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor
     return hit[1], hit[2]
 
 
+def batch_norm_only(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
+    """``bn(y)``; for a norm + activation module (timm's ``BatchNormAct2d``: an nn.BatchNorm2d
+    subclass whose forward applies ``bn.act`` after normalizing) only nn.BatchNorm2d's forward --
+    the fused callers apply the activation themselves."""
+    if hasattr(bn, "act") and isinstance(bn, nn.BatchNorm2d) and type(bn).forward is not nn.BatchNorm2d.forward:
+        return nn.BatchNorm2d.forward(bn, y)
+    return bn(y)
+
+
 def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
                           x: torch.Tensor) -> torch.Tensor:
     """``act(bn(conv(x)))`` for a depthwise ``conv`` (channel multiplier 1) through the fused ops,
@@ -217,7 +226,7 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
         # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend): torch's own
         # modules (oneDNN conv, batch_norm and their backward), and BatchNorm2d keeps its own
         # running statistics.
-        return activations.apply(activation, bn(conv(x)))
+        return activations.apply(activation, batch_norm_only(bn, conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
@@ -235,4 +244,4 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     return y
 
 
-__all__ = ["DWConvBNAct", "activation_name", "dwconv_bn_act_forward"]
+__all__ = ["DWConvBNAct", "activation_name", "batch_norm_only", "dwconv_bn_act_forward"]
