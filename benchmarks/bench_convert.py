@@ -13,7 +13,9 @@ within 10% of "torchcv_ext model" (torchcv_ext.models.create_model of that archi
 """
 import copy
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -97,19 +99,34 @@ def main(argv=None):
         case = f"infer N{args.batch} {size}px"
         for m in impls.values():
             m.eval()
-        rows += bc.bench_impls(name, case, {k: (lambda m=m: _infer(m, x)) for k, m in impls.items()}, args)
+        rows += _interleaved(name, case, {k: (lambda m=m: _infer(m, x)) for k, m in impls.items()}, args)
         if not args.no_train:
             fns = {}
             for k, m in impls.items():
                 m.train()
                 opt = torch.optim.SGD(m.parameters(), lr=1e-5, momentum=0.9)
                 fns[k] = lambda m=m, o=opt: _train_step(m, o, x, target)
-            rows += bc.bench_impls(name, f"train N{args.batch} {size}px", fns, args)
+            rows += _interleaved(name, f"train N{args.batch} {size}px", fns, args)
         checks.append((name, n_fused, own is not None))
         del impls, eager, converted
     doc = bc.report("convert", rows, args)
     _targets(doc["rows"], checks)
     return doc
+
+
+def _interleaved(op, case, fns, args):
+    """Median ms of each implementation, timed in rounds (one call of each per round), so that a
+    load change on a shared machine hits all of them alike (bench_common.time_fn times one
+    implementation's calls back to back)."""
+    warmup, iters = (2, 5) if args.quick else (3, 15)
+    times = {k: [] for k in fns}
+    for r in range(warmup + iters):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return [bc.row(op, case, k, statistics.median(v)) for k, v in times.items()]
 
 
 def _targets(rows, checks):

@@ -234,3 +234,13 @@ def test_converted_model_copies_pickles_and_prints(capsys):
         assert getattr(type(block), _convert_fx.FLAG) is type(model.layer1[0]).__mro__[1]
         assert type(block).__name__ == "CifarBasicBlock"
         torch.testing.assert_close(clone(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_converted_model_exports_with_fused_ops():
+    torch.manual_seed(0)
+    model = torchcv_ext.convert(MODELS["mobilenet_v3_large"](NUM_CLASSES)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ep = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"torchcv_ext.dwconv_bn_act.default", "torchcv_ext.squeeze_excite.default"} <= ops
+    torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
-"""``torchcv_ext.convert(model)``: swap a torchvision model's layers for the fused modules, in
-place, keeping the weights (and so the outputs).
+"""``torchcv_ext.convert(model)``: swap a model's layers for the fused modules and ops, in place,
+keeping the weights (and so the outputs). First torchvision's classes, by class:
 
 ============================================================  =====================================
 torchvision layer                                             replaced by
@@ -223,8 +223,9 @@ def convert(model: nn.Module, verbose: bool = False, return_summary: bool = Fals
 
     The converted model computes the same function (same outputs in eval mode, same gradients
     and BatchNorm running statistics in train mode) and has the same ``state_dict``. Converting
-    twice is a no-op. Only a non-module argument raises; whatever cannot be converted is left as
-    it was and reported in the summary.
+    twice is a no-op. It raises only for an argument that is not a model (not an nn.Module, or a
+    single layer it would replace); whatever cannot be converted is left as it was and reported
+    in the summary.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: expected an nn.Module, got {type(model).__name__}")
