@@ -95,7 +95,7 @@ def fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[str], x: to
     return conv_bn_act_forward(conv, bn, act, x, residual)
 
 
-def _fc_params(fc: nn.Module, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fc_params(fc: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     b = fc.bias
     if b is None:
         b = torch.zeros(fc.weight.shape[0], dtype=fc.weight.dtype, device=fc.weight.device)
@@ -105,13 +105,13 @@ def _fc_params(fc: nn.Module, like: torch.Tensor) -> Tuple[torch.Tensor, torch.T
 def fused_squeeze_excite(x: torch.Tensor, fc1: nn.Module, fc2: nn.Module, act: str, gate: str) -> torch.Tensor:
     """``x * gate(fc2(act(fc1(mean_hw(x)))))`` (fc: 1x1 Conv2d or Linear) as one op."""
     if x.dim() != 4:
-        s = x.mean((2, 3), keepdim=True)
+        s = x.mean((-2, -1), keepdim=True)
         lin = isinstance(fc1, nn.Linear)
         s = s.flatten(1) if lin else s
         s = activations.apply(gate, fc2(activations.apply(act, fc1(s))))
         return x * (s[:, :, None, None] if lin else s)
-    w1, b1 = _fc_params(fc1, x)
-    w2, b2 = _fc_params(fc2, x)
+    w1, b1 = _fc_params(fc1)
+    w2, b2 = _fc_params(fc2)
     return _squeeze_excite_op(x, w1, b1, w2, b2, act, gate)
 
 
@@ -364,7 +364,8 @@ def _pool_input(g: _Graph, n) -> Optional[fx.Node]:
         return n.args[0] if size in (1, (1, 1), [1, 1]) else None
     if _method_or_fn(n, ("mean",), (torch.mean,)):
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-        if isinstance(dims, (tuple, list)) and sorted(dims) in ([2, 3], [-2, -1]) and set(n.kwargs) <= {"dim", "keepdim"}:
+        if isinstance(dims, (tuple, list)) and sorted(dims) in ([2, 3], [-2, -1]) \
+                and set(n.kwargs) <= {"dim", "keepdim"}:
             return n.args[0]
     return None
 
