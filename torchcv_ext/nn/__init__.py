@@ -5,6 +5,7 @@ from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward, fold_co
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.nn.squeeze_excite import SqueezeExcite
+from torchcv_ext.nn.sync_batchnorm import SyncBatchNorm1d, SyncBatchNorm2d, SyncBatchNorm3d, convert_sync_batchnorm
 from torchcv_ext.nn.blocks import *  # noqa: F401,F403,E402  (network blocks: InvertedResidual, ShuffleV2Block, ...)
 
 __all__ = [
@@ -16,6 +17,10 @@ __all__ = [
     "Hardswish",
     "MultiheadSelfAttention",
     "SqueezeExcite",
+    "SyncBatchNorm1d",
+    "SyncBatchNorm2d",
+    "SyncBatchNorm3d",
+    "convert_sync_batchnorm",
     "conv_bn_act_forward",
     "fold_conv_bn",
 ]

@@ -39,6 +39,7 @@ from torch import nn
 from torchcv_ext.nn import _activations as activations
 from torchcv_ext.nn._activations import fused_name
 from torchcv_ext.nn.dwconv_bn_act import batch_norm_only, dwconv_bn_act_forward
+from torchcv_ext.nn.sync_batchnorm import SyncBatchNorm2d
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.dwconv_bn_act import fold_bn
 
@@ -249,12 +250,16 @@ def _onednn_conv(conv: nn.Conv2d, f: _Folded, x: torch.Tensor, name: str,
     return y if name in ("identity", "relu") else _apply_act(name, None, y)
 
 
+# The BatchNorm classes whose forward conv_bn_act_forward reproduces (train: calls it; eval: folds it).
+_BN2D = (nn.BatchNorm2d, SyncBatchNorm2d)
+
+
 def _plan(children: List[nn.Module]) -> List[Tuple[int, int]]:
     """Runs of children as (start, length): 3 = conv, bn, activation; 2 = conv, bn; 1 = other."""
     plan, i = [], 0
     while i < len(children):
         m = children[i]
-        if (type(m) is nn.Conv2d and i + 1 < len(children) and type(children[i + 1]) is nn.BatchNorm2d
+        if (type(m) is nn.Conv2d and i + 1 < len(children) and type(children[i + 1]) in _BN2D
                 and children[i + 1].num_features == m.out_channels):
             if i + 2 < len(children) and _activation(children[i + 2])[0] is not None \
                     and not isinstance(children[i + 2], nn.Identity):

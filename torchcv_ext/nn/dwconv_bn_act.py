@@ -10,6 +10,7 @@ from torch import nn
 
 from torchcv_ext.nn import _activations as activations
 from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
+from torchcv_ext.nn.sync_batchnorm import syncs_batch_stats
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.dwconv_bn_act import _pair, dwconv_bn_act, dwconv_bn_act_train, fold_bn, same_padding
 
@@ -222,10 +223,10 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
         scale, shift = _eval_scale_shift(conv, bn)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)
 
-    if x.device.type == "cpu" and not _common.dwconv_cpu_train_uses_kernels(x):
-        # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend): torch's own
-        # modules (oneDNN conv, batch_norm and their backward), and BatchNorm2d keeps its own
-        # running statistics.
+    if (x.device.type == "cpu" and not _common.dwconv_cpu_train_uses_kernels(x)) or syncs_batch_stats(bn):
+        # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend), or a BN whose
+        # statistics span processes (convert_sync_batchnorm): torch's own modules (oneDNN conv,
+        # batch_norm and their backward), and BatchNorm2d keeps its own running statistics.
         return activations.apply(activation, batch_norm_only(bn, conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
