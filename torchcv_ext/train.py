@@ -11,6 +11,7 @@ scikit-learn's bundled 8x8 digits upsampled to RGB images -- a complete example 
         --weights resnet18_tv.pth --freeze-backbone                # transfer learning: new head only
     python -m torchcv_ext.train --resume runs/lenet/last.pt --epochs 20   # continue a run
     python -m torchcv_ext.train --model mobilenet_v3_small --export-onnx  # + model.onnx, checked
+    torchrun --nproc_per_node=2 -m torchcv_ext.train --sync-bn     # 2 processes (GPUs, or gloo on the CPU)
 
 Writes to ``--out`` (default ``runs/<model>``): ``last.pt`` every epoch, ``best.pt`` (best val
 accuracy), ``metrics.json`` (history, trainable parameter count, and for the best checkpoint the
@@ -20,6 +21,10 @@ labels); with ``--export-onnx`` also ``model.onnx`` (the best checkpoint, dynami
 onnxruntime is installed, its validation accuracy in onnxruntime next to PyTorch's.
 An image folder with ``train/`` and ``val/`` (``valid/``, ``validation/``, ``test/``) uses them;
 otherwise ``--val-split`` of the images are held out (same split on resume).
+Under torchrun (torchcv_ext/distributed.py), ``--batch-size`` is per process, every process trains
+on its share of each epoch (DistributedSampler) and validates on its slice of the validation set,
+accuracies are summed over the processes, and rank 0 alone prints and writes files; a run resumes
+at any number of processes.
 
 Recipes (``--recipe``; every setting can still be given as a flag): ``mnist`` (AdamW 2e-3, batch
 64, cosine, 10 epochs, no augmentation), ``cifar`` (SGD 0.1, momentum 0.9, weight decay 5e-4,
@@ -47,7 +52,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchcv_ext import data, models
+from torchcv_ext import data, distributed, models
+from torchcv_ext.nn import convert_sync_batchnorm
 
 #: the settings every recipe starts from
 _RECIPE_BASE = dict(momentum=0.9, nesterov=False, freeze_backbone=False, bands=30, img_size=None,
@@ -125,6 +131,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--export-onnx", action="store_true",
                    help="export the best checkpoint to <out>/model.onnx (torchcv_ext.export.to_onnx; needs "
                         "onnx + onnxscript) and, with onnxruntime, check its validation accuracy there")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch, the fused layers' "
+                        "included (torchcv_ext.nn.convert_sync_batchnorm)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join("runs", args.model)
@@ -275,6 +284,7 @@ def run_epoch(model, loader, criterion, device, args, optimizer=None, scaler=Non
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.shape[0]
             _set_postfix(bar, loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+    total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen], device)
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
@@ -439,7 +449,10 @@ def export_onnx(model: nn.Module, checkpoint: str, val_loader: DataLoader, path:
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = distributed.init(args.device)
+    device = ctx.device
+    distributed.silence_other_ranks(ctx)
+    args.no_progress = args.no_progress or not ctx.is_main
     resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
     if resume is not None:  # the data split and model come from the run being resumed
         for key in ("data", "dataset", "model", "img_size", "val_split", "seed", "limit", "freeze_backbone",
@@ -454,13 +467,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     except data.DataError as e:
         raise SystemExit(f"error: {e}") from e
     train_ds, val_ds, classes, source = ds.train, ds.val, ds.classes, ds.source
-    train_loader = DataLoader(train_ds, args.batch_size, shuffle=True, num_workers=args.workers,
-                              drop_last=len(train_ds) > args.batch_size, generator=torch.Generator().manual_seed(args.seed))
+    sampler = distributed.train_sampler(train_ds, ctx, args.seed)  # None in a single process
+    per_process = len(sampler) if sampler is not None else len(train_ds)
+    train_loader = DataLoader(train_ds, args.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=args.workers, drop_last=per_process > args.batch_size,
+                              generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_ds, args.batch_size * 2, shuffle=False, num_workers=args.workers)
+    val_shard_loader = val_loader if not ctx.distributed else DataLoader(
+        distributed.shard(val_ds, ctx), args.batch_size * 2, shuffle=False, num_workers=args.workers)
 
     model = build_model(args, len(classes), ds.channels).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.sync_bn:
+        model = convert_sync_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -484,17 +504,24 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         history, start_epoch, best_acc = resume["history"], resume["epoch"] + 1, resume["best_acc"]
         print(f"resumed {args.resume} at epoch {resume['epoch']} (best val acc {best_acc:.4f})")
 
-    os.makedirs(args.out, exist_ok=True)
+    net = distributed.wrap(model, ctx)  # trains; `model` (the same parameters) evaluates and is saved
+    torch.manual_seed(args.seed + ctx.rank)  # the same initial weights everywhere, per-rank randomness from here
+    if ctx.is_main:
+        os.makedirs(args.out, exist_ok=True)
     n_train = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {n_train:,} trainable of {n_total:,} params; {len(train_ds)} train / "
           f"{len(val_ds)} val, {len(classes)} classes, {args.img_size}px, {args.optimizer} lr {args.lr:g}, "
           f"batch {args.batch_size}, {args.epochs} epochs ({args.lr_schedule}); device {device}"
-          f"{', AMP' if args.amp else ''}{', channels_last' if args.channels_last else ''}")
+          f"{', AMP' if args.amp else ''}{', channels_last' if args.channels_last else ''}"
+          f"{f', {ctx.world_size} processes ({ctx.backend}), global batch {ctx.world_size * args.batch_size}' if ctx.distributed else ''}"
+          f"{', sync BN' if args.sync_bn else ''}")
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
-        tr = run_epoch(model, train_loader, criterion, device, args, optimizer, scaler, desc=f"epoch {epoch} train")
-        va = run_epoch(model, val_loader, criterion, device, args, desc=f"epoch {epoch} val")
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        tr = run_epoch(net, train_loader, criterion, device, args, optimizer, scaler, desc=f"epoch {epoch} train")
+        va = run_epoch(model, val_shard_loader, criterion, device, args, desc=f"epoch {epoch} val")
         scheduler.step()
         rec = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
                "val_acc": va["acc"], "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
@@ -507,13 +534,19 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "history": history,
                 "best_acc": best_acc, "classes": classes, "args": vars(args)}
-        torch.save(ckpt, os.path.join(args.out, "last.pt"))
-        if best:
-            torch.save(ckpt, os.path.join(args.out, "best.pt"))
+        if ctx.is_main:
+            torch.save(ckpt, os.path.join(args.out, "last.pt"))
+            if best:
+                torch.save(ckpt, os.path.join(args.out, "best.pt"))
 
     metrics = {"model": args.model, "data": source, "format": args.dataset, "recipe": args.recipe,
                "classes": classes, "trainable_params": n_train, "total_params": n_total, "best_val_acc": best_acc,
                "history": history, "args": vars(args)}
+    if ctx.distributed:
+        metrics["world_size"] = ctx.world_size
+    distributed.cleanup()
+    if not ctx.is_main:  # rank 0 alone writes the reports, on the whole validation set
+        return metrics
     best_path = os.path.join(args.out, "best.pt")  # absent if no epoch beat 0% accuracy
     final = best_path if os.path.exists(best_path) else os.path.join(args.out, "last.pt")
     if history:
