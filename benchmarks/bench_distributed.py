@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 from typing import Dict, List
 
 import torch
@@ -38,6 +40,9 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=None, help="default 224 (128 with --quick on the CPU)")
     p.add_argument("--world-sizes", default=None,
                    help="comma-separated process counts (default: 1,2 on the CPU, 1..#GPUs on CUDA)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times every configuration runs, in turn (default 3, 1 with --quick): the median "
+                        "round counts, so a burst of load elsewhere on the machine hits one round")
 
 
 def _rank_main(rank: int, world_size: int, cfg: Dict, store: str, result: str) -> None:
@@ -72,7 +77,17 @@ def _rank_main(rank: int, world_size: int, cfg: Dict, store: str, result: str) -
         loss.backward()
         opt.step()
 
-    ms = bc.time_fn(step, argparse.Namespace(device=cfg["device"], quick=cfg["quick"]))
+    # Every rank runs the same number of steps (each step holds collectives), timed one by one.
+    warmup, iters = (3, 5) if cfg["quick"] else (5, 15)
+    times = []
+    for i in range(warmup + iters):
+        bc.sync(cfg["device"])
+        t0 = time.perf_counter()
+        step()
+        bc.sync(cfg["device"])
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    ms = statistics.median(times)
     if world_size > 1:
         t = torch.tensor([ms], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the step is as slow as its slowest rank
@@ -116,12 +131,20 @@ def main(argv=None) -> Dict:
     if not cuda and cores > 1 and 1 in sizes:
         configs.insert(1, ("1 process x 1 thread", 1, 1, False))
 
+    rounds = args.rounds or (1 if args.quick else 3)
+    times: Dict[str, List[float]] = {c[0]: [] for c in configs}
+    load = bc.LoadMonitor()
+    for r in range(rounds):
+        for label, n, threads, sync in configs:
+            ms = run_config({**base, "threads": threads, "sync_bn": sync}, n)
+            times[label].append(ms)
+            print(f"round {r + 1}/{rounds}, {label}: {ms:.1f} ms/step", flush=True)
+    other_load = load.other_share()
     rows: List[Dict] = []
     for label, n, threads, sync in configs:
-        ms = run_config({**base, "threads": threads, "sync_bn": sync}, n)
+        ms = statistics.median(times[label])
         rows.append(dict(config=label, world_size=n, threads=threads, sync_bn=sync, ms=ms,
-                         images_per_s=n * batch / ms * 1e3))
-        print(f"{label}: {ms:.1f} ms/step", flush=True)
+                         ms_rounds=times[label], images_per_s=n * batch / ms * 1e3))
     ref = rows[0]["images_per_s"]
     for r in rows:
         r["throughput_vs_first"] = r["images_per_s"] / ref
@@ -129,14 +152,19 @@ def main(argv=None) -> Dict:
     dev_name = bc.device_name(device)
     title = (f"DDP train step, {args.model} {img}px, {batch} images per process, "
              f"{'autocast ' + args.dtype if cuda and args.dtype != 'float32' else 'float32'}, {dev_name}")
-    lines = [f"## {title}", "", f"| configuration | step ms | images/s (all processes) | x {rows[0]['config']} |",
-             "|---|---|---|---|"]
+    lines = [f"## {title}", "",
+             f"| configuration | step ms (median of {rounds} round(s)) | rounds | images/s (all processes) "
+             f"| x {rows[0]['config']} |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['ms']:.1f} | {r['images_per_s']:.1f} | {r['throughput_vs_first']:.2f} |")
+        lines.append(f"| {r['config']} | {r['ms']:.1f} | {', '.join(f'{t:.0f}' for t in r['ms_rounds'])} | "
+                     f"{r['images_per_s']:.1f} | {r['throughput_vs_first']:.2f} |")
+    if other_load is not None:
+        lines += ["", f"Other processes used {100 * other_load:.0f}% of the machine's CPU time during the run"
+                      f"{' (busy: the ratios may be off)' if other_load > 0.10 else ''}."]
     table = "\n".join(lines)
     print(table)
     doc = {"name": "distributed", "device": dev_name, "torch": torch.__version__, "config": base,
-           "rows": rows, "table_md": table}
+           "rounds": rounds, "other_load": other_load, "rows": rows, "table_md": table}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "distributed.json"), "w") as f:
         json.dump(doc, f, indent=1)

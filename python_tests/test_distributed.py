@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import torchcv_ext
-from torchcv_ext import distributed, models
+from torchcv_ext import data, distributed, models
 from torchcv_ext.nn import (DWConvBNAct, FusedSequential, InvertedResidual, SyncBatchNorm1d, SyncBatchNorm2d,
                             convert_sync_batchnorm)
 from testing import DEVICES
@@ -345,7 +345,7 @@ def test_torchrun_train_with_sync_bn_resumes_at_another_world_size(tmp_path):
     # The checkpoint (plain state_dict names) evaluated in one process gives that accuracy.
     model = models.create_model("shufflenet_v2_x0_5", num_classes=10)
     model.load_state_dict(ckpt["model"])
-    _, val_ds, _ = train.digits_datasets(32, 0.2, 0, 305)
+    val_ds = data.load_datasets("digits", None, data.LoadOptions(img_size=32, limit=305)).val
     with torch.no_grad():
         x, y = val_ds.tensors
         correct = (model.eval()(x).argmax(1) == y).sum().item()
