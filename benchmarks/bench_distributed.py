@@ -168,16 +168,24 @@ def main(argv=None) -> Dict:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "distributed.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    plt = None if args.no_plot else bc._pyplot()
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.barh([r["config"] for r in rows][::-1], [r["images_per_s"] for r in rows][::-1])
-        ax.set_xlabel("images/s (all processes)")
-        ax.set_title(title, fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "distributed.png"), dpi=110)
-        plt.close(fig)
+    if not args.no_plot:
+        plot(doc, os.path.join(args.out, "distributed.png"))
     return doc
+
+
+def plot(doc: Dict, path: str) -> None:
+    """Images per second of every configuration, as horizontal bars."""
+    plt = bc._pyplot()
+    if plt is None:
+        return
+    rows = doc["rows"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.barh([r["config"] for r in rows][::-1], [r["images_per_s"] for r in rows][::-1])
+    ax.set_xlabel("images/s (all processes)")
+    ax.set_title(doc["table_md"].splitlines()[0].lstrip("# ").replace(", CPU", ",\nCPU"), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
