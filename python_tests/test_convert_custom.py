@@ -244,3 +244,50 @@ def test_converted_model_exports_with_fused_ops():
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert {"torchcv_ext.dwconv_bn_act.default", "torchcv_ext.squeeze_excite.default"} <= ops
     torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [8, 1], ids=["depthwise", "dense"])
+def test_timm_sync_batchnorm_act_after_convert_normalizes_once(groups, monkeypatch):
+    """timm's convert_sync_batchnorm turns a BatchNormAct2d that convert() fused into a
+    SyncBatchNormAct (an nn.SyncBatchNorm subclass): where the fused block calls the module for
+    its statistics (the eager train path, as in multi-process training), it must still apply the
+    activation once, with the synced module's statistics (single process here: local ones)."""
+    timm_layers = pytest.importorskip("timm.layers")
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "eager")
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False)
+            self.bn = timm_layers.BatchNormAct2d(8, act_layer=nn.SiLU)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(Block(), nn.Conv2d(8, 4, 1))
+    ours = copy.deepcopy(ref)
+    _, summary = torchcv_ext.convert(ours, return_summary=True)
+    assert summary.fused, summary
+    ref, ours = (timm_layers.convert_sync_batchnorm(m) for m in (ref, ours))
+    assert type(ours[0].bn).__name__ == "SyncBatchNormAct"
+    x = torch.randn(2, 8, 9, 9)
+    torch.testing.assert_close(ours.train()(x), ref.train()(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours[0].bn.running_var, ref[0].bn.running_var)
+
+
+def test_batch_norm_only_skips_the_activation_of_norm_act_modules():
+    """The fused paths normalize through batch_norm_only and apply the activation themselves: for
+    timm's BatchNormAct2d and SyncBatchNormAct alike only the normalization runs."""
+    timm_layers = pytest.importorskip("timm.layers")
+    from torchcv_ext.nn.dwconv_bn_act import batch_norm_only
+
+    y = torch.randn(2, 8, 5, 5)
+    plain = nn.BatchNorm2d(8).train()
+    norm_act = timm_layers.BatchNormAct2d(8, act_layer=nn.SiLU)
+    for bn in (norm_act, timm_layers.convert_sync_batchnorm(copy.deepcopy(norm_act))):
+        bn.train()
+        assert hasattr(bn, "act") and type(bn).__name__ in ("BatchNormAct2d", "SyncBatchNormAct")
+        torch.testing.assert_close(batch_norm_only(bn, y), plain(y))
+        torch.testing.assert_close(bn.running_mean, plain.running_mean)
+        plain.reset_running_stats()

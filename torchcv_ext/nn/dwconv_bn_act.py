@@ -191,11 +191,14 @@ def _eval_scale_shift(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor
 
 
 def batch_norm_only(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
-    """``bn(y)``; for a norm + activation module (timm's ``BatchNormAct2d``: an nn.BatchNorm2d
-    subclass whose forward applies ``bn.act`` after normalizing) only nn.BatchNorm2d's forward --
-    the fused callers apply the activation themselves."""
-    if hasattr(bn, "act") and isinstance(bn, nn.BatchNorm2d) and type(bn).forward is not nn.BatchNorm2d.forward:
-        return nn.BatchNorm2d.forward(bn, y)
+    """``bn(y)``; for a norm + activation module (timm's ``BatchNormAct2d``, an nn.BatchNorm2d
+    subclass, or ``SyncBatchNormAct``, an nn.SyncBatchNorm subclass (timm's convert_sync_batchnorm),
+    whose forward applies ``bn.act`` after normalizing) only its normalizing base class's forward --
+    synced statistics included -- as the fused callers apply the activation themselves."""
+    if hasattr(bn, "act"):
+        for base in (nn.SyncBatchNorm, nn.BatchNorm2d):
+            if isinstance(bn, base) and type(bn).forward is not base.forward:
+                return base.forward(bn, y)
     return bn(y)
 
 
