@@ -200,3 +200,43 @@ def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "silu":
         return s * (1 + x * (1 - s))
     return s * (1 - s)  # sigmoid
+
+
+def register_backward_autograd(op: str, differentiable: Callable) -> None:
+    """Double backward for the backward op ``op`` (``_<name>_backward``): its own derivative is
+    taken by autograd through ``differentiable``, a pure-PyTorch function of the op's arguments that
+    computes the same outputs (the op's reference backward: explicit formulas, differentiable), so
+    ``autograd.grad(..., create_graph=True)`` followed by a second grad -- gradient penalties,
+    R1 regularisation, meta-learning -- gets exact second (and higher) derivatives instead of the
+    kernels' outputs being treated as constants. Only runs when a second derivative is asked for;
+    first-order backward passes call the kernels as before."""
+
+    def setup(ctx, inputs, output):
+        ctx.n = len(inputs)
+        ctx.tensor_pos = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_pos))
+        ctx.args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+
+    def backward(ctx, *grads):
+        args = list(ctx.args)
+        wrt = [i for i in ctx.tensor_pos if ctx.needs_input_grad[i]]
+        with torch.enable_grad():
+            # A fresh alias per input: the gradient reaching it is the partial derivative only (an
+            # input computed from another one, like z from x, is not counted twice), and the
+            # result stays connected to the outer graph for derivatives of higher order.
+            for i, t in zip(ctx.tensor_pos, ctx.saved_tensors):
+                args[i] = t.view_as(t) if i in wrt else t
+            outs = differentiable(*args)
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            pairs = [(o, g) for o, g in zip(outs, grads)
+                     if g is not None and isinstance(o, torch.Tensor) and o.requires_grad]
+            res = [None] * ctx.n
+            if pairs and wrt:
+                got = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wrt],
+                                          [g.to(o.dtype) for o, g in pairs], allow_unused=True,
+                                          create_graph=torch.is_grad_enabled())
+                for i, g in zip(wrt, got):
+                    res[i] = g if g is None else g.to(args[i].dtype)
+        return tuple(res)
+
+    torch.library.register_autograd(f"{NAMESPACE}::{op}", backward, setup_context=setup)

@@ -217,6 +217,8 @@ def _register() -> None:
     _common.register_reference_kernels("scale_shift_act", ref.scale_shift_act)
     _common.register_reference_kernels("_scale_shift_act_backward", _ssa_bwd_ref)
     _common.register_reference_kernels("_dwconv_bn_stats_backward", _stats_bwd_ref)
+    _common.register_backward_autograd("_scale_shift_act_backward", ref.scale_shift_act_backward)
+    _common.register_backward_autograd("_dwconv_bn_stats_backward", ref.dwconv_bn_stats_backward)
 
     # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
     @torch.library.register_fake(lib + "dwconv_bn_act")

@@ -109,6 +109,7 @@ def _register() -> None:
 
     _common.register_reference_kernels("squeeze_excite", _fwd_ref)
     _common.register_reference_kernels("_squeeze_excite_backward", _bwd_ref)
+    _common.register_backward_autograd("_squeeze_excite_backward", ref.squeeze_excite_backward)
 
     @torch.library.register_fake(lib + "squeeze_excite")
     def _(x, w1, b1, w2, b2, act, gate):
