@@ -72,3 +72,125 @@ def test_double_backward_module_gradient_penalty(kernels):
         outs.append(torch.autograd.grad(gx.square().sum(), (w, g, w1, w2)))
     for a, e in zip(*outs):
         torch.testing.assert_close(a, e)
+
+
+# ---- boundary: devices, dtypes, ranks, sizes, types ------------------------------------------
+
+T = torch.ops.torchcv_ext
+
+
+def _raw_cases():
+    """Every raw op (backward ops included) with valid tiny float32 CPU arguments."""
+    r = torch.randn
+    x, w, c = r(2, 4, 5, 5), r(4, 1, 3, 3), r(4)
+    q = r(1, 2, 3, 8)
+    out, lse = T.attention(q, q, q, None)
+    se = (r(2, 4), r(2), r(4, 2), r(4))
+    conv = ([1, 1], [1, 1], [1, 1])
+    return {
+        "dwconv_bn_act": (x, w, c, c, *conv, "relu"),
+        "dwconv_bn_stats": (x, w, *conv),
+        "dwconv_bn_act_train": (x, w, c, c, 1e-5, *conv, "relu"),
+        "scale_shift_act": (x, c, c, "relu", c),
+        "_scale_shift_act_backward": (x, x, c, c, "relu", c, True),
+        "_dwconv_bn_stats_backward": (x, c, c, x, x, c, w, *conv, c, c, "relu"),
+        "squeeze_excite": (x, *se, "relu", "sigmoid"),
+        "_squeeze_excite_backward": (x, x, *se, "relu", "sigmoid"),
+        "_hardswish_backward": (x, x),
+        "_hardsigmoid_backward": (x, x),
+        "shuffle_cat": (x, x),
+        "shuffle_cat_split": (x, x),
+        "_shuffle_cat_backward": (x, x),
+        "attention": (q, q, q, None),
+        "_attention_backward": (q, q, q, q, out, lse, None),
+    }
+
+
+RAW = _raw_cases()
+
+
+@pytest.mark.parametrize("op, pos", [(op, i) for op, args in RAW.items()
+                                     for i, a in enumerate(args) if isinstance(a, torch.Tensor)])
+def test_raw_op_rejects_a_meta_tensor_among_cpu_tensors(op, pos):
+    """The dispatcher sends a call with any meta tensor to the Meta kernel; it must not compute a
+    meta result from CPU tensors (backward ops: a gradient on another device)."""
+    args = list(RAW[op])
+    args[pos] = args[pos].to("meta")
+    with pytest.raises(RuntimeError, match=r"is on (meta|cpu) but \w+ is on (cpu|meta)"):
+        getattr(T, op)(*args)
+
+
+@pytest.mark.parametrize("op", sorted(RAW))
+def test_raw_op_all_meta_is_fine(op):
+    getattr(T, op)(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in RAW[op]])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(stride="12"), r"stride must be an int or a sequence of 2 ints, got '12' \(str\)"),
+    (dict(stride=1.5), r"stride must be .* got 1.5 \(float\)"),
+    (dict(padding="x"), r"padding must be .* got 'x' \(str\)"),
+    (dict(padding=[1.0, 1]), r"padding must be"),
+    (dict(dilation=True), r"dilation must be .* \(bool\)"),
+    (dict(padding=(1, 2, 3)), r"padding must be .* got 3 values"),
+])
+@pytest.mark.parametrize("train", [False, True])
+def test_dwconv_size_arguments_are_ints(kw, match, train):
+    x, w, c = torch.randn(2, 2, 5, 5), torch.randn(2, 1, 3, 3), torch.randn(2)
+    err = ValueError if "values" in match else TypeError
+    with pytest.raises(err, match=match):
+        if train:
+            ops.dwconv_bn_act_train(x, w, c, c, **kw)
+        else:
+            ops.dwconv_bn_act(x, w, c, c, **kw)
+
+
+def test_channel_shuffle_groups_is_an_int():
+    with pytest.raises(TypeError, match="groups must be an int, got 2.0"):
+        ops.channel_shuffle(torch.randn(1, 4, 2), 2.0)
+    with pytest.raises(TypeError, match="groups must be an int, got '2'"):
+        ops.channel_shuffle(torch.randn(1, 4, 2), "2")
+
+
+@pytest.mark.parametrize("case, match", [
+    ("int_x", "must be float32, float16, bfloat16 or float64"),
+    ("rank3_x", "must be 4-D"),
+    ("weight_shape", r"weight must have shape \(C, 1, kh, kw\)"),
+    ("scale_shape", r"scale must have shape \(4,\)"),
+    ("empty_out", "the output would be empty"),
+    ("activation", "unknown activation 'gelu'"),
+])
+def test_dwconv_clear_errors(case, match):
+    x, w, c = torch.randn(2, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(4)
+    args = dict(x=x, weight=w, scale=c, shift=c, padding=1, activation="relu")
+    args.update({"int_x": dict(x=x.int()), "rank3_x": dict(x=x[0]), "weight_shape": dict(weight=w[:3]),
+                 "scale_shape": dict(scale=c[:3]), "empty_out": dict(x=x[..., :1, :1], padding=0),
+                 "activation": dict(activation="gelu")}[case])
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        ops.dwconv_bn_act(**args)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("int_x", "x must be float32, float16, bfloat16 or float64"),
+    ("rank2_x", "x must have at least 3 dims"),
+    ("w1_shape", r"w1 must have shape \(S, C\)"),
+    ("b2_dtype", r"b2 has dtype (Double|torch.float64) but the input has dtype (Float|torch.float32)"),
+])
+def test_squeeze_excite_clear_errors(case, match):
+    x, w1, b1, w2, b2 = torch.randn(2, 4, 3, 3), torch.randn(2, 4), torch.randn(2), torch.randn(4, 2), torch.randn(4)
+    a = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2)
+    a.update({"int_x": dict(x=x.int()), "rank2_x": dict(x=x[:, :, 0, 0]), "w1_shape": dict(w1=w1.t()),
+              "b2_dtype": dict(b2=b2.double())}[case])
+    with pytest.raises(RuntimeError, match=match):
+        ops.squeeze_excite(**a)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("rank3", "must be 4-D"), ("dtype", "k has dtype (Double|torch.float64)"), ("seq", "same seq_len"),
+    ("head_dim", "does not match q"),
+])
+def test_attention_clear_errors(case, match):
+    q = torch.randn(1, 2, 3, 8)
+    args = {"rank3": (q[0], q, q), "dtype": (q, q.double(), q), "seq": (q, q, q[:, :, :2]),
+            "head_dim": (q, q[..., :4], q)}[case]
+    with pytest.raises(RuntimeError, match=match):
+        ops.attention(*args)

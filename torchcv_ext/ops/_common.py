@@ -2,8 +2,10 @@
 memory-format rule of the C++ kernels, and registration of the reference as a kernel."""
 from __future__ import annotations
 
+import functools
+import operator
 import types
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Tuple
 
 import torch
 
@@ -122,6 +124,66 @@ def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CP
             _impl_lib = torch.library.Library(NAMESPACE, "IMPL")  # noqa: TOR901
         _impl_lib.impl(op, fn, key)
         backends[key] = "reference (PyTorch, via dispatcher)"
+
+
+def check_same_device(op: str, names: Iterable[str], args: Iterable) -> None:
+    """Every tensor among ``args`` (named ``names``; lists of tensors and None allowed) is on one
+    device, else a RuntimeError naming the two arguments. The dispatcher would otherwise run the
+    Meta kernel for a meta tensor mixed with CPU tensors and return a meta result."""
+    first = None
+    for name, a in zip(names, args):
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if not isinstance(t, torch.Tensor):
+                continue
+            if first is None:
+                first = (name, t.device)
+            elif t.device != first[1]:
+                raise RuntimeError(f"torchcv_ext.{op}: {name} is on {t.device} but {first[0]} is on "
+                                   f"{first[1]}; all tensors must be on one device")
+
+
+def register_fake(op: str) -> Callable:
+    """``torch.library.register_fake`` for ``torchcv_ext::<op>`` with :func:`check_same_device`
+    run first (argument names from the schema): the one device check of every op's fake / Meta
+    kernel, which is what runs for meta tensors and under torch.compile."""
+    names = [a.name for a in getattr(torch.ops.torchcv_ext, op).default._schema.arguments]
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            check_same_device(op, names, list(args) + [kwargs.get(n) for n in names[len(args):]])
+            return fn(*args, **kwargs)
+
+        torch.library.register_fake(f"{NAMESPACE}::{op}")(checked)
+        return fn
+
+    return deco
+
+
+def int_tuple(op: str, name: str, value, n: int = 2) -> Tuple[int, ...]:
+    """A size argument (stride, padding, dilation, kernel_size, groups, ...) as ``n`` Python ints:
+    an int, or a sequence of 1 or ``n`` ints (torch.SymInt too). Anything else -- a string such as
+    "12", a float, a bool -- is a TypeError naming the argument."""
+    def as_int(v):
+        if isinstance(v, (bool, str, bytes)) or isinstance(v, torch.Tensor) and v.is_floating_point():
+            raise TypeError
+        return v if isinstance(v, torch.SymInt) else operator.index(v)
+
+    try:
+        if isinstance(value, (list, tuple, torch.Size)):
+            t = tuple(as_int(v) for v in value)
+        else:
+            t = (as_int(value),)
+    except TypeError:
+        want = "an int" if n == 1 else f"an int or a sequence of {n} ints"
+        raise TypeError(f"torchcv_ext.{op}: {name} must be {want}, got {value!r} "
+                        f"({type(value).__name__})") from None
+    if len(t) == 1:
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"torchcv_ext.{op}: {name} must be an int or a sequence of {n} ints, got "
+                         f"{len(t)} values: {value!r}")
+    return t
 
 
 def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ def _register() -> None:
     _common.register_backward_autograd("_attention_backward", _differentiable_backward)
 
     # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @torch.library.register_fake(lib + "attention")
+    @_common.register_fake("attention")
     def _(q, k, v, scale=None):
         torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
                      lambda: "attention: q, k and v must be 4-D (batch, heads, seq_len, head_dim)")
@@ -107,7 +107,7 @@ def _register() -> None:
         return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype),
                                                     device=q.device)
 
-    @torch.library.register_fake(lib + "_attention_backward")
+    @_common.register_fake("_attention_backward")
     def _(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
         return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
 
