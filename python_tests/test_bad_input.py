@@ -194,3 +194,74 @@ def test_attention_clear_errors(case, match):
             "head_dim": (q, q[..., :4], q)}[case]
     with pytest.raises(RuntimeError, match=match):
         ops.attention(*args)
+
+
+# ---- training CLI: each failure says what is wrong, nothing is lost ---------------------------
+
+@pytest.mark.parametrize("argv, match", [
+    (["--limit", "0"], "--limit: must be at least 1, got 0"),
+    (["--val-split", "1"], "--val-split: must be between 0 and 1"),
+    (["--val-split", "0"], "--val-split: must be between 0 and 1"),
+])
+def test_cli_rejects_bad_arguments(capsys, argv, match):
+    from torchcv_ext import train
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cli_device_cuda_without_gpu():
+    from torchcv_ext import train
+    with pytest.raises(SystemExit, match="--device cuda: no CUDA GPU is available.*use --device cpu"):
+        train.main(["--device", "cuda", "--no-progress"])
+    with pytest.raises(SystemExit, match="--device gpu0: not a device name"):
+        train.main(["--device", "gpu0", "--no-progress"])
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("missing", "no such file"),
+    ("truncated", r"not a readable checkpoint \(corrupt or truncated\?"),
+    ("garbage", r"not a readable checkpoint \(corrupt or truncated\?"),
+    ("state_dict", "plain state_dict .* --weights"),
+    ("other", "not a checkpoint of this script"),
+])
+def test_cli_resume_bad_checkpoint_keeps_existing_checkpoints(tmp_path, kind, match):
+    from torchcv_ext import train
+    out = tmp_path / "run"
+    out.mkdir()
+    last = out / "last.pt"
+    train.save_atomic({"model": {"w": torch.ones(2)}, "epoch": 3}, str(last))
+    before = last.read_bytes()
+    bad = tmp_path / "bad.pt"
+    if kind == "truncated":
+        bad.write_bytes(before[: len(before) // 2])
+    elif kind == "garbage":
+        bad.write_bytes(b"not a checkpoint at all")
+    elif kind == "state_dict":
+        torch.save(torch.nn.Linear(2, 2).state_dict(), bad)
+    elif kind == "other":
+        torch.save({"epoch": 1}, bad)
+    with pytest.raises(SystemExit, match=match):
+        train.main(["--resume", str(bad), "--out", str(out), "--no-progress"])
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous last.pt intact and no temporary file behind."""
+    from torchcv_ext import train
+    path = tmp_path / "last.pt"
+    train.save_atomic({"epoch": 1}, str(path))
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a check")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_atomic({"epoch": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
