@@ -265,3 +265,46 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ---- modules: constructor sizes and forward shapes -------------------------------------------
+
+@pytest.mark.parametrize("build, err, match", [
+    ("MultiheadSelfAttention(-4, 2)", ValueError, "MultiheadSelfAttention: dim must be >= 1, got -4"),
+    ("MultiheadSelfAttention(0, 2)", ValueError, "dim must be >= 1, got 0"),
+    ("MultiheadSelfAttention(8, 0)", ValueError, "num_heads must be >= 1, got 0"),
+    ("MultiheadSelfAttention(8.0, 2)", TypeError, "dim must be an int"),
+    ("DWConvBNAct(4, kernel_size=-1)", ValueError, r"DWConvBNAct: kernel_size must be >= 1, got \(-1, -1\)"),
+    ("DWConvBNAct(4, stride=0)", ValueError, r"stride must be >= 1, got \(0, 0\)"),
+    ("DWConvBNAct(4, dilation=(1, 0))", ValueError, r"dilation must be >= 1"),
+    ("DWConvBNAct(4, stride='2')", TypeError, "stride must be an int or a sequence of 2 ints"),
+    ("DWConvBNAct(0)", ValueError, "channels must be >= 1"),
+    ("SqueezeExcite(4, -1)", ValueError, "squeeze_channels must be >= 1"),
+    ("ChannelShuffle(0)", ValueError, "groups must be >= 1"),
+    ("blocks.PatchEmbed(32, 8, 3, -1)", ValueError, "PatchEmbed: embed_dim must be >= 1, got -1"),
+    ("blocks.PatchEmbed(32, 0)", ValueError, "patch_size must be >= 1"),
+])
+def test_module_constructor_sizes(build, err, match):
+    from torchcv_ext import nn as tnn
+    from torchcv_ext.nn import blocks  # noqa: F401
+    with pytest.raises(err, match=match):
+        eval(build, {**vars(tnn), "blocks": blocks})
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_module_forward_wrong_channels(train):
+    from torchcv_ext import nn as tnn
+    m = tnn.DWConvBNAct(4).train(train)
+    with pytest.raises(ValueError, match=r"DWConvBNAct: expected \(N, 4, H, W\) input, got shape \(1, 5, 8, 8\)"):
+        m(torch.randn(1, 5, 8, 8))
+    with pytest.raises(RuntimeError, match=r"squeeze_excite: w1 must have shape \(S, C\) = \(S, 5\)"):
+        tnn.SqueezeExcite(4, 2)(torch.randn(1, 5, 3, 3))
+
+
+def test_attention_modules_embed_dim_mismatch():
+    from torchcv_ext import nn as tnn
+    x = torch.randn(1, 3, 6)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, N, 8\), got \(1, 3, 6\)"):
+        tnn.MultiheadSelfAttention(8, 2)(x)
+    with pytest.raises(AssertionError, match="expecting embedding dimension of 8, but got 6"):
+        tnn.FusedMultiheadAttention(8, 2, batch_first=True)(x, x, x, need_weights=False)

@@ -186,6 +186,18 @@ def int_tuple(op: str, name: str, value, n: int = 2) -> Tuple[int, ...]:
     return t
 
 
+def check_sizes(owner: str, minimum: int = 1, **sizes) -> None:
+    """Constructor sizes (channels, dims, kernel sizes, strides, ...; ints or tuples of ints) are
+    ints >= ``minimum``: a ValueError naming the argument, not torch's "Trying to create tensor
+    with negative dimension" from deep inside a layer."""
+    for name, v in sizes.items():
+        for i in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"{owner}: {name} must be an int, got {v!r} ({type(v).__name__})")
+            if i < minimum:
+                raise ValueError(f"{owner}: {name} must be >= {minimum}, got {v!r}")
+
+
 def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A new tensor (never a view of an input, as custom ops require) in the kernels' memory format."""
     return out.clone(memory_format=memory_format_of(like))
