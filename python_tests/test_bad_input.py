@@ -308,3 +308,117 @@ def test_attention_modules_embed_dim_mismatch():
         tnn.MultiheadSelfAttention(8, 2)(x)
     with pytest.raises(AssertionError, match="expecting embedding dimension of 8, but got 6"):
         tnn.FusedMultiheadAttention(8, 2, batch_first=True)(x, x, x, need_weights=False)
+
+
+# ---- NaN and +-Inf propagate as in eager PyTorch ----------------------------------------------
+# "As eager", per op: the same composition of eager PyTorch ops on the same dtype and device
+# (an Inf / NaN weight: see _dw_eval) -- depthwise: F.conv2d,
+# then BatchNorm -- train mode by its definition (z - mean) / sqrt(var + eps) * gamma + beta, which
+# eager computes on CUDA; eager's CPU kernel folds it into z * a + b and can turn a +-Inf into NaN
+# -- then the activation; SE: torchvision's SqueezeExcitation; attention: softmax(q k^T s) v).
+# Equal: NaN at the same positions, +-Inf at the same positions with the same signs.
+
+ACTS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
+
+
+def _same_nonfinite(got, want):
+    got, want = got.detach().double(), want.detach().double()
+    assert torch.equal(got.isnan(), want.isnan()), f"NaN at {got.isnan().nonzero().tolist()} vs {want.isnan().nonzero().tolist()}"
+    assert torch.equal(got.isinf(), want.isinf()), f"Inf at {got.isinf().nonzero().tolist()} vs {want.isinf().nonzero().tolist()}"
+    assert torch.equal(got[got.isinf()].sign(), want[want.isinf()].sign())
+
+
+def _act(name, t):
+    from torchcv_ext.ops._common import apply_activation
+    return apply_activation(name, t)
+
+
+def _dw_eval(x, w, sc, sh, act):
+    y = ops.dwconv_bn_act(x, w, sc, sh, 1, 1, 1, act)
+    e = _act(act, F.conv2d(x, w, None, 1, 1, 1, x.shape[1]) * sc[:, None, None] + sh[:, None, None])
+    if not w.isfinite().all():
+        # A padding tap times an Inf / NaN weight: NaN in eager's im2col / float64 / cuDNN paths,
+        # skipped (finite) by eager's float32 CPU depthwise kernel -- eager itself differs, and
+        # so do our kernels' paths; the outputs whose window lies inside the input must agree.
+        return y[..., 1:-1, 1:-1], e[..., 1:-1, 1:-1]
+    return y, e
+
+
+def _dw_train(x, w, g, b, act):
+    y, mean, var = ops.dwconv_bn_act_train(x, w, g, b, 1e-5, 1, 1, 1, act)
+    z = F.conv2d(x, w, None, 1, 1, 1, x.shape[1])
+    m, v = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+    e = (z - m[:, None, None]) / (v[:, None, None] + 1e-5).sqrt() * g[:, None, None] + b[:, None, None]
+    return (y, mean, var), (_act(act, e), m, v)
+
+
+def _se(x, w1, b1, w2, b2, act):
+    p = x.double().mean((2, 3))
+    s = torch.sigmoid(F.linear(_act(act, F.linear(p, w1.double(), b1.double())), w2.double(), b2.double()))
+    return ops.squeeze_excite(x, w1, b1, w2, b2, act, "sigmoid"), x.double() * s[:, :, None, None]
+
+
+def _attention(q, k, v, act):
+    qd, kd, vd = q.double(), k.double(), v.double()
+    return ops.attention(q, k, v), torch.softmax(qd @ kd.transpose(-2, -1) * q.shape[-1] ** -0.5, -1) @ vd
+
+
+NONFINITE = {
+    "dwconv_bn_act": (_dw_eval, lambda: (torch.randn(2, 3, 5, 5), torch.randn(3, 1, 3, 3), torch.randn(3),
+                                         torch.randn(3)), ACTS),
+    "dwconv_bn_act_train": (_dw_train, lambda: (torch.randn(2, 3, 5, 5), torch.randn(3, 1, 3, 3),
+                                                torch.randn(3), torch.randn(3)), ACTS),
+    "dwconv_bn_act[channels_last, 16 channels]": (
+        _dw_eval, lambda: (torch.randn(2, 16, 4, 4).to(memory_format=torch.channels_last),
+                           torch.randn(16, 1, 3, 3), torch.randn(16), torch.randn(16)), ("relu", "silu")),
+    "dwconv_bn_act_train[channels_last, 16 channels]": (
+        _dw_train, lambda: (torch.randn(2, 16, 4, 4).to(memory_format=torch.channels_last),
+                            torch.randn(16, 1, 3, 3), torch.randn(16), torch.randn(16)), ("relu", "silu")),
+    "squeeze_excite": (_se, lambda: (torch.randn(2, 4, 3, 3), torch.randn(2, 4), torch.randn(2),
+                                     torch.randn(4, 2), torch.randn(4)), ("relu", "silu", "hardswish")),
+    "attention": (_attention, lambda: (torch.randn(1, 2, 3, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),
+                  ("identity",)),
+    "hardswish": (lambda x, act: (ops.hardswish(x), F.hardswish(x.double())), lambda: (torch.randn(2, 3, 4),),
+                  ("identity",)),
+    "hardsigmoid": (lambda x, act: (ops.hardsigmoid(x), F.hardsigmoid(x.double())),
+                    lambda: (torch.randn(2, 3, 4),), ("identity",)),
+    "channel_shuffle": (lambda x, act: (ops.channel_shuffle(x, 3), F.channel_shuffle(x.double(), 3)),
+                        lambda: (torch.randn(2, 6, 4),), ("identity",)),
+}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("op", sorted(NONFINITE))
+def test_nonfinite_propagate_as_eager(kernels, op, value):
+    fn, make, acts = NONFINITE[op]
+    n_inputs = len(make())
+    for act in acts:
+        for pos in range(n_inputs):
+            for where in (0, -1):  # a corner (padding reaches it) and the last element
+                torch.manual_seed(pos)
+                args = list(make())
+                t = args[pos]
+                t.as_strided((t.numel(),), (1,))[where] = value  # dense storage, any layout
+                got, want = fn(*args, act)
+                for g, w in zip(*((got, want) if isinstance(got, tuple) else ((got,), (want,)))):
+                    try:
+                        _same_nonfinite(g, w)
+                    except AssertionError as e:
+                        raise AssertionError(f"{op} act={act} input {pos} [{where}] = {value}: {e}") from None
+
+
+# ---- huge reductions: a constant 3.0 plane of 2^28 pixels has mean 3.0 ------------------------
+# The kernels copy stride-0 inputs to a dense layout, so this allocates the plane (1 GiB per
+# tensor): one slow case per op.
+
+@pytest.mark.slow
+def test_huge_plane_mean_is_exact(kernels):
+    side = 2 ** 14
+    x = torch.full((1, 1, side, side), 3.0)
+    one = torch.ones(1)
+    y, mean, var = ops.dwconv_bn_act_train(x, torch.ones(1, 1, 1, 1), one, one * 0, 1e-5, 1, 0, 1, "identity")
+    assert mean.item() == pytest.approx(3.0, rel=1e-6) and var.item() == pytest.approx(0.0, abs=1e-6)
+    del y
+    # SE with identity MLP: y = x * (mean_hw(x) - 3), zero exactly when the pooled mean is 3.
+    y = ops.squeeze_excite(x, one.view(1, 1), one * 0, one.view(1, 1), one * -3, "identity", "identity")
+    assert y.abs().max().item() < 1e-4
