@@ -315,7 +315,8 @@ def test_attention_modules_embed_dim_mismatch():
 # (an Inf / NaN weight: see _dw_eval) -- depthwise: F.conv2d,
 # then BatchNorm -- train mode by its definition (z - mean) / sqrt(var + eps) * gamma + beta, which
 # eager computes on CUDA; eager's CPU kernel folds it into z * a + b and can turn a +-Inf into NaN
-# -- then the activation; SE: torchvision's SqueezeExcitation; attention: softmax(q k^T s) v).
+# -- then the activation; SE: torchvision's SqueezeExcitation; attention: eager SDPA, whose CPU
+# flash kernel the op runs on the CPU; the CUDA kernels' NaN rules are in attention.h).
 # Equal: NaN at the same positions, +-Inf at the same positions with the same signs.
 
 ACTS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
@@ -359,8 +360,7 @@ def _se(x, w1, b1, w2, b2, act):
 
 
 def _attention(q, k, v, act):
-    qd, kd, vd = q.double(), k.double(), v.double()
-    return ops.attention(q, k, v), torch.softmax(qd @ kd.transpose(-2, -1) * q.shape[-1] ** -0.5, -1) @ vd
+    return ops.attention(q, k, v), F.scaled_dot_product_attention(q, k, v)
 
 
 NONFINITE = {

@@ -149,7 +149,7 @@ class DWConvBNAct(nn.Sequential):
         return f"activation={self.activation!r} (fused)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self[0].in_channels:
+        if x.dim() == 4 and x.shape[1] != self[0].in_channels:
             raise ValueError(f"DWConvBNAct: expected (N, {self[0].in_channels}, H, W) input, got shape "
                              f"{tuple(x.shape)}")
         return dwconv_bn_act_forward(self[0], self[1], self.activation, x)

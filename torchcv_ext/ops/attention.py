@@ -79,7 +79,7 @@ def _ref_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
     return _as_bnhd(dq), _as_bnhd(dk), _as_bnhd(dv)
 
 
-def _differentiable_backward(grad_out, q, k, v, out, lse, scale=None):
+def _differentiable_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
     """The backward op as a function of (grad_out, q, k, v) for its own derivative (double
     backward): ``out`` and ``lse`` are the forward's outputs for q, k and v, so they are recomputed
     from them -- lse's dependence on q and k is part of the second derivative although lse itself
