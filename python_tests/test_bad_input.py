@@ -21,10 +21,8 @@ def _t(*shape, dtype=F64, grad=True):
 
 @pytest.fixture
 def kernels(monkeypatch):
-    """Every op on its C++ kernels (the CPU train op and attention otherwise run eager / ATen paths
-    for some inputs)."""
+    """The depthwise train op on its C++ kernels (float64 / autocast inputs otherwise run eager)."""
     monkeypatch.setattr(ops.config, "dwconv_cpu_train_backend", "kernels")
-    monkeypatch.setenv("TORCHCV_EXT_CPU_ATTENTION", "tiled")
 
 
 # ---- double backward: exact second derivatives (float64 finite differences) ----------------
