@@ -80,6 +80,74 @@ DEFAULT_RECIPE = {"digits": "mnist", "mnist": "mnist", "fashion-mnist": "mnist",
 OPTIMIZER_LR = {"adamw": 2e-3, "sgd": 0.05}
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--limit 0`` would leave no image to train on)."""
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a fraction strictly between 0 and 1 (both parts of the split non-empty)."""
+    v = float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive): the fraction of the "
+                                         f"data held out for validation, got {v:g}")
+    return v
+
+
+def _device(name: Optional[str]) -> torch.device:
+    """``--device`` as a torch.device; a CUDA device without a usable GPU is a clear error."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise SystemExit(f"--device {name}: not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise SystemExit(f"--device {name}: no CUDA GPU is available in this process "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu")
+        if device.index is not None and device.index >= n:
+            raise SystemExit(f"--device {name}: only {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    return device
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best_acc", "args")
+
+
+def load_checkpoint(path: str) -> Dict:
+    """A training checkpoint (last.pt / best.pt written by this script), or SystemExit saying what
+    the file is instead: missing, corrupt or truncated, or a plain state_dict (use --weights)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--resume {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle / zip / EOF errors of a corrupt or truncated file
+        raise SystemExit(f"--resume {path}: not a readable checkpoint (corrupt or truncated? "
+                         f"{os.path.getsize(path)} bytes; {type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise SystemExit(f"--resume {path}: this is a plain state_dict (model weights only), not a "
+                             f"training checkpoint; start from it with --weights {path}")
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise SystemExit(f"--resume {path}: not a checkpoint of this script (expected the keys "
+                         f"{', '.join(_CHECKPOINT_KEYS)}; got {keys})")
+    return ckpt
+
+
+def save_atomic(obj, path: str) -> None:
+    """torch.save to a temporary file in the same directory, then os.replace: a crash or a full
+    disk during the write leaves the previous ``path`` intact, never a truncated one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m torchcv_ext.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,10 +175,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=None,
                    help="input size (hyperspectral: the patch size); default: the recipe's, else the data's own")
     p.add_argument("--bands", type=int, default=None, help="hyperspectral: PCA to this many bands (default 30)")
-    p.add_argument("--val-split", type=float, default=None,
+    p.add_argument("--val-split", type=_fraction, default=None,
                    help="fraction held out when the data has no validation / test split (default 0.2; "
                         "hyperspectral: 0.7 of each class)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images (quick runs)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many images (quick runs)")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU, fp16 + GradScaler on CUDA")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
@@ -449,11 +517,12 @@ def export_onnx(model: nn.Module, checkpoint: str, val_loader: DataLoader, path:
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    _device(args.device)  # a clear error for a device this process does not have
     ctx = distributed.init(args.device)
     device = ctx.device
     distributed.silence_other_ranks(ctx)
     args.no_progress = args.no_progress or not ctx.is_main
-    resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:  # the data split and model come from the run being resumed
         for key in ("data", "dataset", "model", "img_size", "val_split", "seed", "limit", "freeze_backbone",
                     "trainable", "bands"):
@@ -535,9 +604,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "history": history,
                 "best_acc": best_acc, "classes": classes, "args": vars(args)}
         if ctx.is_main:
-            torch.save(ckpt, os.path.join(args.out, "last.pt"))
+            save_atomic(ckpt, os.path.join(args.out, "last.pt"))
             if best:
-                torch.save(ckpt, os.path.join(args.out, "best.pt"))
+                save_atomic(ckpt, os.path.join(args.out, "best.pt"))
 
     metrics = {"model": args.model, "data": source, "format": args.dataset, "recipe": args.recipe,
                "classes": classes, "trainable_params": n_train, "total_params": n_total, "best_val_acc": best_acc,

@@ -259,9 +259,20 @@ TCV_CPU_CLONES void ssa_pix_f32(Act act, const float* in, float* out, int64_t np
 
 // Statistics of a block held in L1/L2 (a plane, or one channel of a row): count, mean and M2 by
 // two vectorized passes (the per-element Welford update has a divide in a serial chain), merged
-// across blocks with welford_merge.
+// across blocks with welford_merge. A block longer than kStatsChunk is split into chunks merged
+// the same way, so a float sum never runs over more than kStatsChunk values (a constant 3.0 plane
+// of 2^28 pixels has mean 3.0 exactly, not 1.0 off).
+constexpr int64_t kStatsChunk = 4096;
+
 template <typename acc_t>
 Welford<acc_t> block_stats(const acc_t* a, int64_t n) {
+  if (n > kStatsChunk) {
+    Welford<acc_t> s = welford_init<acc_t>();
+    for (int64_t i = 0; i < n; i += kStatsChunk) {
+      s = welford_merge(s, block_stats(a + i, std::min(kStatsChunk, n - i)));
+    }
+    return s;
+  }
   acc_t sum = acc_t(0);
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += a[i];
@@ -273,9 +284,18 @@ Welford<acc_t> block_stats(const acc_t* a, int64_t n) {
 }
 
 // The same per channel of a channels_last row of npix pixels: part[c] for c < C (mean, m2: C
-// elements of scratch each).
+// elements of scratch each). Chunked like block_stats.
 template <typename acc_t>
 void row_stats(const acc_t* row, int64_t npix, int64_t C, acc_t* mean, acc_t* m2, Welford<acc_t>* part) {
+  if (npix > kStatsChunk) {
+    std::vector<Welford<acc_t>> piece(static_cast<size_t>(C));
+    std::fill(part, part + C, welford_init<acc_t>());
+    for (int64_t q = 0; q < npix; q += kStatsChunk) {
+      row_stats(row + q * C, std::min(kStatsChunk, npix - q), C, mean, m2, piece.data());
+      for (int64_t c = 0; c < C; ++c) part[c] = welford_merge(part[c], piece[c]);
+    }
+    return;
+  }
   std::fill(mean, mean + C, acc_t(0));
   std::fill(m2, m2 + C, acc_t(0));
   for (int64_t q = 0; q < npix; ++q) {

@@ -41,11 +41,13 @@ constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
 // x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by exponent bits; ~2 ulp, and unlike
 // std::exp it vectorizes. Everything is branch-free arithmetic: the clamps become min/max and n
 // is rounded to nearest with the 1.5 * 2^23 trick (no floorf, which is a library call -- and
-// stops vectorization -- below SSE4.1). Inputs are clamped to [-88, 88] (exp(-88) ~ 6e-39:
-// sigmoid's tails are exactly 0 / 1 in float anyway).
+// stops vectorization -- below SSE4.1). Inputs are clamped to [-88, 89] (exp(-88) ~ 6e-39:
+// sigmoid's tails are exactly 0 / 1 in float anyway); from 89 up (+inf included) 2^n has the
+// all-ones exponent, so the result is +inf as std::exp's is, and silu(-inf) = -inf / inf is NaN as
+// in eager PyTorch (not -inf). NaN propagates.
 __attribute__((always_inline)) inline float exp_f32(float x) {
   x = x < -88.0f ? -88.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+  x = x > 89.0f ? 89.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;

@@ -27,8 +27,17 @@ constexpr int kLanes = 16;  // independent accumulators (lets the compiler vecto
 
 // ---- contiguous-row primitives --------------------------------------------------------------
 
+// Rows longer than kSumChunk are summed in chunks whose totals are added in double: a float
+// running sum over 2^28 values loses the low bits (the mean of a constant 3.0 plane came out 3.67).
+constexpr int64_t kSumChunk = 4096;
+
 template <typename T, typename A>
 A row_sum(const T* x, int64_t n) {
+  if (n > kSumChunk) {
+    double total = 0;
+    for (int64_t i = 0; i < n; i += kSumChunk) total += row_sum<T, A>(x + i, std::min(kSumChunk, n - i));
+    return static_cast<A>(total);
+  }
   A acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -57,6 +66,18 @@ A dot(const T* w, const A* v, int64_t n) {
 // sum(x) and sum(dy * x) over a row.
 template <typename T, typename A>
 void row_sum2(const T* x, const T* dy, int64_t n, A& sx, A& sxy) {
+  if (n > kSumChunk) {  // chunked as row_sum
+    double tx = 0, txy = 0;
+    for (int64_t i = 0; i < n; i += kSumChunk) {
+      A cx, cxy;
+      row_sum2<T, A>(x + i, dy + i, std::min(kSumChunk, n - i), cx, cxy);
+      tx += cx;
+      txy += cxy;
+    }
+    sx = static_cast<A>(tx);
+    sxy = static_cast<A>(txy);
+    return;
+  }
   A ax[kLanes] = {}, axy[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -206,17 +227,35 @@ void sample_sums(const Problem& p, const T* x, const T* dy, int64_t n, A* sx, A*
     }
     return;
   }
-  std::fill(sx, sx + C, A(0));
-  if (ds) std::fill(sxy, sxy + C, A(0));
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
-    if (!ds) return cl_accum_f32(xs, HW, C, sx);
-  }
-  for (int64_t s = 0; s < HW; ++s) {
-    if (ds) {
-      pixel_accum2<T, A>(xs + s * C, ds + s * C, C, sx, sxy);
-    } else {
-      pixel_accum<T, A>(xs + s * C, C, sx);
+  // Sums over pixels [s0, s1) into ax (and axy).
+  auto accum = [&](int64_t s0, int64_t s1, A* ax, A* axy) {
+    std::fill(ax, ax + C, A(0));
+    if (ds) std::fill(axy, axy + C, A(0));
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+      if (!ds) return cl_accum_f32(xs + s0 * C, s1 - s0, C, ax);
     }
+    for (int64_t s = s0; s < s1; ++s) {
+      if (ds) {
+        pixel_accum2<T, A>(xs + s * C, ds + s * C, C, ax, axy);
+      } else {
+        pixel_accum<T, A>(xs + s * C, C, ax);
+      }
+    }
+  };
+  if (HW <= kSumChunk) return accum(0, HW, sx, sxy);
+  // Chunks of kSumChunk pixels, their sums added in double (as row_sum).
+  std::vector<A> cx(static_cast<size_t>(C)), cxy(static_cast<size_t>(C));
+  std::vector<double> tx(static_cast<size_t>(C), 0.0), txy(static_cast<size_t>(C), 0.0);
+  for (int64_t s0 = 0; s0 < HW; s0 += kSumChunk) {
+    accum(s0, std::min(HW, s0 + kSumChunk), cx.data(), cxy.data());
+    for (int64_t c = 0; c < C; ++c) {
+      tx[c] += cx[c];
+      if (ds) txy[c] += cxy[c];
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    sx[c] = static_cast<A>(tx[c]);
+    if (ds) sxy[c] = static_cast<A>(txy[c]);
   }
 }
 
@@ -240,8 +279,10 @@ void all_sums(const Problem& p, const T* x, const T* dy, A* sx, A* sxy) {
   }
   // channels_last: K pixel chunks per sample.
   const int64_t threads = at::get_num_threads();
+  // At most kSumChunk pixels per chunk: float partial sums stay short (combined in double below).
   const int64_t K = std::max<int64_t>(
-      1, std::min<int64_t>((threads * 4 + N - 1) / N, (HW * C) / 16384));
+      {int64_t(1), std::min<int64_t>((threads * 4 + N - 1) / N, (HW * C) / 16384),
+       (HW + kSumChunk - 1) / kSumChunk});
   const int64_t chunk = (HW + K - 1) / K;
   const int64_t arrays = dy ? 2 : 1;
   std::vector<A> part(static_cast<size_t>(N * K * C * arrays), A(0));
@@ -269,13 +310,13 @@ void all_sums(const Problem& p, const T* x, const T* dy, A* sx, A* sxy) {
   });
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
-      A a = 0, b = 0;
+      double a = 0, b = 0;
       for (int64_t k = 0; k < K; ++k) {
         a += part[(n * K + k) * C + c];
         if (dy) b += part[(N * K + n * K + k) * C + c];
       }
-      sx[n * C + c] = a;
-      if (dy) sxy[n * C + c] = b;
+      sx[n * C + c] = static_cast<A>(a);
+      if (dy) sxy[n * C + c] = static_cast<A>(b);
     }
   }
 }

@@ -311,14 +311,16 @@ mlp_kernel(const A* __restrict__ ws_x, const A* __restrict__ ws_xy, int64_t spli
   const A inv_hw = A(1) / static_cast<A>(HW);
 
   for (int64_t c = t; c < C; c += kThreads) {
-    A sx = 0, sxy = 0;
+    // The chunks' partial sums added in double: thousands of float partials of a huge plane in a
+    // float running sum lose the low bits (the CPU kernel does the same, squeeze_excite.cpp).
+    double sx = 0, sxy = 0;
     for (int64_t k = 0; k < splits; ++k) {
       sx += ws_x[k * NC + n * C + c];
       if (backward) sxy += ws_xy[k * NC + n * C + c];
     }
-    p[c] = sx * inv_hw;
+    p[c] = static_cast<A>(sx) * inv_hw;
     if (backward) {
-      d[c] = sxy;
+      d[c] = static_cast<A>(sxy);
       out.pm[n * C + c] = p[c];
     }
   }
@@ -472,6 +474,8 @@ struct Split {
   int64_t gx;  // channels_last: blocks across channel groups
 };
 
+constexpr int64_t kMaxChunk = 65536;
+
 Split plan_split(const Problem& p, int64_t elem, bool vec_ok) {
   Split sp{1, p.HW, 1, 1, 1};
   const int64_t sms = sm_count();
@@ -480,7 +484,8 @@ Split plan_split(const Problem& p, int64_t elem, bool vec_ok) {
     const int64_t planes = p.N * p.C;
     const int64_t want = ceil_div(sms * 128, std::max<int64_t>(planes, 1));
     const int64_t most = std::max<int64_t>(1, p.HW / 512);
-    const int64_t splits = std::max<int64_t>(1, std::min(want, most));
+    // ... and at most kMaxChunk elements per chunk, so a lane's float sum stays short.
+    const int64_t splits = std::max<int64_t>({int64_t(1), std::min(want, most), ceil_div(p.HW, kMaxChunk)});
     sp.chunk = ceil_div(ceil_div(p.HW, splits), kChunkAlign) * kChunkAlign;
     sp.splits = ceil_div(p.HW, sp.chunk);
     return sp;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchcv_ext.ops import _common
 from torchcv_ext.ops.attention import attention
 
 
@@ -22,7 +23,8 @@ class MultiheadSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
-        if num_heads < 1 or dim % num_heads != 0:
+        _common.check_sizes("MultiheadSelfAttention", dim=dim, num_heads=num_heads)
+        if dim % num_heads != 0:
             raise ValueError(f"MultiheadSelfAttention: dim ({dim}) must be divisible by num_heads "
                              f"({num_heads})")
         self.dim = dim
@@ -117,6 +119,7 @@ class FusedMultiheadAttention(nn.MultiheadAttention):
 
     def _fusable(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal) -> bool:
         return (query is key and key is value and self.batch_first and query.dim() == 3
+                and query.shape[-1] == self.embed_dim  # else the parent's clear size error
                 and not need_weights and key_padding_mask is None and attn_mask is None and not is_causal
                 and self._qkv_same_embed_dim and self.bias_k is None and self.bias_v is None
                 and not self.add_zero_attn and (self.dropout == 0.0 or not self.training))

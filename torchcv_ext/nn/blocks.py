@@ -31,6 +31,7 @@ from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
 from torchcv_ext.nn.hardswish import Hardsigmoid, Hardswish
 from torchcv_ext.nn.squeeze_excite import SqueezeExcite
+from torchcv_ext.ops import _common
 from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
 
 __all__ = [
@@ -475,6 +476,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
+        _common.check_sizes("PatchEmbed", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                            embed_dim=embed_dim)
         if img_size % patch_size:
             raise ValueError(f"PatchEmbed: img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.img_size, self.patch_size = img_size, patch_size

@@ -75,6 +75,8 @@ class DWConvBNAct(nn.Sequential):
         if channels < 1:
             raise ValueError(f"DWConvBNAct: channels must be >= 1, got {channels}")
         k = _pair(kernel_size, "kernel_size")
+        _common.check_sizes("DWConvBNAct", kernel_size=k, stride=_pair(stride, "stride"),
+                            dilation=_pair(dilation, "dilation"))
         if padding is None or padding == "same":
             padding = same_padding(k, dilation)
         elif isinstance(padding, str):
@@ -147,6 +149,9 @@ class DWConvBNAct(nn.Sequential):
         return f"activation={self.activation!r} (fused)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.shape[1] != self[0].in_channels:
+            raise ValueError(f"DWConvBNAct: expected (N, {self[0].in_channels}, H, W) input, got shape "
+                             f"{tuple(x.shape)}")
         return dwconv_bn_act_forward(self[0], self[1], self.activation, x)
 
 

@@ -2,8 +2,10 @@
 memory-format rule of the C++ kernels, and registration of the reference as a kernel."""
 from __future__ import annotations
 
+import functools
+import operator
 import types
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Tuple
 
 import torch
 
@@ -124,6 +126,78 @@ def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CP
         backends[key] = "reference (PyTorch, via dispatcher)"
 
 
+def check_same_device(op: str, names: Iterable[str], args: Iterable) -> None:
+    """Every tensor among ``args`` (named ``names``; lists of tensors and None allowed) is on one
+    device, else a RuntimeError naming the two arguments. The dispatcher would otherwise run the
+    Meta kernel for a meta tensor mixed with CPU tensors and return a meta result."""
+    first = None
+    for name, a in zip(names, args):
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if not isinstance(t, torch.Tensor):
+                continue
+            if first is None:
+                first = (name, t.device)
+            elif t.device != first[1]:
+                raise RuntimeError(f"torchcv_ext.{op}: {name} is on {t.device} but {first[0]} is on "
+                                   f"{first[1]}; all tensors must be on one device")
+
+
+def register_fake(op: str) -> Callable:
+    """``torch.library.register_fake`` for ``torchcv_ext::<op>`` with :func:`check_same_device`
+    run first (argument names from the schema): the one device check of every op's fake / Meta
+    kernel, which is what runs for meta tensors and under torch.compile."""
+    names = [a.name for a in getattr(torch.ops.torchcv_ext, op).default._schema.arguments]
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            check_same_device(op, names, list(args) + [kwargs.get(n) for n in names[len(args):]])
+            return fn(*args, **kwargs)
+
+        torch.library.register_fake(f"{NAMESPACE}::{op}")(checked)
+        return fn
+
+    return deco
+
+
+def int_tuple(op: str, name: str, value, n: int = 2) -> Tuple[int, ...]:
+    """A size argument (stride, padding, dilation, kernel_size, groups, ...) as ``n`` Python ints:
+    an int, or a sequence of 1 or ``n`` ints (torch.SymInt too). Anything else -- a string such as
+    "12", a float, a bool -- is a TypeError naming the argument."""
+    def as_int(v):
+        if isinstance(v, (bool, str, bytes)) or isinstance(v, torch.Tensor) and v.is_floating_point():
+            raise TypeError
+        return v if isinstance(v, torch.SymInt) else operator.index(v)
+
+    try:
+        if isinstance(value, (list, tuple, torch.Size)):
+            t = tuple(as_int(v) for v in value)
+        else:
+            t = (as_int(value),)
+    except TypeError:
+        want = "an int" if n == 1 else f"an int or a sequence of {n} ints"
+        raise TypeError(f"torchcv_ext.{op}: {name} must be {want}, got {value!r} "
+                        f"({type(value).__name__})") from None
+    if len(t) == 1:
+        t = t * n
+    if len(t) != n:
+        raise ValueError(f"torchcv_ext.{op}: {name} must be an int or a sequence of {n} ints, got "
+                         f"{len(t)} values: {value!r}")
+    return t
+
+
+def check_sizes(owner: str, minimum: int = 1, **sizes) -> None:
+    """Constructor sizes (channels, dims, kernel sizes, strides, ...; ints or tuples of ints) are
+    ints >= ``minimum``: a ValueError naming the argument, not torch's "Trying to create tensor
+    with negative dimension" from deep inside a layer."""
+    for name, v in sizes.items():
+        for i in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"{owner}: {name} must be an int, got {v!r} ({type(v).__name__})")
+            if i < minimum:
+                raise ValueError(f"{owner}: {name} must be >= {minimum}, got {v!r}")
+
+
 def fresh(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A new tensor (never a view of an input, as custom ops require) in the kernels' memory format."""
     return out.clone(memory_format=memory_format_of(like))
@@ -200,3 +274,43 @@ def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
     if name == "silu":
         return s * (1 + x * (1 - s))
     return s * (1 - s)  # sigmoid
+
+
+def register_backward_autograd(op: str, differentiable: Callable) -> None:
+    """Double backward for the backward op ``op`` (``_<name>_backward``): its own derivative is
+    taken by autograd through ``differentiable``, a pure-PyTorch function of the op's arguments that
+    computes the same outputs (the op's reference backward: explicit formulas, differentiable), so
+    ``autograd.grad(..., create_graph=True)`` followed by a second grad -- gradient penalties,
+    R1 regularisation, meta-learning -- gets exact second (and higher) derivatives instead of the
+    kernels' outputs being treated as constants. Only runs when a second derivative is asked for;
+    first-order backward passes call the kernels as before."""
+
+    def setup(ctx, inputs, output):
+        ctx.n = len(inputs)
+        ctx.tensor_pos = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_pos))
+        ctx.args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+
+    def backward(ctx, *grads):
+        args = list(ctx.args)
+        wrt = [i for i in ctx.tensor_pos if ctx.needs_input_grad[i]]
+        with torch.enable_grad():
+            # A fresh alias per input: the gradient reaching it is the partial derivative only (an
+            # input computed from another one, like z from x, is not counted twice), and the
+            # result stays connected to the outer graph for derivatives of higher order.
+            for i, t in zip(ctx.tensor_pos, ctx.saved_tensors):
+                args[i] = t.view_as(t) if i in wrt else t
+            outs = differentiable(*args)
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            pairs = [(o, g) for o, g in zip(outs, grads)
+                     if g is not None and isinstance(o, torch.Tensor) and o.requires_grad]
+            res = [None] * ctx.n
+            if pairs and wrt:
+                got = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wrt],
+                                          [g.to(o.dtype) for o, g in pairs], allow_unused=True,
+                                          create_graph=torch.is_grad_enabled())
+                for i, g in zip(wrt, got):
+                    res[i] = g if g is None else g.to(args[i].dtype)
+        return tuple(res)
+
+    torch.library.register_autograd(f"{NAMESPACE}::{op}", backward, setup_context=setup)

@@ -16,7 +16,8 @@ ATen math; head dims 32, 64, 128 on CUDA (``config.cuda_attention_dq`` picks the
 backward's dQ strategy). CPU, any head dim: ATen's CPU flash attention (vectorized, at SDPA's
 speed) through the op.
 Inputs need unit stride along D only (views of a fused qkv projection are used in place).
-Not supported: attention masks, causal masking, dropout, double backward.
+Not supported: attention masks, causal masking, dropout. Double backward differentiates the
+reference backward (ops/_common.py: register_backward_autograd).
 """
 from __future__ import annotations
 
@@ -78,15 +79,25 @@ def _ref_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
     return _as_bnhd(dq), _as_bnhd(dk), _as_bnhd(dv)
 
 
+def _differentiable_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
+    """The backward op as a function of (grad_out, q, k, v) for its own derivative (double
+    backward): ``out`` and ``lse`` are the forward's outputs for q, k and v, so they are recomputed
+    from them -- lse's dependence on q and k is part of the second derivative although lse itself
+    is a non-differentiable output of the forward."""
+    out, lse = ref.attention(q, k, v, scale)
+    return ref.attention_backward(grad_out, q, k, v, out, lse, scale)
+
+
 def _register() -> None:
     lib = "torchcv_ext::"
 
     # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
     _common.register_reference_kernels("attention", _ref_forward)
     _common.register_reference_kernels("_attention_backward", _ref_backward)
+    _common.register_backward_autograd("_attention_backward", _differentiable_backward)
 
     # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @torch.library.register_fake(lib + "attention")
+    @_common.register_fake("attention")
     def _(q, k, v, scale=None):
         torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
                      lambda: "attention: q, k and v must be 4-D (batch, heads, seq_len, head_dim)")
@@ -96,7 +107,7 @@ def _register() -> None:
         return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype),
                                                     device=q.device)
 
-    @torch.library.register_fake(lib + "_attention_backward")
+    @_common.register_fake("_attention_backward")
     def _(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
         return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
 

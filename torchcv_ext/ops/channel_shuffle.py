@@ -24,6 +24,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Shuffle the channels of ``x`` (N, C, *) in ``groups`` groups, like
     ``torch.nn.functional.channel_shuffle``: output channel ``i * groups + j`` is input channel
     ``j * (C // groups) + i``. NCHW and channels_last; the result keeps the input's layout."""
+    (groups,) = _common.int_tuple("channel_shuffle", "groups", groups, 1)
     if _common.op_available("channel_shuffle"):
         return torch.ops.torchcv_ext.channel_shuffle(x, groups)
     return ref.channel_shuffle(x, groups)
@@ -75,7 +76,7 @@ def _register() -> None:
     _common.register_reference_kernels("_shuffle_cat_backward", _split_bwd_ref)
 
     # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @torch.library.register_fake(lib + "channel_shuffle")
+    @_common.register_fake("channel_shuffle")
     def _(x, groups):
         torch._check(x.dim() >= 3, lambda: "channel_shuffle: x must have at least 3 dims")
         torch._check(groups >= 1, lambda: f"channel_shuffle: groups must be >= 1, got {groups}")
@@ -83,21 +84,21 @@ def _register() -> None:
                      lambda: "channel_shuffle: the number of channels must be divisible by groups")
         return _empty(x.shape, x)
 
-    @torch.library.register_fake(lib + "_channel_shuffle_backward")
+    @_common.register_fake("_channel_shuffle_backward")
     def _(grad, groups):
         return _empty(grad.shape, grad)
 
-    @torch.library.register_fake(lib + "shuffle_cat")
+    @_common.register_fake("shuffle_cat")
     def _(a, b):
         torch._check(a.shape == b.shape, lambda: "shuffle_cat: a and b must have the same shape")
         return _empty((a.shape[0], 2 * a.shape[1], *a.shape[2:]), a)
 
-    @torch.library.register_fake(lib + "shuffle_cat_split")
+    @_common.register_fake("shuffle_cat_split")
     def _(a, b):
         torch._check(a.shape == b.shape, lambda: "shuffle_cat_split: a and b must have the same shape")
         return _empty(a.shape, a), _empty(a.shape, a)
 
-    @torch.library.register_fake(lib + "_shuffle_cat_backward")
+    @_common.register_fake("_shuffle_cat_backward")
     def _(g_lo, g_hi):
         return _empty(g_lo.shape, g_lo), _empty(g_lo.shape, g_lo)
 

@@ -48,14 +48,7 @@ IntPair = Union[int, Sequence[int]]
 
 
 def _pair(v: IntPair, name: str) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    if len(t) == 1:
-        return (t[0], t[0])
-    if len(t) != 2:
-        raise ValueError(f"dwconv_bn_act: {name} must be an int or a pair, got {v!r}")
-    return t
+    return _common.int_tuple("dwconv_bn_act", name, v)
 
 
 def same_padding(kernel_size: IntPair, dilation: IntPair = 1) -> Tuple[int, int]:
@@ -217,14 +210,16 @@ def _register() -> None:
     _common.register_reference_kernels("scale_shift_act", ref.scale_shift_act)
     _common.register_reference_kernels("_scale_shift_act_backward", _ssa_bwd_ref)
     _common.register_reference_kernels("_dwconv_bn_stats_backward", _stats_bwd_ref)
+    _common.register_backward_autograd("_scale_shift_act_backward", ref.scale_shift_act_backward)
+    _common.register_backward_autograd("_dwconv_bn_stats_backward", ref.dwconv_bn_stats_backward)
 
     # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @torch.library.register_fake(lib + "dwconv_bn_act")
+    @_common.register_fake("dwconv_bn_act")
     def _(x, weight, scale, shift, stride, padding, dilation, act):
         ho, wo = _fake_out_hw("dwconv_bn_act", x, weight, stride, padding, dilation)
         return _like((x.shape[0], x.shape[1], ho, wo), x)
 
-    @torch.library.register_fake(lib + "dwconv_bn_stats")
+    @_common.register_fake("dwconv_bn_stats")
     def _(x, weight, stride, padding, dilation):
         ho, wo = _fake_out_hw("dwconv_bn_stats", x, weight, stride, padding, dilation)
         a = ref.acc_dtype(x.dtype)
@@ -232,7 +227,7 @@ def _register() -> None:
         return (_like((x.shape[0], c, ho, wo), x), x.new_empty((c,), dtype=a),
                 x.new_empty((c,), dtype=a))
 
-    @torch.library.register_fake(lib + "dwconv_bn_act_train")
+    @_common.register_fake("dwconv_bn_act_train")
     def _(x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act):
         ho, wo = _fake_out_hw("dwconv_bn_act_train", x, weight, stride, padding, dilation)
         a = ref.acc_dtype(x.dtype)
@@ -241,19 +236,19 @@ def _register() -> None:
         return (_like(shape, x), x.new_empty((c,), dtype=a), x.new_empty((c,), dtype=a),
                 _like(shape, x))
 
-    @torch.library.register_fake(lib + "scale_shift_act")
+    @_common.register_fake("scale_shift_act")
     def _(z, scale, shift, act, mean=None):
         torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
         return _like(z.shape, z)
 
-    @torch.library.register_fake(lib + "_scale_shift_act_backward")
+    @_common.register_fake("_scale_shift_act_backward")
     def _(grad, z, scale, shift, act, mean=None, grad_z=True):
         a = ref.acc_dtype(z.dtype)
         c = z.shape[1]
         gz = _like(z.shape, z) if grad_z else z.new_empty(0)
         return gz, z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
 
-    @torch.library.register_fake(lib + "_dwconv_bn_stats_backward")
+    @_common.register_fake("_dwconv_bn_stats_backward")
     def _(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation, scale=None,
           shift=None, act="identity"):
         return _like(x.shape, x), weight.new_empty(weight.shape, dtype=ref.acc_dtype(x.dtype))

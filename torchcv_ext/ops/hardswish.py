@@ -46,8 +46,8 @@ def _register() -> None:
         _common.register_reference_kernels(name, (lambda f: lambda x: _common.fresh(f(x), x))(fwd))
         _common.register_reference_kernels(
             f"_{name}_backward", (lambda f: lambda g, x: _common.fresh(f(g, x), x))(bwd))
-        torch.library.register_fake(lib + name)(lambda x: _layout(x))
-        torch.library.register_fake(lib + f"_{name}_backward")(lambda g, x: _layout(x))
+        _common.register_fake(name)(lambda x: _layout(x))
+        _common.register_fake(f"_{name}_backward")(lambda grad, x: _layout(x))
 
     def _save_x(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])

@@ -109,13 +109,14 @@ def _register() -> None:
 
     _common.register_reference_kernels("squeeze_excite", _fwd_ref)
     _common.register_reference_kernels("_squeeze_excite_backward", _bwd_ref)
+    _common.register_backward_autograd("_squeeze_excite_backward", ref.squeeze_excite_backward)
 
-    @torch.library.register_fake(lib + "squeeze_excite")
+    @_common.register_fake("squeeze_excite")
     def _(x, w1, b1, w2, b2, act, gate):
         _fake_check(x, w1, b1, w2, b2, "squeeze_excite")
         return _empty_like_layout(x)
 
-    @torch.library.register_fake(lib + "_squeeze_excite_backward")
+    @_common.register_fake("_squeeze_excite_backward")
     def _(grad, x, w1, b1, w2, b2, act, gate):
         _fake_check(x, w1, b1, w2, b2, "_squeeze_excite_backward")
         torch._check(grad.shape == x.shape, lambda: "_squeeze_excite_backward: grad must have the shape of x")
