@@ -52,12 +52,14 @@ def test_rows_carry_spread_and_unreliable_flag(tmp_path):
     in the table, the JSON and the plot."""
     state = {"n": 0}
 
-    def jittery():  # alternately 1 ms and 6 ms: a spread no ratio can be trusted with
+    # Each call outlasts a measurement block (20 ms with --quick on the CPU), so every measurement
+    # is one call: alternately 25 and 60 ms, a spread no ratio can be trusted with.
+    def jittery():
         state["n"] += 1
-        time.sleep(0.001 if state["n"] % 2 else 0.006)
+        time.sleep(0.025 if state["n"] % 2 else 0.060)
 
     def steady():
-        time.sleep(0.003)
+        time.sleep(0.030)
 
     args = _args(tmp_path)
     rows = bc.bench_impls("op", "case", {"ours": jittery, "eager": steady}, args)
