@@ -47,9 +47,9 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-__device__ __forceinline__ float quad_max(float x) {  // NaN-propagating, as fmax2
-  x = fmax2(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmax2(x, __shfl_xor_sync(0xffffffffu, x, 2));
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);

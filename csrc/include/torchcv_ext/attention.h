@@ -43,10 +43,8 @@ TCV_FN float fexp2(float x) { return exp2f(x); }
 TCV_FN double fexp2(double x) { return exp2(x); }
 TCV_FN float flog2(float x) { return log2f(x); }
 TCV_FN double flog2(double x) { return log2(x); }
-// max that propagates NaN (a NaN score makes its row NaN, as eager softmax; a plain a > b ? a : b
-// lost it to a later masked -inf).
 template <typename A>
-TCV_FN A fmax2(A a, A b) { return (a > b || a != a) ? a : b; }
+TCV_FN A fmax2(A a, A b) { return a > b ? a : b; }
 template <typename A>
 TCV_FN A neg_inf() { return -static_cast<A>(INFINITY); }
 
@@ -74,14 +72,13 @@ TCV_FN A softmax_weight(A x, A m) {
   return m == neg_inf<A>() ? A(0) : fexp2(x - m);
 }
 
-// Final normalization 1 / l and the natural log-sum-exp of the row. Nk = 0 never reaches the
-// kernels (attention_host.h: empty_forward writes out = 0, lse = -inf), so l = 0 means every score
-// was -inf and, as in eager softmax, the row is NaN (0 * inf); a NaN or +Inf score makes l NaN.
+// Final normalization 1 / l (0 for an empty row: Nk = 0 gives out = 0) ...
 template <typename A>
-TCV_FN A inv_rowsum(A l) { return A(1) / l; }
+TCV_FN A inv_rowsum(A l) { return l > A(0) ? A(1) / l : A(0); }
+// ... and the natural log-sum-exp of the row (-inf for an empty row).
 template <typename A>
 TCV_FN A row_lse(A m, A l) {
-  return (m + flog2(l)) * static_cast<A>(kLn2);
+  return l > A(0) ? (m + flog2(l)) * static_cast<A>(kLn2) : neg_inf<A>();
 }
 
 // Backward: the probability of score x (log2 domain) from the row's saved lse (natural log),
