@@ -11,6 +11,13 @@ import torchcv_ext
 # mantissa), which alone exceeds the float32 tolerances of the conv / conv+BN parity tests.
 torch.backends.cudnn.allow_tf32 = False
 
+# Under pytest-xdist (one worker per core) each worker computes on one thread: two workers with
+# torch's default of one thread per core would run 2x as many OpenMP threads as cores, and
+# oversubscribed OpenMP barriers spin and wait for each other (the whole suite on the 2-core CI
+# machine: 30.6 min with torch's default threads, 12.8 min with one thread per worker).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def pytest_report_header(config):
     from torchcv_ext import _loader
