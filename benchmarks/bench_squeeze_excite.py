@@ -63,7 +63,7 @@ def main(argv=None):
     for n, (name, c, s, h, act, gate), layout in cases(args):
         mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         tv = torchvision.ops.SqueezeExcitation(c, s, act, gate).to(dev, dt)
-        ours = SqueezeExcite.from_torchvision(tv)
+        ours = SqueezeExcite.from_modules(tv)
         x = torch.randn(n, c, h, h, device=dev, dtype=dt).contiguous(memory_format=mf)
         case = f"{name} N{n} C{c} S{s} {h}x{h} {layout}"
         impls = {"torchcv_ext": lambda: ours(x), "eager": lambda: tv(x)}

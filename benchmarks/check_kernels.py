@@ -22,7 +22,7 @@ import torch
 
 import torchcv_ext
 from torchcv_ext import ops
-from torchcv_ext.ops._common import apply_activation
+from torchcv_ext import activations
 from torchcv_ext.ops.reference import attention as ref_attn
 from torchcv_ext.ops.reference import channel_shuffle as ref_cs
 
@@ -71,12 +71,12 @@ def fwd_bwd(name, fn, ref_fn, inputs, tol, seed=0):
 
 def _eager_dw_eval(x, w, scale, shift, conv, act):
     z = torch.nn.functional.conv2d(x, w, None, conv[0], conv[1], conv[2], x.shape[1])
-    return apply_activation(act, z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    return activations.forward(act, z * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
 
 
 def _eager_dw_train(x, w, g, b, conv, act):
     z = torch.nn.functional.conv2d(x, w, None, conv[0], conv[1], conv[2], x.shape[1])
-    return apply_activation(act, torch.nn.functional.batch_norm(z, None, None, g, b, True, 0.0, 1e-5))
+    return activations.forward(act, torch.nn.functional.batch_norm(z, None, None, g, b, True, 0.0, 1e-5))
 
 
 def dwconv_bn_act(dev, dtype, smoke):
@@ -124,17 +124,17 @@ def channel_shuffle(dev, dtype, smoke):
                     lambda u, v: torch.cat(ref_cs.shuffle_cat_split(u, v), 1), (a, b), 0.0)
 
 
-def hardswish(dev, dtype, smoke):
-    from torchcv_ext.ops.reference import hardswish as ref
+def activation(dev, dtype, smoke):
+    from torchcv_ext.ops.reference import activation as ref
 
-    for n, mis in kc.HARDSWISH_CASES[:1] if smoke else kc.HARDSWISH_CASES:
+    for n, mis in kc.ACTIVATION_CASES[:1] if smoke else kc.ACTIVATION_CASES:
         x = (torch.randn(n) * 4).to(dev, dtype)
         if mis:
             x = kc.misaligned(x)
-        fwd_bwd(f"hardswish n{n}{' misaligned' if mis else ''} {dtype}", ops.hardswish, ref.hardswish, (x,),
-                TOL[dtype])
-        fwd_bwd(f"hardsigmoid n{n}{' misaligned' if mis else ''} {dtype}", ops.hardsigmoid, ref.hardsigmoid,
-                (x,), TOL[dtype])
+        for act in activations.NAMES:
+            fwd_bwd(f"activation {act} n{n}{' misaligned' if mis else ''} {dtype}",
+                    lambda t, act=act: ops.activation(t, act), lambda t, act=act: ref.activation(t, act),
+                    (x,), TOL[dtype])
 
 
 @contextlib.contextmanager
@@ -168,7 +168,7 @@ def attention(dev, dtype, smoke):
         fwd_bwd(f"attention misaligned {dtype}", ops.attention, ref, (q, q, q), TOL[dtype] * 2)
 
 
-OPS = {"channel_shuffle": channel_shuffle, "hardswish": hardswish, "dwconv_bn_act": dwconv_bn_act,
+OPS = {"channel_shuffle": channel_shuffle, "activation": activation, "dwconv_bn_act": dwconv_bn_act,
        "squeeze_excite": squeeze_excite, "attention": attention}
 
 

@@ -64,11 +64,12 @@ TORCH_LIBRARY(torchcv_ext, m) {
   m.def("_squeeze_excite_backward(Tensor grad, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
         "str act, str gate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
         pt2);
-  // Memory-efficient hardswish / hardsigmoid (autograd saves only x; op: hardswish).
-  m.def("hardswish(Tensor x) -> Tensor", pt2);
-  m.def("_hardswish_backward(Tensor grad, Tensor x) -> Tensor", pt2);
-  m.def("hardsigmoid(Tensor x) -> Tensor", pt2);
-  m.def("_hardsigmoid_backward(Tensor grad, Tensor x) -> Tensor", pt2);
+
+  // ---- elementwise activation (op: activation) ----
+  // y = act(x) for any activation of csrc/include/torchcv_ext/activations.h (hardswish,
+  // hardsigmoid, gelu, ...); the backward takes x, so autograd saves only x.
+  m.def("activation(Tensor x, str act) -> Tensor", pt2);
+  m.def("_activation_backward(Tensor grad, Tensor x, str act) -> Tensor", pt2);
 
   // ---- multi-head attention (op: attention) ----
   // attention(q, k, v, scale): q (B, H, Nq, D), k/v (B, H, Nk, D) -> out = softmax(q k^T * scale) v

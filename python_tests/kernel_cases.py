@@ -91,10 +91,10 @@ def se_inputs(case, dtype, seed=0, device="cpu"):
     return x, w1, b1, w2, b2
 
 
-# ---- channel shuffle (shape, groups, layout), hardswish (numel, misaligned) ---------------------
+# ---- channel shuffle (shape, groups, layout), activation (numel, misaligned) --------------------
 SHUFFLE_CASES = [((2, 12, 5, 7), 3, NCHW), ((2, 12, 5, 7), 4, CL), ((1, 6, 1, 1), 2, NCHW),
                  ((3, 8, 9), 2, NCHW), ((0, 4, 3, 3), 2, NCHW)]
-HARDSWISH_CASES = [(1000, False), (1003, True), (5, False), (0, False)]
+ACTIVATION_CASES = [(1000, False), (1003, True), (5, False), (0, False)]
 
 # ---- attention ----------------------------------------------------------------------------------
 # (B, H, Nq, Nk, D): partial tiles on both sides (64-row tensor-core tiles, 32 / 64-row fp32

@@ -275,7 +275,7 @@ def _mha(dim, heads, **kw):
 @pytest.mark.parametrize("bias", [True, False])
 def test_module_matches_nn_mha(device, bias):
     m = _mha(96, 3, bias=bias).to(device)
-    a = MultiheadSelfAttention.from_nn_mha(m)
+    a = MultiheadSelfAttention.from_modules(m)
     assert a.qkv.weight.dtype == torch.float64 and a.qkv.weight.device.type == device
     assert (a.qkv.bias is not None) == bias
     x = torch.randn(2, 17, 96, dtype=torch.float64, device=device)
@@ -327,15 +327,15 @@ def test_module_bad_args():
     with pytest.raises(ValueError, match=r"expected input of shape \(B, N, 8\)"):
         MultiheadSelfAttention(8, 2)(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="batch_first=True"):
-        MultiheadSelfAttention.from_nn_mha(nn.MultiheadAttention(8, 2))
+        MultiheadSelfAttention.from_modules(nn.MultiheadAttention(8, 2))
     with pytest.raises(ValueError, match="kdim and vdim"):
-        MultiheadSelfAttention.from_nn_mha(nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True))
+        MultiheadSelfAttention.from_modules(nn.MultiheadAttention(8, 2, kdim=4, vdim=4, batch_first=True))
     with pytest.raises(ValueError, match="add_bias_kv"):
-        MultiheadSelfAttention.from_nn_mha(nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True))
+        MultiheadSelfAttention.from_modules(nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True))
     with pytest.raises(ValueError, match="dropout"):
-        MultiheadSelfAttention.from_nn_mha(nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True))
+        MultiheadSelfAttention.from_modules(nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True))
     with pytest.raises(TypeError, match="nn.MultiheadAttention"):
-        MultiheadSelfAttention.from_nn_mha(nn.Linear(2, 2))
+        MultiheadSelfAttention.from_modules(nn.Linear(2, 2))
 
 
 @requires_ext
@@ -435,7 +435,7 @@ def test_cuda_autocast_module():
 def test_fused_nn_mha_subclass_matches_parent(device, bias):
     from torchcv_ext.nn import FusedMultiheadAttention
     m = _mha(96, 3, bias=bias).to(device)
-    f = FusedMultiheadAttention.from_nn_mha(m)
+    f = FusedMultiheadAttention.from_modules(m)
     assert f.in_proj_weight is m.in_proj_weight and list(f.state_dict()) == list(m.state_dict())
     x = torch.randn(2, 17, 96, dtype=torch.float64, device=device, requires_grad=True)
     calls = []

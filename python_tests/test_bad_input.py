@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchcv_ext import ops
+from torchcv_ext import activations, ops
 from testing import requires_ext
 
 pytestmark = requires_ext
@@ -94,8 +94,7 @@ def _raw_cases():
         "_dwconv_bn_stats_backward": (x, c, c, x, x, c, w, *conv, c, c, "relu"),
         "squeeze_excite": (x, *se, "relu", "sigmoid"),
         "_squeeze_excite_backward": (x, x, *se, "relu", "sigmoid"),
-        "_hardswish_backward": (x, x),
-        "_hardsigmoid_backward": (x, x),
+        "_activation_backward": (x, x, "hardswish"),
         "shuffle_cat": (x, x),
         "shuffle_cat_split": (x, x),
         "_shuffle_cat_backward": (x, x),
@@ -155,16 +154,23 @@ def test_channel_shuffle_groups_is_an_int():
     ("weight_shape", r"weight must have shape \(C, 1, kh, kw\)"),
     ("scale_shape", r"scale must have shape \(4,\)"),
     ("empty_out", "the output would be empty"),
-    ("activation", "unknown activation 'gelu'"),
+    ("activation", "unknown activation 'mish'"),
+    ("weight_dtype", r"weight has dtype (Double|torch.float64) but the input has dtype (Float|torch.float32)"),
 ])
 def test_dwconv_clear_errors(case, match):
     x, w, c = torch.randn(2, 4, 5, 5), torch.randn(4, 1, 3, 3), torch.randn(4)
     args = dict(x=x, weight=w, scale=c, shift=c, padding=1, activation="relu")
     args.update({"int_x": dict(x=x.int()), "rank3_x": dict(x=x[0]), "weight_shape": dict(weight=w[:3]),
                  "scale_shape": dict(scale=c[:3]), "empty_out": dict(x=x[..., :1, :1], padding=0),
-                 "activation": dict(activation="gelu")}[case])
+                 "activation": dict(activation="mish"), "weight_dtype": dict(weight=w.double())}[case])
     with pytest.raises((RuntimeError, ValueError), match=match):
         ops.dwconv_bn_act(**args)
+    if case == "weight_dtype":  # the train op, and the fake kernel (meta tensors, torch.compile)
+        with pytest.raises(RuntimeError, match=match):
+            ops.dwconv_bn_act_train(x, w.double(), c, c, 1e-5, 1, 1)
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.torchcv_ext.dwconv_bn_act(x.to("meta"), w.double().to("meta"), c.to("meta"),
+                                                c.to("meta"), [1, 1], [1, 1], [1, 1], "relu")
 
 
 @pytest.mark.parametrize("case, match", [
@@ -317,7 +323,7 @@ def test_attention_modules_embed_dim_mismatch():
 # flash kernel the op runs on the CPU; the CUDA kernels' NaN rules are in attention.h).
 # Equal: NaN at the same positions, +-Inf at the same positions with the same signs.
 
-ACTS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
+ACTS = activations.NAMES
 
 
 def _same_nonfinite(got, want):
@@ -328,8 +334,9 @@ def _same_nonfinite(got, want):
 
 
 def _act(name, t):
-    from torchcv_ext.ops._common import apply_activation
-    return apply_activation(name, t)
+    # In float64: eager's float32 vectorized GELU turns gelu(+inf) into NaN, float64 (and the
+    # kernels) give +inf.
+    return activations.forward(name, t.double()).to(t.dtype)
 
 
 def _dw_eval(x, w, sc, sh, act):
@@ -376,10 +383,8 @@ NONFINITE = {
                                      torch.randn(4, 2), torch.randn(4)), ("relu", "silu", "hardswish")),
     "attention": (_attention, lambda: (torch.randn(1, 2, 3, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),
                   ("identity",)),
-    "hardswish": (lambda x, act: (ops.hardswish(x), F.hardswish(x.double())), lambda: (torch.randn(2, 3, 4),),
-                  ("identity",)),
-    "hardsigmoid": (lambda x, act: (ops.hardsigmoid(x), F.hardsigmoid(x.double())),
-                    lambda: (torch.randn(2, 3, 4),), ("identity",)),
+    "activation": (lambda x, act: (ops.activation(x, act), activations.forward(act, x.double())),
+                   lambda: (torch.randn(2, 3, 4),), ACTS),
     "channel_shuffle": (lambda x, act: (ops.channel_shuffle(x, 3), F.channel_shuffle(x.double(), 3)),
                         lambda: (torch.randn(2, 6, 4),), ("identity",)),
 }

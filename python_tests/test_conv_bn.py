@@ -94,16 +94,16 @@ def test_eval_tiny_spatial_with_residual(hw, residual, onednn):
 
 def test_onednn_rejection_falls_back_once(monkeypatch):
     """A oneDNN call that raises gives the plain conv's result, and that problem is not retried."""
-    from torchcv_ext.nn import conv_bn
+    from torchcv_ext.nn import _fold
     monkeypatch.setattr(config, "cpu_onednn_conv_bn", True)
-    monkeypatch.setattr(conv_bn, "_onednn_rejected", set())
+    monkeypatch.setattr(_fold, "_onednn_rejected", set())
     calls = []
 
     def reject(*args):
         calls.append(1)
         raise RuntimeError("could not create a memory")
 
-    monkeypatch.setattr(conv_bn, "_onednn_conv", reject)
+    monkeypatch.setattr(_fold, "_onednn_conv", reject)
     conv, bn = _layers()
     conv.eval(), bn.eval()
     x, r = torch.randn(2, 12, 5, 5), torch.randn(2, 20, 5, 5)
@@ -112,7 +112,7 @@ def test_onednn_rejection_falls_back_once(monkeypatch):
         for _ in range(3):
             torch.testing.assert_close(conv_bn_act_forward(conv, bn, "relu", x, residual=r), want,
                                        atol=1e-5, rtol=1e-4)
-    assert len(calls) == (1 if conv_bn._onednn_available() else 0)
+    assert len(calls) == (1 if _fold._onednn_available() else 0)
 
 
 def test_eval_with_autograd_gives_eager_gradients():
@@ -195,7 +195,7 @@ def test_fused_sequential_keeps_the_sequential_layout_and_function():
     layers = [nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
               nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8),      # dw, no act
               nn.MaxPool2d(2), nn.Conv2d(8, 4, 1), nn.GELU(),                             # no BN: as is
-              nn.Conv2d(4, 6, 1, bias=False), nn.BatchNorm2d(6), nn.GELU()]                # unfused act
+              nn.Conv2d(4, 6, 1, bias=False), nn.BatchNorm2d(6), nn.Mish()]                # unfused act
     plain = nn.Sequential(*layers)
     fused = FusedSequential(*copy.deepcopy(layers))
     assert list(fused.state_dict()) == list(plain.state_dict())
@@ -235,7 +235,7 @@ def test_torch_compile_fullgraph_eval():
 
 def test_onednn_path_is_available_on_this_build():
     """The fused CPU path uses torch's private oneDNN ops; notice when a torch release drops them."""
-    from torchcv_ext.nn import conv_bn
+    from torchcv_ext.nn import _fold
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
-    assert conv_bn._onednn_available()
+    assert _fold._onednn_available()

@@ -719,18 +719,18 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="stride >= 1"):
         dwconv_bn_act(x, w, sc, sh, 0)
     with pytest.raises(ValueError, match="unknown activation"):
-        dwconv_bn_act(x, w, sc, sh, activation="gelu")
+        dwconv_bn_act(x, w, sc, sh, activation="mish")
     with pytest.raises(ValueError, match="unknown activation"):
-        DWConvBNAct(4, 3, activation="gelu")
+        DWConvBNAct(4, 3, activation="mish")
     with pytest.raises(ValueError, match="unsupported activation"):
-        DWConvBNAct(4, 3, activation=nn.GELU)
+        DWConvBNAct(4, 3, activation=nn.Mish)
     with pytest.raises(ValueError, match="depthwise"):
         DWConvBNAct.from_modules(nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8), None)
     with pytest.raises(ValueError, match="expected a 4-D input"):
         DWConvBNAct(4, 3)(torch.randn(4, 8, 8))
     if torchcv_ext.extension_loaded():
         with pytest.raises(RuntimeError, match="unknown activation"):
-            OPS.dwconv_bn_act(x, w, sc, sh, [1, 1], [1, 1], [1, 1], "gelu")
+            OPS.dwconv_bn_act(x, w, sc, sh, [1, 1], [1, 1], [1, 1], "mish")
         with pytest.raises(RuntimeError, match="_dwconv_bn_stats_backward: grad_z must have shape"):
             OPS._dwconv_bn_stats_backward(torch.randn(2, 4, 7, 7), None, None, x, x, sc, w,
                                           [1, 1], [1, 1], [1, 1])
@@ -830,11 +830,11 @@ def test_module_cpu_train_backend_choice(monkeypatch):
 def test_module_cpu_eval_backends(monkeypatch, layout, backend):
     """DWConvBNAct eval on the CPU (float32 inference): every dwconv_cpu_eval_backend gives the
     eager modules' output, and "kernel" / "onednn" really run the C++ op / oneDNN."""
-    from torchcv_ext.nn import conv_bn
+    from torchcv_ext.nn import _fold
 
     monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_eval_backend", backend)
     calls = {"onednn": 0, "kernel": 0}
-    real_onednn, real_op = conv_bn._onednn_conv, torchcv_ext.nn.dwconv_bn_act.dwconv_bn_act
+    real_onednn, real_op = _fold._onednn_conv, torchcv_ext.nn.dwconv_bn_act.dwconv_bn_act
 
     def count(name, fn):
         def wrapped(*a, **k):
@@ -842,7 +842,7 @@ def test_module_cpu_eval_backends(monkeypatch, layout, backend):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(conv_bn, "_onednn_conv", count("onednn", real_onednn))
+    monkeypatch.setattr(_fold, "_onednn_conv", count("onednn", real_onednn))
     monkeypatch.setattr(torchcv_ext.nn.dwconv_bn_act, "dwconv_bn_act", count("kernel", real_op))
     # (planes, geometry)
     for hw, (k, s, p, d) in (((9, 7), (3, 1, 1, 1)), ((40, 36), (5, 2, 2, 1)), ((11, 13), (3, 1, 2, 2))):
@@ -858,7 +858,7 @@ def test_module_cpu_eval_backends(monkeypatch, layout, backend):
             assert y.is_contiguous(memory_format=layout)
             assert_close(y, want, torch.float32, scale=4.0)
     # oneDNN only for channels_last inputs (it writes channels_last whatever the input's layout).
-    onednn_ok = conv_bn._onednn_available() and layout == torch.channels_last
+    onednn_ok = _fold._onednn_available() and layout == torch.channels_last
     if backend == "kernel" or not onednn_ok:
         assert calls["onednn"] == 0 and calls["kernel"] == 12
     else:
@@ -885,7 +885,7 @@ def test_module_eval_fold_cached_until_bn_changes(monkeypatch):
     """Eval-mode DWConvBNAct folds BN once and reuses the fold while its tensors are unchanged;
     in-place updates, load_state_dict, a replaced buffer and eps all refold, autograd through the
     BN parameters gets a differentiable fold, and outputs always match the eager modules."""
-    import torchcv_ext.nn.dwconv_bn_act as mod
+    import torchcv_ext.nn._fold as mod
 
     folds = []
     real = mod.fold_bn

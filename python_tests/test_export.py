@@ -14,12 +14,12 @@ from torchcv_ext.ops import _common
 from testing import randomize_bn, requires_ext, run_python
 
 # Together they call every forward op: dwconv_bn_act, squeeze_excite (hardsigmoid and sigmoid
-# gates), hardswish (MobileNetV3), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle
+# gates), activation (hardswish, MobileNetV3), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle
 # (ShuffleNetV1), attention (ViT).
 MODELS = ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "shufflenet_v1_g3",
           "vit_tiny_patch16"]
 OPS_OF = {
-    "mobilenet_v3_small": {"dwconv_bn_act", "squeeze_excite", "hardswish"},
+    "mobilenet_v3_small": {"dwconv_bn_act", "squeeze_excite", "activation"},
     "efficientnet_b0": {"dwconv_bn_act", "squeeze_excite"},
     "shufflenet_v2_x0_5": {"dwconv_bn_act", "shuffle_cat", "shuffle_cat_split"},
     "shufflenet_v1_g3": {"dwconv_bn_act", "channel_shuffle"},

@@ -321,16 +321,23 @@ def test_module_interface():
     s = SqueezeExcite(32, 8, functools.partial(nn.ReLU, inplace=True), torchcv_ext.nn.Hardsigmoid)
     assert "fused=True" in repr(s)
     # wrapping keeps (shares) the torchvision weights
-    w = SqueezeExcite.from_torchvision(tv)
+    w = SqueezeExcite.from_modules(tv)
     assert w.fc1.weight is tv.fc1.weight
     assert_close(w(x), tv(x), torch.float32)
     # an activation the op cannot express falls back to the eager composition
-    e = SqueezeExcite(32, 8, nn.GELU)
+    e = SqueezeExcite(32, 8, nn.Mish)
     e.load_state_dict(tv.state_dict())
+    tv_mish = torchvision.ops.SqueezeExcitation(32, 8, nn.Mish)
+    tv_mish.load_state_dict(tv.state_dict())
+    assert "fused=False" in repr(e)
+    assert_close(e(x), tv_mish(x), torch.float32)
+    # GELU is one of the fused activations (torchcv_ext.activations)
+    g = SqueezeExcite(32, 8, nn.GELU)
+    g.load_state_dict(tv.state_dict())
     tv_gelu = torchvision.ops.SqueezeExcitation(32, 8, nn.GELU)
     tv_gelu.load_state_dict(tv.state_dict())
-    assert "fused=False" in repr(e)
-    assert_close(e(x), tv_gelu(x), torch.float32)
+    assert "fused=True" in repr(g)
+    assert_close(g(x), tv_gelu(x), torch.float32)
 
 
 def test_module_bad_arguments():
@@ -339,7 +346,7 @@ def test_module_bad_arguments():
     with pytest.raises(ValueError, match="must be >= 1"):
         SqueezeExcite(0, 2)
     with pytest.raises(TypeError, match="has no 'fc1'"):
-        SqueezeExcite.from_torchvision(nn.ReLU())
+        SqueezeExcite.from_modules(nn.ReLU())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -387,7 +394,7 @@ def test_bad_device_mix():
 
 @pytest.mark.parametrize("builder", ["efficientnet_b0", "mobilenet_v3_small"])
 def test_torchvision_models_with_fused_se(builder):
-    """Swapping every SqueezeExcitation of a torchvision model for SqueezeExcite (from_torchvision)
+    """Swapping every SqueezeExcitation of a torchvision model for SqueezeExcite (from_modules)
     leaves the model's output unchanged."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, builder)(num_classes=10).eval()
@@ -398,7 +405,7 @@ def test_torchvision_models_with_fused_se(builder):
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, torchvision.ops.SqueezeExcitation):
-                    setattr(module, name, SqueezeExcite.from_torchvision(child))
+                    setattr(module, name, SqueezeExcite.from_modules(child))
                     swapped += 1
         assert swapped > 0
         got = model(x)

@@ -21,7 +21,7 @@ attention           ``softmax(q @ k^T * scale [dropout]) @ v`` (scale on q or on
                     ``F.scaled_dot_product_attention`` without mask / dropout
 ==================  ============================================================================
 
-Activations are those of the project's one registry (torchcv_ext/nn/_activations.py), as modules
+Activations are those of the project's one registry (torchcv_ext/activations.py), as modules
 or as calls. The rewritten block keeps its object, class (a subclass is swapped in), submodules
 and state_dict; its forward is the rewritten graph, run only for calls whose optional arguments
 have the values it was traced with (the original forward otherwise). A block that does not trace
@@ -39,7 +39,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from torchcv_ext.nn import _activations as activations
+from torchcv_ext import activations
 from torchcv_ext.nn.conv_bn import conv_bn_act_forward
 from torchcv_ext.ops.attention import attention as _attention_op
 from torchcv_ext.ops.channel_shuffle import channel_shuffle as _channel_shuffle_op
@@ -86,12 +86,12 @@ def fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[str], x: to
     if not _fusable_bn(bn):
         y = bn(conv(x))
         y = y if residual is None else y + residual
-        return y if act is None else activations.apply(act, y)
+        return y if act is None else activations.forward(act, y)
     inner = _bn_act(bn)
     if inner is not None:  # BatchNormAct2d: its activation comes before any residual
         y = conv_bn_act_forward(conv, bn, inner, x)
         y = y if residual is None else y + residual
-        return y if act is None else activations.apply(act, y)
+        return y if act is None else activations.forward(act, y)
     return conv_bn_act_forward(conv, bn, act, x, residual)
 
 
@@ -108,7 +108,7 @@ def fused_squeeze_excite(x: torch.Tensor, fc1: nn.Module, fc2: nn.Module, act: s
         s = x.mean((-2, -1), keepdim=True)
         lin = isinstance(fc1, nn.Linear)
         s = s.flatten(1) if lin else s
-        s = activations.apply(gate, fc2(activations.apply(act, fc1(s))))
+        s = activations.forward(gate, fc2(activations.forward(act, fc1(s))))
         return x * (s[:, :, None, None] if lin else s)
     w1, b1 = _fc_params(fc1)
     w2, b2 = _fc_params(fc2)
@@ -252,8 +252,10 @@ class _Graph:
         m = self.mod(n)
         if m is not None:
             return None if type(m) is nn.Identity else activations.fused_name(m)
-        if n.op in ("call_function", "call_method") and len(n.args) == 1 and set(n.kwargs) <= {"inplace"}:
-            return activations.call_name(n.op, n.target)
+        if n.op in ("call_function", "call_method") and len(n.args) >= 1 and set(n.kwargs) <= {"inplace", "approximate"}:
+            if len(n.args) > 1 and n.target is not F.gelu:
+                return None
+            return activations.call_name(n.op, n.target, n.args, n.kwargs)
         return None
 
 

@@ -36,14 +36,12 @@ from torch import nn
 
 from torchcv_ext import _convert_fx
 from torchcv_ext.nn import ChannelShuffle, FusedMultiheadAttention
+from torchcv_ext import activations
 from torchcv_ext.nn.blocks import (BasicBlock, BasicConv2d, Bottleneck, DWConvBNAct, Hardsigmoid, Hardswish,
                                    ShuffleV2Block, SqueezeExcite)
 from torchcv_ext.nn.conv_bn import FusedSequential
 
 __all__ = ["convert", "ConvertSummary"]
-
-#: Activations the fused depthwise block takes over (module types, exact).
-_DW_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Hardsigmoid, nn.Sigmoid, nn.Identity)
 
 
 def _torchvision_types():
@@ -87,7 +85,7 @@ def _is_depthwise_cna(m: nn.Module, cna_type) -> bool:
     act = m[2] if len(m) == 3 else None
     return (type(conv) is nn.Conv2d and conv.bias is None and conv.groups == conv.in_channels == conv.out_channels
             and conv.groups > 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and type(bn) is nn.BatchNorm2d and (act is None or isinstance(act, _DW_ACTS)))
+            and type(bn) is nn.BatchNorm2d and (act is None or activations.fused_name(act) is not None))
 
 
 def _convert_module(m: nn.Module, types, counts: Callable[[str], None]) -> Optional[nn.Module]:
@@ -107,13 +105,13 @@ def _convert_module(m: nn.Module, types, counts: Callable[[str], None]) -> Optio
         return _rebuild_block(m, cls, attrs)
     if se_type is not None and isinstance(m, se_type):
         counts("SqueezeExcite")
-        return SqueezeExcite.from_torchvision(m)
+        return SqueezeExcite.from_modules(m)
     if shuffle_type is not None and type(m) is shuffle_type:
         counts("ShuffleV2Block")
-        return ShuffleV2Block.from_torchvision(m)
+        return ShuffleV2Block.from_modules(m)
     if type(m) is nn.MultiheadAttention:
         counts("FusedMultiheadAttention")
-        return FusedMultiheadAttention.from_nn_mha(m)
+        return FusedMultiheadAttention.from_modules(m)
     if type(m) is nn.ChannelShuffle:
         counts("ChannelShuffle")
         return ChannelShuffle(m.groups)

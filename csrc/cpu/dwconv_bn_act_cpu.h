@@ -20,21 +20,6 @@ namespace torchcv_ext::dwconv::cpu {
 template <typename T>
 using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Run f(std::integral_constant<Act, A>) for the runtime activation: the epilogue loops are
-// compiled once per activation, so the switch is hoisted out of them.
-template <typename F>
-void with_act(Act a, F&& f) {
-  switch (a) {
-    case Act::Identity: return f(std::integral_constant<Act, Act::Identity>{});
-    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
-    case Act::Hardswish: return f(std::integral_constant<Act, Act::Hardswish>{});
-    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
-    case Act::Hardsigmoid: return f(std::integral_constant<Act, Act::Hardsigmoid>{});
-    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
-  }
-}
-
 constexpr int64_t kRowBlock = 32;  // outputs per register block along W (NCHW)
 
 // exp for the vectorized float epilogues (SiLU / sigmoid): Cephes-style range reduction
@@ -99,18 +84,8 @@ __attribute__((always_inline)) inline float act_grad_f32(float u) {
   }
 }
 
-// Run LOOP with `constexpr Act kA` set to the runtime `act`: one copy of the loop per activation,
-// inside a TCV_CPU_CLONES function (with_act's lambdas would not be inlined into the clones).
-#define TCV_ACT_CASES(LOOP)                                        \
-  switch (act) {                                                   \
-    case Act::Identity: { constexpr Act kA = Act::Identity; LOOP; } break;       \
-    case Act::ReLU: { constexpr Act kA = Act::ReLU; LOOP; } break;               \
-    case Act::ReLU6: { constexpr Act kA = Act::ReLU6; LOOP; } break;             \
-    case Act::Hardswish: { constexpr Act kA = Act::Hardswish; LOOP; } break;     \
-    case Act::SiLU: { constexpr Act kA = Act::SiLU; LOOP; } break;               \
-    case Act::Hardsigmoid: { constexpr Act kA = Act::Hardsigmoid; LOOP; } break; \
-    case Act::Sigmoid: { constexpr Act kA = Act::Sigmoid; LOOP; } break;         \
-  }
+// TCV_ACT_CASES (activations.h) runs a loop with `constexpr Act kA` per activation, inside a
+// TCV_CPU_CLONES function (with_act's lambdas would not be inlined into the clones).
 
 // ---- the phase-split padded plane of the NCHW kernels ------------------------------------------
 // Per-task scratch: the padded plane, stored "phase-split" so that strided taps read unit-stride

@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python_tests"))
 
 import build  # noqa: E402
-from kernel_cases import (ATTN_IDS, ATTN_SHAPES, CL, DW_CASES, DW_IDS, HARDSWISH_CASES, NCHW,  # noqa: E402
+from kernel_cases import (ATTN_IDS, ATTN_SHAPES, CL, DW_CASES, DW_IDS, ACTIVATION_CASES, NCHW,  # noqa: E402
                           SE_CASES, SE_IDS, SHUFFLE_CASES, misaligned)
 from kernel_cases import attn_inputs as _attn_inputs  # noqa: E402
 from kernel_cases import dw_inputs as _dw_inputs  # noqa: E402
@@ -41,7 +41,8 @@ from testing import TOL, assert_flash_rule, eager_attention  # noqa: E402
 from torchcv_ext.ops.reference import attention as ref_attn  # noqa: E402
 from torchcv_ext.ops.reference import channel_shuffle as ref_cs  # noqa: E402
 from torchcv_ext.ops.reference import dwconv_bn_act as ref_dw  # noqa: E402
-from torchcv_ext.ops.reference import hardswish as ref_hs  # noqa: E402
+from torchcv_ext import activations  # noqa: E402
+from torchcv_ext.ops.reference import activation as ref_act  # noqa: E402
 from torchcv_ext.ops.reference import squeeze_excite as ref_se  # noqa: E402
 
 LAUNCH_LOG = os.path.join(build.BUILD_DIR, f"launched-{os.getpid()}.txt")
@@ -340,21 +341,19 @@ def test_shuffle_cat(layout):
         assert torch.equal(u, v)
 
 
-# ---- hardswish / hardsigmoid --------------------------------------------------------------------
+# ---- elementwise activation --------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("n,mis", HARDSWISH_CASES)
-def test_hardswish(dtype, n, mis):
+@pytest.mark.parametrize("n,mis", ACTIVATION_CASES)
+def test_activation(dtype, n, mis):
     x = (torch.randn(n) * 4).to(dtype)
     g = torch.randn(n).to(dtype)
     if mis:
         x, g = misaligned(x), misaligned(g)
-    for fwd, bwd, rf, rb in ((EMU.hardswish, EMU._hardswish_backward, ref_hs.hardswish,
-                              ref_hs.hardswish_backward),
-                             (EMU.hardsigmoid, EMU._hardsigmoid_backward, ref_hs.hardsigmoid,
-                              ref_hs.hardsigmoid_backward)):
-        close(run2(lambda: fwd(x))[0], rf(d(x)), dtype)
-        close(run2(lambda: bwd(g, x))[0], rb(d(g), d(x)), dtype)
+    for act in activations.NAMES:
+        close(run2(lambda: EMU.activation(x, act))[0], ref_act.activation(d(x), act), dtype)
+        close(run2(lambda: EMU._activation_backward(g, x, act))[0],
+              ref_act.activation_backward(d(g), d(x), act), dtype)
 
 
 # ---- 64-bit index variants (csrc/cuda/index_width.cuh), forced at small sizes -------------------

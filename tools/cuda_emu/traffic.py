@@ -194,8 +194,8 @@ def elementwise_cases(E, quick: bool, n: int = 2) -> List[Case]:
                 gy = torch.randn(x.shape, generator=g).to(dt).contiguous(memory_format=mf)
 
                 def hs(x=x, gy=gy):
-                    E.hardswish(x)
-                    return E._hardswish_backward(gy, x)
+                    E.activation(x, "hardswish")
+                    return E._activation_backward(gy, x, "hardswish")
 
                 out.append(Case("hardswish fwd+bwd", label, hs, 5 * x.nbytes))
     return out

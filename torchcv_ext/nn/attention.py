@@ -3,7 +3,7 @@
 State-dict layout (fixed): ``qkv.weight`` (3*dim, dim), ``qkv.bias`` (3*dim,) if qkv_bias,
 ``proj.weight`` (dim, dim), ``proj.bias`` (dim,): timm's ``Attention`` naming, so timm ViT
 attention weights load 1:1. Conversions to and from ``nn.MultiheadAttention(batch_first=True)``
-are exact: ``from_nn_mha`` / ``to_nn_mha``.
+are exact: ``from_modules`` / ``to_nn_mha``.
 """
 from __future__ import annotations
 
@@ -46,20 +46,20 @@ class MultiheadSelfAttention(nn.Module):
 
     # ---- conversions with nn.MultiheadAttention ----
     @classmethod
-    def from_nn_mha(cls, m: nn.MultiheadAttention) -> "MultiheadSelfAttention":
+    def from_modules(cls, m: nn.MultiheadAttention) -> "MultiheadSelfAttention":
         """Build from an ``nn.MultiheadAttention(batch_first=True)`` with equal q/k/v dims, no
         bias_k/bias_v, no add_zero_attn and no dropout; weights are copied (same device, dtype)."""
         if not isinstance(m, nn.MultiheadAttention):
-            raise TypeError(f"from_nn_mha: expected nn.MultiheadAttention, got {type(m).__name__}")
+            raise TypeError(f"MultiheadSelfAttention.from_modules: expected nn.MultiheadAttention, got {type(m).__name__}")
         if not m.batch_first:
-            raise ValueError("from_nn_mha: the nn.MultiheadAttention must be batch_first=True "
+            raise ValueError("MultiheadSelfAttention.from_modules: the nn.MultiheadAttention must be batch_first=True "
                              "(MultiheadSelfAttention takes (B, N, dim) input)")
         if not m._qkv_same_embed_dim:
-            raise ValueError("from_nn_mha: kdim and vdim must equal embed_dim (fused qkv projection)")
+            raise ValueError("MultiheadSelfAttention.from_modules: kdim and vdim must equal embed_dim (fused qkv projection)")
         if m.bias_k is not None or m.bias_v is not None or m.add_zero_attn:
-            raise ValueError("from_nn_mha: add_bias_kv and add_zero_attn are not supported")
+            raise ValueError("MultiheadSelfAttention.from_modules: add_bias_kv and add_zero_attn are not supported")
         if m.dropout != 0.0:
-            raise ValueError(f"from_nn_mha: attention dropout ({m.dropout}) is not supported")
+            raise ValueError(f"MultiheadSelfAttention.from_modules: attention dropout ({m.dropout}) is not supported")
         w = m.in_proj_weight
         out = cls(m.embed_dim, m.num_heads, qkv_bias=m.in_proj_bias is not None)
         out = out.to(device=w.device, dtype=w.dtype)
@@ -106,10 +106,10 @@ class FusedMultiheadAttention(nn.MultiheadAttention):
     """
 
     @classmethod
-    def from_nn_mha(cls, m: nn.MultiheadAttention) -> "FusedMultiheadAttention":
+    def from_modules(cls, m: nn.MultiheadAttention) -> "FusedMultiheadAttention":
         """Wrap ``m``'s own parameters (shared, not copied) in the fused subclass."""
         if not isinstance(m, nn.MultiheadAttention):
-            raise TypeError(f"FusedMultiheadAttention.from_nn_mha: expected nn.MultiheadAttention, "
+            raise TypeError(f"FusedMultiheadAttention.from_modules: expected nn.MultiheadAttention, "
                             f"got {type(m).__name__}")
         new = cls.__new__(cls)
         new.__dict__.update(m.__dict__)

@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from torchcv_ext import activations
 from torchcv_ext.nn.attention import MultiheadSelfAttention
 from torchcv_ext.nn.conv_bn import FusedSequential, conv_bn_act_forward
 from torchcv_ext.nn.dwconv_bn_act import DWConvBNAct
@@ -43,11 +44,6 @@ __all__ = [
 
 ActLike = Union[None, str, Callable[..., nn.Module]]
 
-_ACTIVATIONS = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": Hardswish, "silu": nn.SiLU, "swish": nn.SiLU,
-    "hardsigmoid": Hardsigmoid, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-}
-
 
 def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
     """Round a channel count to a multiple of ``divisor`` without going more than 10% below it
@@ -63,12 +59,11 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
 def get_activation(act: ActLike) -> Optional[nn.Module]:
     """An activation module from a name (``"relu"``, ``"hardswish"``, ...), a module class or
     factory (``nn.ReLU``, ``partial(nn.SiLU, inplace=True)``); None / ``"identity"`` -> None."""
-    if act is None or act == "identity":
+    if act is None:
         return None
     if isinstance(act, str):
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(_ACTIVATIONS)}")
-        return _ACTIVATIONS[act]()
+        name = activations.parse(act, "get_activation")
+        return None if name == "identity" else activations.make_module(name)
     if isinstance(act, nn.Module):
         return act
     return act()
@@ -241,8 +236,8 @@ MBConv = InvertedResidual
 def _factory(act: ActLike) -> Callable[[], nn.Module]:
     """A zero-argument module factory for SqueezeExcite's activation arguments."""
     if isinstance(act, str):
-        cls = _ACTIVATIONS[act]
-        return cls
+        name = activations.parse(act, "SqueezeExcite")
+        return lambda: activations.make_module(name)
     return act
 
 
@@ -321,7 +316,7 @@ class ShuffleV2Block(nn.Module):
             nn.ReLU(inplace=True))
 
     @classmethod
-    def from_torchvision(cls, m: nn.Module, split_output: bool = False) -> "ShuffleV2Block":
+    def from_modules(cls, m: nn.Module, split_output: bool = False) -> "ShuffleV2Block":
         """Wrap a ``torchvision.models.shufflenetv2.InvertedResidual``'s layers (weights shared)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)

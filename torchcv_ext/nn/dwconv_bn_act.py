@@ -2,17 +2,17 @@
 (op: torchcv_ext/ops/dwconv_bn_act.py)."""
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Optional, Tuple, Type, Union
+from typing import Callable, Optional, Type, Union
 
 import torch
 from torch import nn
 
-from torchcv_ext.nn import _activations as activations
-from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
+from torchcv_ext import activations
+from torchcv_ext.activations import fused_name
+from torchcv_ext.nn import _fold
 from torchcv_ext.nn.sync_batchnorm import syncs_batch_stats
 from torchcv_ext.ops import _common
-from torchcv_ext.ops.dwconv_bn_act import _pair, dwconv_bn_act, dwconv_bn_act_train, fold_bn, same_padding
+from torchcv_ext.ops.dwconv_bn_act import _pair, backend, dwconv_bn_act, dwconv_bn_act_train, same_padding
 
 ActivationSpec = Union[str, Type[nn.Module], nn.Module, None]
 
@@ -22,20 +22,17 @@ def activation_name(activation: ActivationSpec) -> str:
     if activation is None:
         return "identity"
     if isinstance(activation, str):
-        return parse_name(activation, "DWConvBNAct")
+        return activations.parse(activation, "DWConvBNAct")
     name = fused_name(activation)
     if name is None:
-        raise ValueError(f"DWConvBNAct: unsupported activation {activation!r}; supported: "
-                         f"{', '.join(c.__name__ for c in MODULES.values())} or None")
+        raise ValueError(f"DWConvBNAct: unsupported activation {activation!r}; supported: the modules "
+                         f"of {', '.join(activations.NAMES)} (torchcv_ext.activations) or None")
     return name
 
 
 def _make_act_module(name: str) -> Optional[nn.Module]:
-    if name == "identity":
-        return None
-    cls = MODULES[name]
     # torchvision builds its activations with inplace=True where supported; no parameters.
-    return cls(inplace=True) if cls is not nn.Sigmoid else cls()
+    return None if name == "identity" else activations.make_module(name, inplace=True)
 
 
 class DWConvBNAct(nn.Sequential):
@@ -155,46 +152,6 @@ class DWConvBNAct(nn.Sequential):
         return dwconv_bn_act_forward(self[0], self[1], self.activation, x)
 
 
-def _cpu_eval_uses_onednn(x: torch.Tensor) -> bool:
-    """Whether an eval-mode CPU forward should try oneDNN's fused depthwise conv (BN folded, the
-    activation as a post-op: one pass too) before our C++ kernel; ``config.dwconv_cpu_eval_backend``.
-    Only for channels_last inputs: oneDNN writes channels_last whatever the input's layout, and
-    the op keeps the input's. "auto": oneDNN's JIT kernels are faster on small inputs, ours on
-    large planes -- measured on MobileNetV3 / EfficientNet-B0 layers at batch 1 and 8
-    (benchmarks/bench_dwconv_bn_act.py, its "torchcv_ext (C++ kernel)" rows): up to 16 MiB."""
-    mode = _common.config.dwconv_cpu_eval_backend
-    if mode not in ("auto", "kernel", "onednn"):
-        raise ValueError(f"config.dwconv_cpu_eval_backend must be 'auto', 'kernel' or 'onednn', got {mode!r}")
-    if mode == "kernel" or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return False
-    return mode == "onednn" or x.numel() * x.element_size() <= (16 << 20)
-
-
-# bn module -> (TensorState, scale, shift): the eval-mode BN fold, reused while the tensors it came
-# from are unchanged (as conv_bn.py's folded conv weights). Folding is half a dozen tiny
-# per-channel ops: on a GPU as many kernel launches per layer and call, next to the one of the
-# fused layer. Weak keys: the cache dies with the model, never part of a state_dict.
-_SCALE_SHIFT_CACHE: "weakref.WeakKeyDictionary[nn.BatchNorm2d, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _eval_scale_shift(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fold_bn of the layer's BN (and conv bias): differentiable when autograd needs the BN affine
-    parameters (or the conv bias) or a graph is being captured (_common.capturing_graph), else cached."""
-    tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
-    fold = lambda: fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, conv.bias)  # noqa: E731
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (bn.weight, bn.bias, conv.bias))
-    if needs_grad or _common.capturing_graph() or not _common.TensorState.cacheable(tensors):
-        return fold()
-    extra = (bn.eps, torch.is_inference_mode_enabled())
-    hit = _SCALE_SHIFT_CACHE.get(bn)
-    if hit is None or not hit[0].matches(tensors, extra):
-        with torch.no_grad():
-            hit = (_common.TensorState(tensors, extra), *fold())
-        _SCALE_SHIFT_CACHE[bn] = hit
-    return hit[1], hit[2]
-
-
 def batch_norm_only(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
     """``bn(y)``; for a norm + activation module (timm's ``BatchNormAct2d``, an nn.BatchNorm2d
     subclass, or ``SyncBatchNormAct``, an nn.SyncBatchNorm subclass (timm's convert_sync_batchnorm),
@@ -222,20 +179,18 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if not use_batch_stats:
-        if x.device.type == "cpu" and not _common.capturing_graph() and _cpu_eval_uses_onednn(x):
-            from torchcv_ext.nn import conv_bn  # (conv_bn imports this module)
-
-            y = conv_bn.onednn_eval(conv, bn, activation, x)
+        if backend(x, train=False) == "onednn":
+            y = _fold.onednn_eval(conv, bn, activation, x)
             if y is not None:
                 return y
-        scale, shift = _eval_scale_shift(conv, bn)
+        scale, shift = _fold.eval_scale_shift(conv, bn)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)
 
-    if (x.device.type == "cpu" and not _common.dwconv_cpu_train_uses_kernels(x)) or syncs_batch_stats(bn):
+    if backend(x, train=True) == "eager" or syncs_batch_stats(bn):
         # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend), or a BN whose
         # statistics span processes (convert_sync_batchnorm): torch's own modules (oneDNN conv,
         # batch_norm and their backward), and BatchNorm2d keeps its own running statistics.
-        return activations.apply(activation, batch_norm_only(bn, conv(x)))
+        return activations.forward(activation, batch_norm_only(bn, conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():

@@ -1,11 +1,11 @@
 """nn.Hardswish / nn.Hardsigmoid drop-ins backed by the memory-efficient ops
-(torchcv_ext/ops/hardswish.py: autograd saves only the input)."""
+(torchcv_ext/ops/activation.py: autograd saves only the input)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from torchcv_ext.ops.hardswish import hardsigmoid, hardswish
+from torchcv_ext.ops.activation import hardsigmoid, hardswish
 
 __all__ = ["Hardswish", "Hardsigmoid"]
 
@@ -13,6 +13,8 @@ __all__ = ["Hardswish", "Hardsigmoid"]
 class Hardswish(nn.Module):
     """Drop-in for ``torch.nn.Hardswish(inplace=False)``. ``inplace`` is accepted for
     compatibility; the result is always a new tensor (the op saves only its input for backward)."""
+
+    fused_activation = "hardswish"  # torchcv_ext.activations.fused_name
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
@@ -24,6 +26,8 @@ class Hardswish(nn.Module):
 
 class Hardsigmoid(nn.Module):
     """Drop-in for ``torch.nn.Hardsigmoid(inplace=False)``; ``inplace`` is accepted and ignored."""
+
+    fused_activation = "hardsigmoid"  # torchcv_ext.activations.fused_name
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()

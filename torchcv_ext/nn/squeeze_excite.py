@@ -7,7 +7,8 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from torchcv_ext.nn._activations import MODULES, fused_name, parse_name
+from torchcv_ext import activations
+from torchcv_ext.activations import fused_name
 from torchcv_ext.ops.squeeze_excite import squeeze_excite
 
 __all__ = ["SqueezeExcite"]
@@ -17,7 +18,7 @@ ActivationArg = Union[str, Callable[..., nn.Module]]
 
 def _make_activation(arg: ActivationArg, what: str) -> nn.Module:
     if isinstance(arg, str):
-        return MODULES[parse_name(arg, f"SqueezeExcite {what}")]()
+        return activations.make_module(activations.parse(arg, f"SqueezeExcite {what}"))
     if isinstance(arg, nn.Module):
         return arg
     if callable(arg):
@@ -54,12 +55,12 @@ class SqueezeExcite(nn.Module):
         self.scale_activation = _make_activation(scale_activation, "scale_activation")
 
     @classmethod
-    def from_torchvision(cls, m: nn.Module) -> "SqueezeExcite":
+    def from_modules(cls, m: nn.Module) -> "SqueezeExcite":
         """Wrap an existing ``torchvision.ops.SqueezeExcitation`` (or any module with the same
         submodules): the new module shares its fc1/fc2 (same parameters) and activations."""
         for name in ("fc1", "fc2", "activation", "scale_activation"):
             if not hasattr(m, name):
-                raise TypeError(f"SqueezeExcite.from_torchvision: {type(m).__name__} has no '{name}'")
+                raise TypeError(f"SqueezeExcite.from_modules: {type(m).__name__} has no '{name}'")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.avgpool = getattr(m, "avgpool", None) or nn.AdaptiveAvgPool2d(1)

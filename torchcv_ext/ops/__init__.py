@@ -7,13 +7,14 @@ from torchcv_ext.ops._common import BACKENDS, config, ops_available
 from torchcv_ext.ops.attention import attention
 from torchcv_ext.ops.channel_shuffle import channel_shuffle, shuffle_cat, shuffle_cat_split
 from torchcv_ext.ops.dwconv_bn_act import dwconv_bn_act, dwconv_bn_act_train, fold_bn
-from torchcv_ext.ops.hardswish import hardsigmoid, hardswish
+from torchcv_ext.ops.activation import activation, hardsigmoid, hardswish
 from torchcv_ext.ops.squeeze_excite import squeeze_excite
 
 __all__ = [
     "BACKENDS",
     "config",
     "ops_available",
+    "activation",
     "attention",
     "channel_shuffle",
     "shuffle_cat",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import operator
 import types
-from typing import Callable, Dict, Iterable, Tuple
+import dataclasses
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,7 +26,7 @@ NAMESPACE = "torchcv_ext"
 #:   dwconv_cpu_eval_backend: eval-mode DWConvBNAct on the CPU (float32 inference, no autograd):
 #:     "auto" (default): oneDNN's fused depthwise conv (BN folded, activation as a post-op) on
 #:     small problems, where its JIT kernels are faster, the fused C++ kernel on large planes
-#:     (torchcv_ext/nn/dwconv_bn_act.py: _cpu_eval_uses_onednn); "kernel": always the C++ kernel;
+#:     (torchcv_ext/ops/dwconv_bn_act.py: backend); "kernel": always the C++ kernel;
 #:     "onednn": oneDNN whenever it applies. Either way one pass over x and y. The functional op
 #:     ops.dwconv_bn_act always runs the C++ kernel.
 #:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
@@ -50,16 +51,6 @@ def capturing_graph() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def dwconv_cpu_train_uses_kernels(x: torch.Tensor) -> bool:
-    """config.dwconv_cpu_train_backend for a CPU input ``x`` of a train-mode depthwise layer."""
-    mode = config.dwconv_cpu_train_backend
-    if mode not in ("auto", "kernels", "eager"):
-        raise ValueError(f"config.dwconv_cpu_train_backend must be 'auto', 'kernels' or 'eager', got {mode!r}")
-    if mode == "auto":
-        return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-    return mode == "kernels"
-
-
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}
 
@@ -67,8 +58,16 @@ BACKENDS: Dict[str, Dict[str, str]] = {}
 #: compiled one exists; torchcv_ext.export.decompositions() hands them to graph exporters).
 REFERENCES: Dict[str, Callable] = {}
 
-# Kept alive for the life of the process: Python kernels registered into the C++-defined library.
+# Kept alive for the life of the process: every Python kernel torchcv_ext registers into the
+# C++-defined library (references, autocast) goes through this one Library object.
 _impl_lib = None
+
+
+def _lib() -> torch.library.Library:
+    global _impl_lib
+    if _impl_lib is None:
+        _impl_lib = torch.library.Library(NAMESPACE, "IMPL")  # noqa: TOR901
+    return _impl_lib
 
 
 def ops_available() -> bool:
@@ -113,16 +112,13 @@ def register_reference_kernels(op: str, fn: Callable, keys: Iterable[str] = ("CP
     """Register ``fn`` (the pure-PyTorch reference) as the kernel of ``op`` for every dispatch key
     in ``keys`` that has no C++/CUDA kernel, so all devices go through the same dispatcher path
     (autograd, fake, opcheck, torch.compile) and the same tests. Records the backend per key."""
-    global _impl_lib
     REFERENCES[op] = fn
     backends = BACKENDS.setdefault(op, {})
     for key in keys:
         if has_kernel(op, key):
             backends[key] = "C++ kernel" if key == "CPU" else "CUDA kernel"
             continue
-        if _impl_lib is None:
-            _impl_lib = torch.library.Library(NAMESPACE, "IMPL")  # noqa: TOR901
-        _impl_lib.impl(op, fn, key)
+        _lib().impl(op, fn, key)
         backends[key] = "reference (PyTorch, via dispatcher)"
 
 
@@ -229,53 +225,6 @@ class TensorState:
                 and all(t is None or t._version == v for t, v in zip(tensors, self.versions)))
 
 
-#: Activation names shared with csrc/include/torchcv_ext/activations.h (same order, same math).
-ACTIVATIONS = ("identity", "relu", "relu6", "hardswish", "silu", "hardsigmoid", "sigmoid")
-
-
-def check_activation(name: str) -> str:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
-    return name
-
-
-def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Reference activation by name (eager PyTorch functions, so autograd matches nn modules)."""
-    F = torch.nn.functional
-    return {
-        "identity": lambda t: t,
-        "relu": F.relu,
-        "relu6": F.relu6,
-        "hardswish": F.hardswish,
-        "silu": F.silu,
-        "hardsigmoid": F.hardsigmoid,
-        "sigmoid": torch.sigmoid,
-    }[check_activation(name)](x)
-
-
-def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
-    """d act(x) / dx by name, the convention of csrc/include/torchcv_ext/activations.h
-    (act_backward): PyTorch's autograd values at the kinks; relu' = 1 at NaN as in
-    threshold_backward. Explicit formulas, no autograd, so the backward references trace into
-    exported graphs."""
-    check_activation(name)
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    if name == "identity":
-        return one
-    if name == "relu":
-        return torch.where(x <= 0, zero, one)
-    if name == "relu6":
-        return torch.where((x > 0) & (x < 6), one, zero)
-    if name == "hardswish":
-        return torch.where(x <= -3, zero, torch.where(x < 3, (2 * x + 3) / 6, one))
-    if name == "hardsigmoid":
-        return torch.where((x > -3) & (x < 3), one / 6, zero)
-    s = torch.sigmoid(x)
-    if name == "silu":
-        return s * (1 + x * (1 - s))
-    return s * (1 - s)  # sigmoid
-
-
 def register_backward_autograd(op: str, differentiable: Callable) -> None:
     """Double backward for the backward op ``op`` (``_<name>_backward``): its own derivative is
     taken by autograd through ``differentiable``, a pure-PyTorch function of the op's arguments that
@@ -314,3 +263,105 @@ def register_backward_autograd(op: str, differentiable: Callable) -> None:
         return tuple(res)
 
     torch.library.register_autograd(f"{NAMESPACE}::{op}", backward, setup_context=setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# One declaration per op: OpSpec, and register() that does every registration from it.
+# ----------------------------------------------------------------------------------------------
+#: An autocast rule: (device_type, the op's arguments) -> the arguments to run the op with.
+AutocastRule = Callable[[str, List], List]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """Everything Python registers for one schema of csrc/registration.cpp (forward or backward op).
+
+    name: the schema's name in torch.ops.torchcv_ext.
+    reference: the pure-PyTorch kernel with the op's signature, registered for each device whose
+        compiled kernel is missing (CUDA in a CPU-only build), so every device takes the same
+        dispatcher path; torchcv_ext.export hands it to exporters as the op's decomposition.
+    fake: the fake / Meta kernel (output shapes, dtypes, strides); the device check of every
+        tensor argument runs before it (:func:`register_fake`).
+    backward, setup_context: the op's autograd formula (``torch.library.register_autograd``).
+    differentiable: for a backward op instead: a pure-PyTorch function of its arguments computing
+        the same outputs, whose autograd gives the exact double backward
+        (:func:`register_backward_autograd`).
+    autocast: the op's autocast rule (:func:`autocast_to`, :func:`autocast_like`), run on every
+        device with autocast before the op itself with autocast excluded.
+    """
+
+    name: str
+    reference: Callable
+    fake: Callable
+    backward: Optional[Callable] = None
+    setup_context: Optional[Callable] = None
+    differentiable: Optional[Callable] = None
+    autocast: Optional[AutocastRule] = None
+
+
+def register(*specs: OpSpec) -> None:
+    """Every registration of each op in ``specs``: reference kernels, fake kernel, autograd (or the
+    double backward of a backward op) and autocast. Call it once per op module, when the compiled
+    extension defines the schemas (:func:`op_available`)."""
+    for spec in specs:
+        register_reference_kernels(spec.name, spec.reference)
+        register_fake(spec.name)(spec.fake)
+        if spec.backward is not None:
+            torch.library.register_autograd(f"{NAMESPACE}::{spec.name}", spec.backward,
+                                            setup_context=spec.setup_context)
+        elif spec.differentiable is not None:
+            register_backward_autograd(spec.name, spec.differentiable)
+        if spec.autocast is not None:
+            _register_autocast(spec.name, spec.autocast)
+
+
+def autocast_to(positions: Sequence[int]) -> AutocastRule:
+    """The rule of convolutions and matmuls (SDPA's too): the floating tensors at ``positions`` on
+    the autocast device go to the autocast dtype (float16 / bfloat16); float64 stays; the other
+    arguments (BatchNorm's per-channel vectors, kept in float32 as BatchNorm keeps them) as given."""
+    def rule(device_type: str, args: List) -> List:
+        dt = torch.get_autocast_dtype(device_type)
+        for i in positions:
+            t = args[i]
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                    and t.device.type == device_type):
+                args[i] = t.to(dt)
+        return args
+
+    return rule
+
+
+def autocast_like(source: int, positions: Sequence[int]) -> AutocastRule:
+    """The rule of an op whose output keeps its input's dtype under autocast (SE: eager runs the
+    1x1 convs in the autocast dtype and multiplies in x's): the floating tensors at ``positions``
+    go to the dtype of the tensor at ``source``."""
+    def rule(device_type: str, args: List) -> List:
+        dt = args[source].dtype
+        if args[source].is_floating_point():
+            for i in positions:
+                t = args[i]
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    args[i] = t.to(dt)
+        return args
+
+    return rule
+
+
+def _register_autocast(name: str, rule: AutocastRule) -> None:
+    """``rule`` as the op's Autocast<Device> kernel for the CPU and CUDA, in the C++ dispatcher
+    (eager) and the Python dispatcher (torch.compile): cast the arguments, then run the op with
+    that autocast key excluded."""
+    op = getattr(torch.ops.torchcv_ext, name).default
+    for device_type in ("cpu", "cuda"):
+        if not torch._C._is_autocast_available(device_type):
+            continue
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def kernel(*args, key=key, device_type=device_type):
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+                return op(*rule(device_type, list(args)))
+
+        op.py_kernels.pop(key, None)
+        op.py_impl(key)(kernel)
+        _lib().impl(name, lambda _ks, *args, kernel=kernel: kernel(*args), key_name, with_keyset=True)

@@ -54,7 +54,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------
-# Dispatcher registrations (only when the compiled extension defined the schemas).
+# The op declarations (registered only when the compiled extension defined the schemas).
 # ----------------------------------------------------------------------------------------------
 def _bnhd_empty(shape, like: torch.Tensor) -> torch.Tensor:
     """An empty (B, H, N, D) tensor stored as (B, N, H, D): the layout of out, dq, dk and dv
@@ -88,74 +88,48 @@ def _differentiable_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=
     return ref.attention_backward(grad_out, q, k, v, out, lse, scale)
 
 
-def _register() -> None:
-    lib = "torchcv_ext::"
+def _fake(q, k, v, scale=None):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                 lambda: "attention: q, k and v must be 4-D (batch, heads, seq_len, head_dim)")
+    torch._check(q.dtype == k.dtype == v.dtype, lambda: "attention: q, k, v dtypes differ")
+    torch._check(k.shape[2] == v.shape[2], lambda: "attention: k and v seq_len differ")
+    b, h, n, _ = q.shape
+    return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype), device=q.device)
 
-    # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
-    _common.register_reference_kernels("attention", _ref_forward)
-    _common.register_reference_kernels("_attention_backward", _ref_backward)
-    _common.register_backward_autograd("_attention_backward", _differentiable_backward)
 
-    # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @_common.register_fake("attention")
-    def _(q, k, v, scale=None):
-        torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
-                     lambda: "attention: q, k and v must be 4-D (batch, heads, seq_len, head_dim)")
-        torch._check(q.dtype == k.dtype == v.dtype, lambda: "attention: q, k, v dtypes differ")
-        torch._check(k.shape[2] == v.shape[2], lambda: "attention: k and v seq_len differ")
-        b, h, n, _ = q.shape
-        return _bnhd_empty(q.shape, q), torch.empty((b, h, n), dtype=ref.stat_dtype(q.dtype),
-                                                    device=q.device)
+def _fake_backward(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
+    return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
 
-    @_common.register_fake("_attention_backward")
-    def _(grad_out, q, k, v, out, lse, scale=None, atomic_dq=False):
-        return _bnhd_empty(q.shape, q), _bnhd_empty(k.shape, k), _bnhd_empty(v.shape, v)
 
-    # Autograd: the backward op recomputes P from the saved lse. lse is an auxiliary output and
-    # not differentiable.
-    def _setup(ctx, inputs, output):
-        q, k, v, scale = inputs
-        out, lse = output
-        ctx.scale = scale
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mark_non_differentiable(lse)
+# Autograd: the backward op recomputes P from the saved lse. lse is an auxiliary output and not
+# differentiable.
+def _setup(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.mark_non_differentiable(lse)
 
-    def _backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            return None, None, None, None
-        mode = _common.config.cuda_attention_dq
-        if mode not in ("separate", "atomic"):
-            raise ValueError(f"config.cuda_attention_dq must be 'separate' or 'atomic', got {mode!r}")
-        dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
-                                                               mode == "atomic")
-        return dq, dk, dv, None
 
-    torch.library.register_autograd(lib + "attention", _backward, setup_context=_setup)
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None
+    mode = _common.config.cuda_attention_dq
+    if mode not in ("separate", "atomic"):
+        raise ValueError(f"config.cuda_attention_dq must be 'separate' or 'atomic', got {mode!r}")
+    dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
+                                                           mode == "atomic")
+    return dq, dk, dv, None
 
+
+SPECS = (
     # Autocast: run in the autocast dtype (fp16/bf16 on tensor cores), like SDPA does.
-    for device_type in ("cuda", "cpu"):
-        _register_autocast(device_type)
-
-
-_autocast_libs = []
-
-
-def _register_autocast(device_type: str) -> None:
-    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-
-    def kernel(_keyset, q, k, v, scale=None):
-        dtype = torch.get_autocast_dtype(device_type)
-        with torch._C._ExcludeDispatchKeyGuard(keyset):
-            def cast(t):
-                return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
-            return torch.ops.torchcv_ext.attention(cast(q), cast(k), cast(v), scale)
-
-    lib = torch.library.Library(_common.NAMESPACE, "IMPL")  # noqa: TOR901
-    lib.impl("attention", kernel, key, with_keyset=True)
-    _autocast_libs.append(lib)
-
+    _common.OpSpec("attention", reference=_ref_forward, fake=_fake, backward=_backward, setup_context=_setup,
+                   autocast=_common.autocast_to((0, 1, 2))),
+    _common.OpSpec("_attention_backward", reference=_ref_backward, fake=_fake_backward,
+                   differentiable=_differentiable_backward),
+)
 
 if _common.op_available("attention"):
-    _register()
+    _common.register(*SPECS)

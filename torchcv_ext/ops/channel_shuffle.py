@@ -46,101 +46,82 @@ def shuffle_cat_split(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, t
 
 
 # ----------------------------------------------------------------------------------------------
-# Dispatcher registrations (only when the compiled extension defined the schemas).
+# The op declarations (registered only when the compiled extension defined the schemas).
+# Every op is linear, so its backward is the inverse permutation and the backward of the backward
+# is the forward permutation again (double backward works).
 # ----------------------------------------------------------------------------------------------
 def _empty(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device).contiguous(
         memory_format=_common.memory_format_of(like))
 
 
-def _register() -> None:
-    lib = "torchcv_ext::"
+def _fake_shuffle(x, groups):
+    torch._check(x.dim() >= 3, lambda: "channel_shuffle: x must have at least 3 dims")
+    torch._check(groups >= 1, lambda: f"channel_shuffle: groups must be >= 1, got {groups}")
+    torch._check(x.shape[1] % groups == 0,
+                 lambda: "channel_shuffle: the number of channels must be divisible by groups")
+    return _empty(x.shape, x)
 
-    # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
-    _common.register_reference_kernels(
-        "channel_shuffle", lambda x, g: _common.fresh(ref.channel_shuffle(x, g), x))
-    _common.register_reference_kernels(
-        "_channel_shuffle_backward", lambda x, g: _common.fresh(ref.channel_shuffle_backward(x, g), x))
-    _common.register_reference_kernels(
-        "shuffle_cat", lambda a, b: _common.fresh(ref.shuffle_cat(a, b), a))
 
-    def _split_ref(a, b):
-        lo, hi = ref.shuffle_cat_split(a, b)
-        return _common.fresh(lo, a), _common.fresh(hi, a)
+def _fake_cat(a, b):
+    torch._check(a.shape == b.shape, lambda: "shuffle_cat: a and b must have the same shape")
+    return _empty((a.shape[0], 2 * a.shape[1], *a.shape[2:]), a)
 
-    def _split_bwd_ref(g_lo, g_hi):
-        ga, gb = ref.shuffle_cat_backward(g_lo, g_hi)
-        return _common.fresh(ga, g_lo), _common.fresh(gb, g_lo)
 
-    _common.register_reference_kernels("shuffle_cat_split", _split_ref)
-    _common.register_reference_kernels("_shuffle_cat_backward", _split_bwd_ref)
+def _fake_split(a, b):
+    torch._check(a.shape == b.shape, lambda: "shuffle_cat_split: a and b must have the same shape")
+    return _empty(a.shape, a), _empty(a.shape, a)
 
-    # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @_common.register_fake("channel_shuffle")
-    def _(x, groups):
-        torch._check(x.dim() >= 3, lambda: "channel_shuffle: x must have at least 3 dims")
-        torch._check(groups >= 1, lambda: f"channel_shuffle: groups must be >= 1, got {groups}")
-        torch._check(x.shape[1] % groups == 0,
-                     lambda: "channel_shuffle: the number of channels must be divisible by groups")
-        return _empty(x.shape, x)
 
-    @_common.register_fake("_channel_shuffle_backward")
-    def _(grad, groups):
-        return _empty(grad.shape, grad)
+def _save_groups(ctx, inputs, output):
+    ctx.groups = inputs[1]
 
-    @_common.register_fake("shuffle_cat")
-    def _(a, b):
-        torch._check(a.shape == b.shape, lambda: "shuffle_cat: a and b must have the same shape")
-        return _empty((a.shape[0], 2 * a.shape[1], *a.shape[2:]), a)
 
-    @_common.register_fake("shuffle_cat_split")
-    def _(a, b):
-        torch._check(a.shape == b.shape, lambda: "shuffle_cat_split: a and b must have the same shape")
-        return _empty(a.shape, a), _empty(a.shape, a)
+def _no_context(ctx, inputs, output):
+    pass
 
-    @_common.register_fake("_shuffle_cat_backward")
-    def _(g_lo, g_hi):
-        return _empty(g_lo.shape, g_lo), _empty(g_lo.shape, g_lo)
 
-    # Autograd. Every op is linear, so its backward is the inverse permutation and the backward
-    # of the backward is the forward permutation again (double backward works).
-    def _save_groups(ctx, inputs, output):
-        ctx.groups = inputs[1]
+def _zeros_for_none(g_lo, g_hi):
+    """An unused half has no gradient: zeros of the other's shape."""
+    return (torch.zeros_like(g_hi) if g_lo is None else g_lo,
+            torch.zeros_like(g_lo) if g_hi is None else g_hi)
 
-    def _channel_shuffle_bwd(ctx, grad):
-        return torch.ops.torchcv_ext._channel_shuffle_backward(grad, ctx.groups), None
 
-    def _channel_shuffle_bwd_bwd(ctx, grad):
-        return torch.ops.torchcv_ext.channel_shuffle(grad, ctx.groups), None
+def _split_ref(a, b):
+    lo, hi = ref.shuffle_cat_split(a, b)
+    return _common.fresh(lo, a), _common.fresh(hi, a)
 
-    torch.library.register_autograd(lib + "channel_shuffle", _channel_shuffle_bwd,
-                                    setup_context=_save_groups)
-    torch.library.register_autograd(lib + "_channel_shuffle_backward", _channel_shuffle_bwd_bwd,
-                                    setup_context=_save_groups)
 
-    def _no_context(ctx, inputs, output):
-        pass
+def _cat_bwd_ref(g_lo, g_hi):
+    ga, gb = ref.shuffle_cat_backward(g_lo, g_hi)
+    return _common.fresh(ga, g_lo), _common.fresh(gb, g_lo)
 
-    def _shuffle_cat_bwd(ctx, grad):
-        c = grad.shape[1] // 2
-        return torch.ops.torchcv_ext._shuffle_cat_backward(grad.narrow(1, 0, c), grad.narrow(1, c, c))
 
-    def _split_bwd(ctx, g_lo, g_hi):
-        # An unused half has no gradient.
-        g_lo = torch.zeros_like(g_hi) if g_lo is None else g_lo
-        g_hi = torch.zeros_like(g_lo) if g_hi is None else g_hi
-        return torch.ops.torchcv_ext._shuffle_cat_backward(g_lo, g_hi)
+def _cat_bwd(ctx, grad):
+    c = grad.shape[1] // 2
+    return torch.ops.torchcv_ext._shuffle_cat_backward(grad.narrow(1, 0, c), grad.narrow(1, c, c))
 
-    def _split_bwd_bwd(ctx, gga, ggb):
-        gga = torch.zeros_like(ggb) if gga is None else gga
-        ggb = torch.zeros_like(gga) if ggb is None else ggb
-        return torch.ops.torchcv_ext.shuffle_cat_split(gga, ggb)
 
-    torch.library.register_autograd(lib + "shuffle_cat", _shuffle_cat_bwd, setup_context=_no_context)
-    torch.library.register_autograd(lib + "shuffle_cat_split", _split_bwd, setup_context=_no_context)
-    torch.library.register_autograd(lib + "_shuffle_cat_backward", _split_bwd_bwd,
-                                    setup_context=_no_context)
-
+SPECS = (
+    _common.OpSpec("channel_shuffle", reference=lambda x, g: _common.fresh(ref.channel_shuffle(x, g), x),
+                   fake=_fake_shuffle, setup_context=_save_groups,
+                   backward=lambda ctx, grad: (
+                       torch.ops.torchcv_ext._channel_shuffle_backward(grad, ctx.groups), None)),
+    _common.OpSpec("_channel_shuffle_backward",
+                   reference=lambda x, g: _common.fresh(ref.channel_shuffle_backward(x, g), x),
+                   fake=lambda grad, groups: _empty(grad.shape, grad), setup_context=_save_groups,
+                   backward=lambda ctx, grad: (torch.ops.torchcv_ext.channel_shuffle(grad, ctx.groups), None)),
+    _common.OpSpec("shuffle_cat", reference=lambda a, b: _common.fresh(ref.shuffle_cat(a, b), a),
+                   fake=_fake_cat, backward=_cat_bwd, setup_context=_no_context),
+    _common.OpSpec("shuffle_cat_split", reference=_split_ref, fake=_fake_split, setup_context=_no_context,
+                   backward=lambda ctx, g_lo, g_hi: torch.ops.torchcv_ext._shuffle_cat_backward(
+                       *_zeros_for_none(g_lo, g_hi))),
+    _common.OpSpec("_shuffle_cat_backward", reference=_cat_bwd_ref,
+                   fake=lambda g_lo, g_hi: (_empty(g_lo.shape, g_lo), _empty(g_lo.shape, g_lo)),
+                   setup_context=_no_context,
+                   backward=lambda ctx, gga, ggb: torch.ops.torchcv_ext.shuffle_cat_split(
+                       *_zeros_for_none(gga, ggb))),
+)
 
 if _common.op_available("channel_shuffle"):
-    _register()
+    _common.register(*SPECS)

@@ -39,10 +39,11 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from torchcv_ext import activations
 from torchcv_ext.ops import _common
 from torchcv_ext.ops.reference import dwconv_bn_act as ref
 
-__all__ = ["dwconv_bn_act", "dwconv_bn_act_train", "fold_bn", "same_padding"]
+__all__ = ["backend", "dwconv_bn_act", "dwconv_bn_act_train", "fold_bn", "same_padding"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -89,16 +90,11 @@ def fold_bn(bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor],
 
 
 def _ref_autocast(x: torch.Tensor, weight: torch.Tensor):
-    """Reference path (no compiled extension): apply the ops' autocast rule by hand -- x and weight
-    to the autocast dtype, per-channel vectors kept in float32 -- and return a context that
-    disables autocast inside (the reference casts to float32 itself)."""
+    """Reference path (no compiled extension): apply the ops' autocast rule (``_AUTOCAST_X_W``) by
+    hand and return a context that disables autocast inside (the reference casts to float32 itself)."""
     dev = x.device.type
     if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
-        if x.is_floating_point() and x.dtype != torch.float64:
-            x = x.to(dt)
-        if weight.is_floating_point() and weight.dtype != torch.float64:
-            weight = weight.to(dt)
+        x, weight = _AUTOCAST_X_W(dev, [x, weight])
         return x, weight, torch.autocast(dev, enabled=False)
     return x, weight, contextlib.nullcontext()
 
@@ -112,7 +108,7 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     ``padding=None`` or ``"same"`` means ``(k - 1) // 2 * dilation``. NCHW or channels_last input
     (the output keeps the layout); fp32/fp16/bf16/fp64."""
     s, p, d = _conv_args(weight, stride, padding, dilation)
-    _common.check_activation(activation)
+    activations.check(activation)
     if _common.op_available("dwconv_bn_act"):
         return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
     x, weight, ctx = _ref_autocast(x, weight)
@@ -127,9 +123,37 @@ def _check_batch(z_shape) -> None:
                          f"{torch.Size(z_shape)}")
 
 
-def _train_uses_ops(x: torch.Tensor) -> bool:
-    return _common.op_available("dwconv_bn_stats") and (
-        x.device.type != "cpu" or _common.dwconv_cpu_train_uses_kernels(x))
+def backend(x: torch.Tensor, train: bool) -> str:
+    """The one place that chooses the depthwise layer's path for input ``x`` (the functional ops
+    and torchcv_ext.nn.DWConvBNAct both ask here; ``config`` fields documented in ops/_common.py):
+
+    * ``train=True``: "ops" -- the fused train ops (CUDA; on the CPU the float32 C++ kernels
+      outside autocast, ``config.dwconv_cpu_train_backend`` "auto" / "kernels"), or "eager" --
+      torch's own conv + batch_norm (the modules in DWConvBNAct, the reference composition in the
+      functional op): other CPU dtypes and autocast, where the C++ train kernels are plain loops.
+    * ``train=False``: "onednn" -- try oneDNN's fused depthwise conv first (BN folded, activation
+      as a post-op; CPU channels_last inputs up to 16 MiB, where its JIT kernels beat ours:
+      benchmarks/bench_dwconv_bn_act.py; ``config.dwconv_cpu_eval_backend``; never while a graph
+      is captured), or "ops" -- the fused eval op (our C++ / CUDA kernel)."""
+    cfg = _common.config
+    if not train:
+        mode = cfg.dwconv_cpu_eval_backend
+        if mode not in ("auto", "kernel", "onednn"):
+            raise ValueError(f"config.dwconv_cpu_eval_backend must be 'auto', 'kernel' or 'onednn', got {mode!r}")
+        if (x.device.type != "cpu" or mode == "kernel" or _common.capturing_graph() or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return "ops"
+        return "onednn" if mode == "onednn" or x.numel() * x.element_size() <= (16 << 20) else "ops"
+    if not _common.op_available("dwconv_bn_stats"):
+        return "eager"
+    if x.device.type != "cpu":
+        return "ops"
+    mode = cfg.dwconv_cpu_train_backend
+    if mode not in ("auto", "kernels", "eager"):
+        raise ValueError(f"config.dwconv_cpu_train_backend must be 'auto', 'kernels' or 'eager', got {mode!r}")
+    if mode == "auto":
+        return "ops" if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") else "eager"
+    return "ops" if mode == "kernels" else "eager"
 
 
 def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor],
@@ -142,13 +166,13 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
     updates running statistics (``torchcv_ext.nn.DWConvBNAct`` does it exactly like BatchNorm2d).
     Raises ValueError like BatchNorm when there is only one value per channel."""
     s, p, d = _conv_args(weight, stride, padding, dilation)
-    _common.check_activation(activation)
+    activations.check(activation)
     if x.dim() == 4 and weight.dim() == 4:
         ho = ref.out_size(x.shape[2], weight.shape[2], s[0], p[0], d[0])
         wo = ref.out_size(x.shape[3], weight.shape[3], s[1], p[1], d[1])
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
-    if _train_uses_ops(x):
+    if backend(x, train=True) == "ops":
         y, mean, var, _ = torch.ops.torchcv_ext.dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps,
                                                                    s, p, d, activation)
         return y, mean, var
@@ -162,7 +186,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
 
 
 # ----------------------------------------------------------------------------------------------
-# Dispatcher registrations (only when the compiled extension defined the schemas).
+# The op declarations (registered only when the compiled extension defined the schemas).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -175,234 +199,193 @@ def _fake_out_hw(op: str, x, weight, stride, padding, dilation):
     torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D (N, C, H, W)")
     torch._check(weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1,
                  lambda: f"{op}: weight must have shape (C, 1, kh, kw)")
+    torch._check(weight.dtype == x.dtype,
+                 lambda: f"{op}: weight has dtype {weight.dtype} but the input has dtype {x.dtype}; cast one "
+                         "of them, or run under torch.autocast")
     ho = ref.out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     wo = ref.out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     torch._check(ho >= 1 and wo >= 1, lambda: f"{op}: the output would be empty")
     return ho, wo
 
 
-def _register() -> None:
-    lib = "torchcv_ext::"
-    fresh = _common.fresh
-
-    # Reference kernels where no compiled kernel exists (e.g. CUDA when built without nvcc).
-    _common.register_reference_kernels("dwconv_bn_act", ref.dwconv_bn_act)
-
-    def _stats_ref(x, w, s, p, d):
-        z, mean, var = ref.dwconv_bn_stats(x, w, s, p, d)
-        return z, mean.contiguous(), var.contiguous()
-
-    def _train_ref(x, w, bn_w, bn_b, eps, s, p, d, act):
-        z, mean, var = _stats_ref(x, w, s, p, d)
-        scale, shift = ref.batch_scale_shift(var, bn_w, bn_b, eps)
-        return ref.scale_shift_act(z, scale, shift, act, mean), mean, var, z
-
-    def _ssa_bwd_ref(grad, z, scale, shift, act, mean=None, grad_z=True):
-        gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act, mean, grad_z)
-        return gz, gs.contiguous(), gb.contiguous()
-
-    def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d, scale=None, shift=None, act="identity"):
-        gx, gw = ref.dwconv_bn_stats_backward(gz, gm, gv, x, z, mean, w, s, p, d, scale, shift, act)
-        return fresh(gx, x), gw.contiguous()
-
-    _common.register_reference_kernels("dwconv_bn_stats", _stats_ref)
-    _common.register_reference_kernels("dwconv_bn_act_train", _train_ref)
-    _common.register_reference_kernels("scale_shift_act", ref.scale_shift_act)
-    _common.register_reference_kernels("_scale_shift_act_backward", _ssa_bwd_ref)
-    _common.register_reference_kernels("_dwconv_bn_stats_backward", _stats_bwd_ref)
-    _common.register_backward_autograd("_scale_shift_act_backward", ref.scale_shift_act_backward)
-    _common.register_backward_autograd("_dwconv_bn_stats_backward", ref.dwconv_bn_stats_backward)
-
-    # Fake (meta) kernels: shapes, dtypes and strides of the outputs, for torch.compile.
-    @_common.register_fake("dwconv_bn_act")
-    def _(x, weight, scale, shift, stride, padding, dilation, act):
-        ho, wo = _fake_out_hw("dwconv_bn_act", x, weight, stride, padding, dilation)
-        return _like((x.shape[0], x.shape[1], ho, wo), x)
-
-    @_common.register_fake("dwconv_bn_stats")
-    def _(x, weight, stride, padding, dilation):
-        ho, wo = _fake_out_hw("dwconv_bn_stats", x, weight, stride, padding, dilation)
-        a = ref.acc_dtype(x.dtype)
-        c = x.shape[1]
-        return (_like((x.shape[0], c, ho, wo), x), x.new_empty((c,), dtype=a),
-                x.new_empty((c,), dtype=a))
-
-    @_common.register_fake("dwconv_bn_act_train")
-    def _(x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act):
-        ho, wo = _fake_out_hw("dwconv_bn_act_train", x, weight, stride, padding, dilation)
-        a = ref.acc_dtype(x.dtype)
-        c = x.shape[1]
-        shape = (x.shape[0], c, ho, wo)
-        return (_like(shape, x), x.new_empty((c,), dtype=a), x.new_empty((c,), dtype=a),
-                _like(shape, x))
-
-    @_common.register_fake("scale_shift_act")
-    def _(z, scale, shift, act, mean=None):
-        torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
-        return _like(z.shape, z)
-
-    @_common.register_fake("_scale_shift_act_backward")
-    def _(grad, z, scale, shift, act, mean=None, grad_z=True):
-        a = ref.acc_dtype(z.dtype)
-        c = z.shape[1]
-        gz = _like(z.shape, z) if grad_z else z.new_empty(0)
-        return gz, z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
-
-    @_common.register_fake("_dwconv_bn_stats_backward")
-    def _(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation, scale=None,
-          shift=None, act="identity"):
-        return _like(x.shape, x), weight.new_empty(weight.shape, dtype=ref.acc_dtype(x.dtype))
-
-    # Autograd.
-    def _eval_setup(ctx, inputs, output):
-        x, weight, scale, shift, stride, padding, dilation, act = inputs
-        ctx.save_for_backward(x, weight, scale, shift)
-        ctx.conv = (stride, padding, dilation)
-        ctx.act = act
-
-    def _eval_bwd(ctx, grad):
-        x, weight, scale, shift = ctx.saved_tensors
-        s, p, d = ctx.conv
-        ops = torch.ops.torchcv_ext
-        # Recompute z (cheap: a depthwise conv) instead of keeping it alive from the forward.
-        z, _, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
-        g_scale = g_shift = None
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            _, g_scale, g_shift = ops._scale_shift_act_backward(grad, z, scale, shift, ctx.act, None, False)
-            g_scale, g_shift = g_scale.to(scale.dtype), g_shift.to(shift.dtype)
-        # The conv backward takes the gradient of y (scale/shift/act given; centre 0: the eval
-        # form act(z * scale + shift)), so z's gradient is never written.
-        zero = torch.zeros_like(scale)
-        gx, gw = ops._dwconv_bn_stats_backward(grad, None, None, x, z, zero, weight, s, p, d,
-                                               scale, shift, ctx.act)
-        return gx, gw.to(weight.dtype), g_scale, g_shift, None, None, None, None
-
-    torch.library.register_autograd(lib + "dwconv_bn_act", _eval_bwd, setup_context=_eval_setup)
-
-    def _stats_setup(ctx, inputs, output):
-        x, weight, stride, padding, dilation = inputs
-        z, mean, _ = output
-        ctx.save_for_backward(x, weight, z, mean)
-        ctx.conv = (stride, padding, dilation)
-
-    def _stats_bwd(ctx, gz, g_mean, g_var):
-        x, weight, z, mean = ctx.saved_tensors
-        s, p, d = ctx.conv
-        if gz is None:
-            gz = torch.zeros_like(z)
-        gx, gw = torch.ops.torchcv_ext._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
-                                                                 weight, s, p, d)
-        return gx, gw.to(weight.dtype), None, None, None
-
-    torch.library.register_autograd(lib + "dwconv_bn_stats", _stats_bwd, setup_context=_stats_setup)
-
-    def _train_setup(ctx, inputs, output):
-        x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act = inputs
-        _, mean, var, z = output
-        ctx.save_for_backward(x, weight, bn_weight, bn_bias, z, mean, var)
-        ctx.eps, ctx.conv, ctx.act = eps, (stride, padding, dilation), act
-        # Outputs that receive no gradient (z always, in DWConvBNAct) arrive as None, not as
-        # zeros: a zero g_z would send the backward down the two-op path (z's gradient written,
-        # then added to g_z and read again) and cost three activation-sized passes more.
-        ctx.set_materialize_grads(False)
-
-    def _train_bwd(ctx, g_y, g_mean, g_var, g_z):
-        """One backward for the train layer: the scale_shift_act sums, BatchNorm's per-channel chain
-        rule, then the conv backward taking g_y itself (z's gradient applied on the fly, never
-        written: a pass over the activations less than chaining the two ops' backwards)."""
-        x, weight, bn_weight, bn_bias, z, mean, var = ctx.saved_tensors
-        s, p, d = ctx.conv
-        ops = torch.ops.torchcv_ext
-        invstd = torch.rsqrt(var + ctx.eps)
-        scale, shift = ref.scale_shift_from_invstd(invstd, bn_weight, bn_bias)
-        if g_y is None:
-            g_y = torch.zeros_like(z)
-        fuse = g_z is None  # z is an output only to be saved; a gradient for it takes the long way
-        gz, g_scale, g_shift = ops._scale_shift_act_backward(g_y, z, scale, shift, ctx.act, mean,
-                                                             not fuse)
-        # scale = gamma * invstd, invstd = (var + eps)^-1/2, shift = beta, u = (z - mean) * scale + shift
-        g_invstd = g_scale * bn_weight.to(g_scale.dtype) if bn_weight is not None else g_scale
-        g_var_total = g_invstd * (-0.5) * invstd.pow(3)
-        if g_var is not None:
-            g_var_total = g_var_total + g_var
-        g_mean_total = -g_shift * scale
-        if g_mean is not None:
-            g_mean_total = g_mean_total + g_mean
-        if fuse:
-            gx, gw = ops._dwconv_bn_stats_backward(g_y, g_mean_total, g_var_total, x, z, mean, weight,
-                                                   s, p, d, scale, shift, ctx.act)
-        else:
-            gx, gw = ops._dwconv_bn_stats_backward(gz + g_z, g_mean_total, g_var_total, x, z, mean,
-                                                   weight, s, p, d)
-        g_bn_weight = (g_scale * invstd).to(bn_weight.dtype) if bn_weight is not None else None
-        g_bn_bias = g_shift.to(bn_bias.dtype) if bn_bias is not None else None
-        return gx, gw.to(weight.dtype), g_bn_weight, g_bn_bias, None, None, None, None, None
-
-    torch.library.register_autograd(lib + "dwconv_bn_act_train", _train_bwd, setup_context=_train_setup)
-
-    def _ssa_setup(ctx, inputs, output):
-        z, scale, shift, act, mean = inputs
-        ctx.save_for_backward(z, scale, shift, mean)
-        ctx.act = act
-
-    def _ssa_bwd(ctx, grad):
-        z, scale, shift, mean = ctx.saved_tensors
-        gz, g_scale, g_shift = torch.ops.torchcv_ext._scale_shift_act_backward(grad, z, scale, shift,
-                                                                               ctx.act, mean)
-        # u = (z - mean) * scale + shift  =>  du/dmean = -scale.
-        g_mean = None
-        if mean is not None and ctx.needs_input_grad[4]:
-            g_mean = (-g_shift * scale.to(g_shift.dtype)).to(mean.dtype)
-        return gz, g_scale.to(scale.dtype), g_shift.to(shift.dtype), None, g_mean
-
-    torch.library.register_autograd(lib + "scale_shift_act", _ssa_bwd, setup_context=_ssa_setup)
-
-    # Autocast: x and weight (and z) go to the autocast dtype; the per-channel vectors stay in
-    # float32, as BatchNorm keeps its parameters and statistics in float32 under autocast.
-    _register_autocast("dwconv_bn_act", (0, 1))
-    _register_autocast("dwconv_bn_stats", (0, 1))
-    _register_autocast("dwconv_bn_act_train", (0, 1))
-    _register_autocast("scale_shift_act", (0,))
+def _fake_dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
+    ho, wo = _fake_out_hw("dwconv_bn_act", x, weight, stride, padding, dilation)
+    return _like((x.shape[0], x.shape[1], ho, wo), x)
 
 
-def _register_autocast(name: str, cast_positions: Tuple[int, ...]) -> None:
-    op = getattr(torch.ops.torchcv_ext, name).default
-    for device_type in ("cpu", "cuda"):
-        if not torch._C._is_autocast_available(device_type):
-            continue
-        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-        key = getattr(torch._C.DispatchKey, key_name)
-
-        def _cast_args(args, device_type=device_type):
-            dt = torch.get_autocast_dtype(device_type)
-            out = list(args)
-            for i in cast_positions:
-                t = out[i]
-                if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
-                        and t.device.type == device_type):
-                    out[i] = t.to(dt)
-            return out
-
-        def _impl(*args, key=key, _cast_args=_cast_args):
-            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-                return op(*_cast_args(args))
-
-        if op.has_kernel_for_dispatch_key(key):
-            op.py_kernels.pop(key, None)
-        op.py_impl(key)(_impl)
-        _autocast_lib().impl(name, lambda _ks, *args, _impl=_impl: _impl(*args), key_name,
-                             with_keyset=True)
+def _fake_stats(x, weight, stride, padding, dilation):
+    ho, wo = _fake_out_hw("dwconv_bn_stats", x, weight, stride, padding, dilation)
+    a, c = ref.acc_dtype(x.dtype), x.shape[1]
+    return _like((x.shape[0], c, ho, wo), x), x.new_empty((c,), dtype=a), x.new_empty((c,), dtype=a)
 
 
-_AUTOCAST_LIB = None
+def _fake_train(x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act):
+    ho, wo = _fake_out_hw("dwconv_bn_act_train", x, weight, stride, padding, dilation)
+    a, c = ref.acc_dtype(x.dtype), x.shape[1]
+    shape = (x.shape[0], c, ho, wo)
+    return _like(shape, x), x.new_empty((c,), dtype=a), x.new_empty((c,), dtype=a), _like(shape, x)
 
 
-def _autocast_lib() -> torch.library.Library:
-    global _AUTOCAST_LIB
-    if _AUTOCAST_LIB is None:
-        _AUTOCAST_LIB = torch.library.Library("torchcv_ext", "IMPL")  # noqa: TOR901
-    return _AUTOCAST_LIB
+def _fake_ssa(z, scale, shift, act, mean=None):
+    torch._check(z.dim() == 4, lambda: "scale_shift_act: z must be 4-D (N, C, H, W)")
+    return _like(z.shape, z)
 
+
+def _fake_ssa_backward(grad, z, scale, shift, act, mean=None, grad_z=True):
+    a, c = ref.acc_dtype(z.dtype), z.shape[1]
+    gz = _like(z.shape, z) if grad_z else z.new_empty(0)
+    return gz, z.new_empty((c,), dtype=a), z.new_empty((c,), dtype=a)
+
+
+def _fake_stats_backward(grad_z, grad_mean, grad_var, x, z, mean, weight, stride, padding, dilation,
+                         scale=None, shift=None, act="identity"):
+    return _like(x.shape, x), weight.new_empty(weight.shape, dtype=ref.acc_dtype(x.dtype))
+
+
+# Reference kernels (with the kernels' output layouts).
+def _stats_ref(x, w, s, p, d):
+    z, mean, var = ref.dwconv_bn_stats(x, w, s, p, d)
+    return z, mean.contiguous(), var.contiguous()
+
+
+def _train_ref(x, w, bn_w, bn_b, eps, s, p, d, act):
+    z, mean, var = _stats_ref(x, w, s, p, d)
+    scale, shift = ref.batch_scale_shift(var, bn_w, bn_b, eps)
+    return ref.scale_shift_act(z, scale, shift, act, mean), mean, var, z
+
+
+def _ssa_bwd_ref(grad, z, scale, shift, act, mean=None, grad_z=True):
+    gz, gs, gb = ref.scale_shift_act_backward(grad, z, scale, shift, act, mean, grad_z)
+    return gz, gs.contiguous(), gb.contiguous()
+
+
+def _stats_bwd_ref(gz, gm, gv, x, z, mean, w, s, p, d, scale=None, shift=None, act="identity"):
+    gx, gw = ref.dwconv_bn_stats_backward(gz, gm, gv, x, z, mean, w, s, p, d, scale, shift, act)
+    return _common.fresh(gx, x), gw.contiguous()
+
+
+# Autograd.
+def _eval_setup(ctx, inputs, output):
+    x, weight, scale, shift, stride, padding, dilation, act = inputs
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.conv = (stride, padding, dilation)
+    ctx.act = act
+
+
+def _eval_bwd(ctx, grad):
+    x, weight, scale, shift = ctx.saved_tensors
+    s, p, d = ctx.conv
+    ops = torch.ops.torchcv_ext
+    # Recompute z (cheap: a depthwise conv) instead of keeping it alive from the forward.
+    z, _, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
+    g_scale = g_shift = None
+    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+        _, g_scale, g_shift = ops._scale_shift_act_backward(grad, z, scale, shift, ctx.act, None, False)
+        g_scale, g_shift = g_scale.to(scale.dtype), g_shift.to(shift.dtype)
+    # The conv backward takes the gradient of y (scale/shift/act given; centre 0: the eval
+    # form act(z * scale + shift)), so z's gradient is never written.
+    zero = torch.zeros_like(scale)
+    gx, gw = ops._dwconv_bn_stats_backward(grad, None, None, x, z, zero, weight, s, p, d,
+                                           scale, shift, ctx.act)
+    return gx, gw.to(weight.dtype), g_scale, g_shift, None, None, None, None
+
+
+def _stats_setup(ctx, inputs, output):
+    x, weight, stride, padding, dilation = inputs
+    z, mean, _ = output
+    ctx.save_for_backward(x, weight, z, mean)
+    ctx.conv = (stride, padding, dilation)
+
+
+def _stats_bwd(ctx, gz, g_mean, g_var):
+    x, weight, z, mean = ctx.saved_tensors
+    s, p, d = ctx.conv
+    if gz is None:
+        gz = torch.zeros_like(z)
+    gx, gw = torch.ops.torchcv_ext._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
+                                                             weight, s, p, d)
+    return gx, gw.to(weight.dtype), None, None, None
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, bn_weight, bn_bias, eps, stride, padding, dilation, act = inputs
+    _, mean, var, z = output
+    ctx.save_for_backward(x, weight, bn_weight, bn_bias, z, mean, var)
+    ctx.eps, ctx.conv, ctx.act = eps, (stride, padding, dilation), act
+    # Outputs that receive no gradient (z always, in DWConvBNAct) arrive as None, not as
+    # zeros: a zero g_z would send the backward down the two-op path (z's gradient written,
+    # then added to g_z and read again) and cost three activation-sized passes more.
+    ctx.set_materialize_grads(False)
+
+
+def _train_bwd(ctx, g_y, g_mean, g_var, g_z):
+    """One backward for the train layer: the scale_shift_act sums, BatchNorm's per-channel chain
+    rule, then the conv backward taking g_y itself (z's gradient applied on the fly, never
+    written: a pass over the activations less than chaining the two ops' backwards)."""
+    x, weight, bn_weight, bn_bias, z, mean, var = ctx.saved_tensors
+    s, p, d = ctx.conv
+    ops = torch.ops.torchcv_ext
+    invstd = torch.rsqrt(var + ctx.eps)
+    scale, shift = ref.scale_shift_from_invstd(invstd, bn_weight, bn_bias)
+    if g_y is None:
+        g_y = torch.zeros_like(z)
+    fuse = g_z is None  # z is an output only to be saved; a gradient for it takes the long way
+    gz, g_scale, g_shift = ops._scale_shift_act_backward(g_y, z, scale, shift, ctx.act, mean,
+                                                         not fuse)
+    # scale = gamma * invstd, invstd = (var + eps)^-1/2, shift = beta, u = (z - mean) * scale + shift
+    g_invstd = g_scale * bn_weight.to(g_scale.dtype) if bn_weight is not None else g_scale
+    g_var_total = g_invstd * (-0.5) * invstd.pow(3)
+    if g_var is not None:
+        g_var_total = g_var_total + g_var
+    g_mean_total = -g_shift * scale
+    if g_mean is not None:
+        g_mean_total = g_mean_total + g_mean
+    if fuse:
+        gx, gw = ops._dwconv_bn_stats_backward(g_y, g_mean_total, g_var_total, x, z, mean, weight,
+                                               s, p, d, scale, shift, ctx.act)
+    else:
+        gx, gw = ops._dwconv_bn_stats_backward(gz + g_z, g_mean_total, g_var_total, x, z, mean,
+                                               weight, s, p, d)
+    g_bn_weight = (g_scale * invstd).to(bn_weight.dtype) if bn_weight is not None else None
+    g_bn_bias = g_shift.to(bn_bias.dtype) if bn_bias is not None else None
+    return gx, gw.to(weight.dtype), g_bn_weight, g_bn_bias, None, None, None, None, None
+
+
+def _ssa_setup(ctx, inputs, output):
+    z, scale, shift, act, mean = inputs
+    ctx.save_for_backward(z, scale, shift, mean)
+    ctx.act = act
+
+
+def _ssa_bwd(ctx, grad):
+    z, scale, shift, mean = ctx.saved_tensors
+    gz, g_scale, g_shift = torch.ops.torchcv_ext._scale_shift_act_backward(grad, z, scale, shift,
+                                                                           ctx.act, mean)
+    # u = (z - mean) * scale + shift  =>  du/dmean = -scale.
+    g_mean = None
+    if mean is not None and ctx.needs_input_grad[4]:
+        g_mean = (-g_shift * scale.to(g_shift.dtype)).to(mean.dtype)
+    return gz, g_scale.to(scale.dtype), g_shift.to(shift.dtype), None, g_mean
+
+
+#: Autocast: x and weight (and z) go to the autocast dtype; the per-channel vectors stay in
+#: float32, as BatchNorm keeps its parameters and statistics in float32 under autocast.
+_AUTOCAST_X_W = _common.autocast_to((0, 1))
+
+SPECS = (
+    _common.OpSpec("dwconv_bn_act", reference=ref.dwconv_bn_act, fake=_fake_dwconv_bn_act,
+                   backward=_eval_bwd, setup_context=_eval_setup, autocast=_AUTOCAST_X_W),
+    _common.OpSpec("dwconv_bn_stats", reference=_stats_ref, fake=_fake_stats, backward=_stats_bwd,
+                   setup_context=_stats_setup, autocast=_AUTOCAST_X_W),
+    _common.OpSpec("dwconv_bn_act_train", reference=_train_ref, fake=_fake_train, backward=_train_bwd,
+                   setup_context=_train_setup, autocast=_AUTOCAST_X_W),
+    _common.OpSpec("scale_shift_act", reference=ref.scale_shift_act, fake=_fake_ssa, backward=_ssa_bwd,
+                   setup_context=_ssa_setup, autocast=_common.autocast_to((0,))),
+    _common.OpSpec("_scale_shift_act_backward", reference=_ssa_bwd_ref, fake=_fake_ssa_backward,
+                   differentiable=ref.scale_shift_act_backward),
+    _common.OpSpec("_dwconv_bn_stats_backward", reference=_stats_bwd_ref, fake=_fake_stats_backward,
+                   differentiable=ref.dwconv_bn_stats_backward),
+)
 
 if _common.op_available("dwconv_bn_act"):
-    _register()
+    _common.register(*SPECS)

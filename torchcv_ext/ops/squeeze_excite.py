@@ -40,26 +40,21 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     ``w1`` (S, C) / ``b1`` (S,) and ``w2`` (C, S) / ``b2`` (C,) are the two 1x1 convolutions (their
     4-D conv weights are accepted too); ``act`` is the hidden activation and ``gate`` the scale
     activation, by name ("relu", "silu", ... / "sigmoid", "hardsigmoid"; see
-    ``torchcv_ext.ops._common.ACTIVATIONS``). Same result as torchvision's
+    ``torchcv_ext.activations.NAMES``). Same result as torchvision's
     ``SqueezeExcitation``; NCHW and channels_last (the output keeps the layout).
     """
     w1 = _as_matrix(w1, "w1")
     w2 = _as_matrix(w2, "w2")
     if _common.op_available(_OP):
         return torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, act, gate)
-    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
-        # The autocast rule of the op (see _autocast_kernel), for the reference path.
-        w1, b1, w2, b2 = (t.to(x.dtype) if t.is_floating_point() else t for t in (w1, b1, w2, b2))
+    if torch.is_autocast_enabled(x.device.type):  # the op's autocast rule, for the reference path
+        x, w1, b1, w2, b2 = AUTOCAST(x.device.type, [x, w1, b1, w2, b2])
     return ref.squeeze_excite(x, w1, b1, w2, b2, act, gate)
 
 
 # ----------------------------------------------------------------------------------------------
-# Dispatcher registrations (only when the compiled extension defined the schemas).
+# The op declarations (registered only when the compiled extension defined the schemas).
 # ----------------------------------------------------------------------------------------------
-# Kept alive for the life of the process: the autocast kernels.
-_autocast_lib = None
-
-
 def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(
         memory_format=_common.memory_format_of(x))
@@ -77,73 +72,52 @@ def _fake_check(x, w1, b1, w2, b2, op):
         torch._check(t.dtype == x.dtype, lambda: f"{op}: the parameters must have the dtype of x")
 
 
-def _autocast_kernel(device_type: str, key: str):
-    """Autocast rule. Eager SE under autocast runs the 1x1 convs in the autocast dtype and the final
-    multiply in x's dtype (fp32 input -> fp32 output, fp16/bf16 input -> fp16/bf16 output); the fused
-    op matches that output dtype by casting the parameters to x's dtype (the MLP accumulates in
-    float32 either way) and running with autocast excluded."""
-    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-
-    def run(x, w1, b1, w2, b2, act, gate):
-        def cast(t):
-            return t.to(x.dtype) if t.is_floating_point() and x.is_floating_point() else t
-
-        with torch._C._ExcludeDispatchKeyGuard(keyset):
-            return torch.ops.torchcv_ext.squeeze_excite(x, cast(w1), cast(b1), cast(w2), cast(b2),
-                                                        act, gate)
-
-    return run
+def _fake(x, w1, b1, w2, b2, act, gate):
+    _fake_check(x, w1, b1, w2, b2, "squeeze_excite")
+    return _empty_like_layout(x)
 
 
-def _register() -> None:
-    global _autocast_lib
-    lib = "torchcv_ext::"
+def _fake_backward(grad, x, w1, b1, w2, b2, act, gate):
+    _fake_check(x, w1, b1, w2, b2, "_squeeze_excite_backward")
+    torch._check(grad.shape == x.shape, lambda: "_squeeze_excite_backward: grad must have the shape of x")
+    return (_empty_like_layout(x), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
+            w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
-    def _fwd_ref(x, w1, b1, w2, b2, act, gate):
-        return _common.fresh(ref.squeeze_excite(x, w1, b1, w2, b2, act, gate), x)
 
-    def _bwd_ref(grad, x, w1, b1, w2, b2, act, gate):
-        dx, dw1, db1, dw2, db2 = ref.squeeze_excite_backward(grad, x, w1, b1, w2, b2, act, gate)
-        return (_common.fresh(dx, x), dw1.contiguous().clone(), db1.clone(), dw2.contiguous().clone(),
-                db2.clone())
+def _fwd_ref(x, w1, b1, w2, b2, act, gate):
+    return _common.fresh(ref.squeeze_excite(x, w1, b1, w2, b2, act, gate), x)
 
-    _common.register_reference_kernels("squeeze_excite", _fwd_ref)
-    _common.register_reference_kernels("_squeeze_excite_backward", _bwd_ref)
-    _common.register_backward_autograd("_squeeze_excite_backward", ref.squeeze_excite_backward)
 
-    @_common.register_fake("squeeze_excite")
-    def _(x, w1, b1, w2, b2, act, gate):
-        _fake_check(x, w1, b1, w2, b2, "squeeze_excite")
-        return _empty_like_layout(x)
+def _bwd_ref(grad, x, w1, b1, w2, b2, act, gate):
+    dx, dw1, db1, dw2, db2 = ref.squeeze_excite_backward(grad, x, w1, b1, w2, b2, act, gate)
+    return (_common.fresh(dx, x), dw1.contiguous().clone(), db1.clone(), dw2.contiguous().clone(),
+            db2.clone())
 
-    @_common.register_fake("_squeeze_excite_backward")
-    def _(grad, x, w1, b1, w2, b2, act, gate):
-        _fake_check(x, w1, b1, w2, b2, "_squeeze_excite_backward")
-        torch._check(grad.shape == x.shape, lambda: "_squeeze_excite_backward: grad must have the shape of x")
-        return (_empty_like_layout(x), w1.new_empty(w1.shape), b1.new_empty(b1.shape),
-                w2.new_empty(w2.shape), b2.new_empty(b2.shape))
 
-    def _setup(ctx, inputs, output):
-        x, w1, b1, w2, b2, act, gate = inputs
-        ctx.save_for_backward(x, w1, b1, w2, b2)
-        ctx.act, ctx.gate = act, gate
+def _setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, act, gate = inputs
+    ctx.save_for_backward(x, w1, b1, w2, b2)
+    ctx.act, ctx.gate = act, gate
 
-    def _backward(ctx, grad):
-        x, w1, b1, w2, b2 = ctx.saved_tensors
-        dx, dw1, db1, dw2, db2 = torch.ops.torchcv_ext._squeeze_excite_backward(
-            grad, x, w1, b1, w2, b2, ctx.act, ctx.gate)
-        return dx, dw1, db1, dw2, db2, None, None
 
-    torch.library.register_autograd(lib + "squeeze_excite", _backward, setup_context=_setup)
+def _backward(ctx, grad):
+    x, w1, b1, w2, b2 = ctx.saved_tensors
+    dx, dw1, db1, dw2, db2 = torch.ops.torchcv_ext._squeeze_excite_backward(
+        grad, x, w1, b1, w2, b2, ctx.act, ctx.gate)
+    return dx, dw1, db1, dw2, db2, None, None
 
-    _autocast_lib = torch.library.Library(_common.NAMESPACE, "IMPL")  # noqa: TOR901
-    op = torch.ops.torchcv_ext.squeeze_excite.default
-    for device_type, key in (("cuda", "AutocastCUDA"), ("cpu", "AutocastCPU")):
-        run = _autocast_kernel(device_type, key)
-        op.py_impl(getattr(torch._C.DispatchKey, key))(run)  # the Python dispatcher (torch.compile)
-        _autocast_lib.impl("squeeze_excite", (lambda r: lambda _ks, *args: r(*args))(run), key,
-                           with_keyset=True)
 
+#: Autocast: eager SE runs the 1x1 convs in the autocast dtype and the final multiply in x's dtype
+#: (fp32 input -> fp32 output, fp16/bf16 input -> fp16/bf16 output); the fused op matches that
+#: output dtype by casting the parameters to x's dtype (the MLP accumulates in float32 either way).
+AUTOCAST = _common.autocast_like(0, (1, 2, 3, 4))
+
+SPECS = (
+    _common.OpSpec(_OP, reference=_fwd_ref, fake=_fake, backward=_backward, setup_context=_setup,
+                   autocast=AUTOCAST),
+    _common.OpSpec("_squeeze_excite_backward", reference=_bwd_ref, fake=_fake_backward,
+                   differentiable=ref.squeeze_excite_backward),
+)
 
 if _common.op_available(_OP):
-    _register()
+    _common.register(*SPECS)

@@ -46,6 +46,10 @@ inline Geom make_geom(const char* op, const at::Tensor& x, const at::Tensor& wei
   check_float_dtype(op, "weight", weight);
   TORCH_CHECK(weight.device() == x.device(), op, ": weight is on ", weight.device(),
               " but the input is on ", x.device());
+  // As eager conv2d: one dtype for x and weight (autocast casts both; the per-channel vectors are
+  // float32 by design and may differ).
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight has dtype ", weight.scalar_type(),
+              " but the input has dtype ", x.scalar_type(), "; cast one of them, or run under torch.autocast");
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
               ": stride, padding and dilation must have 2 values each");
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 &&

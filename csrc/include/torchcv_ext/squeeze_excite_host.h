@@ -8,12 +8,6 @@
 #include "torchcv_ext/checks.h"
 #include "torchcv_ext/squeeze_excite.h"
 
-namespace torchcv_ext {
-// Declared in activations.h for host compilation passes only; re-declared here so this host code
-// also parses in nvcc's device pass (it is never compiled for the device).
-Act parse_act(const std::string& name);
-}  // namespace torchcv_ext
-
 namespace torchcv_ext::se {
 
 // Inputs in the layout the kernels compute in: x dense NCHW-like (spatial dims flattened, HW fastest)

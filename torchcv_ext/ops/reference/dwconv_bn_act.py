@@ -18,8 +18,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from torchcv_ext.ops._common import (activation_derivative, apply_activation, check_activation,
-                                     memory_format_of)
+from torchcv_ext import activations
+from torchcv_ext.ops._common import memory_format_of
 
 Pair = Sequence[int]
 
@@ -93,9 +93,9 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     check_args(op, x, weight, stride, padding, dilation)
     check_channel_vector(op, "scale", scale, x)
     check_channel_vector(op, "shift", shift, x)
-    check_activation(act)
+    activations.check(act)
     z = _conv(x, weight, stride, padding, dilation)
-    y = apply_activation(act, z * _cv(scale, x) + _cv(shift, x))
+    y = activations.forward(act, z * _cv(scale, x) + _cv(shift, x))
     return y.to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
@@ -127,8 +127,8 @@ def scale_shift_act(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, a
         raise RuntimeError(f"{op}: z must be 4-D (N, C, H, W), got {z.dim()} dims")
     check_channel_vector(op, "scale", scale, z)
     check_channel_vector(op, "shift", shift, z)
-    check_activation(act)
-    y = apply_activation(act, _centred(op, z, mean) * _cv(scale, z) + _cv(shift, z))
+    activations.check(act)
+    y = activations.forward(act, _centred(op, z, mean) * _cv(scale, z) + _cv(shift, z))
     return y.to(z.dtype).contiguous(memory_format=memory_format_of(z))
 
 
@@ -139,7 +139,7 @@ def _grad_u(op: str, grad: torch.Tensor, z: torch.Tensor, scale: torch.Tensor, s
     """(gu, zc): the gradient at u = zc * scale + shift of y = act(u), zc = z - mean (acc dtype)."""
     zc = _centred(op, z, mean)
     u = zc * _cv(scale, z) + _cv(shift, z)
-    gu = grad.to(zc.dtype) * activation_derivative(act, u)
+    gu = grad.to(zc.dtype) * activations.derivative(act, u)
     return gu, zc
 
 

@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from torchcv_ext.ops._common import activation_derivative, apply_activation, check_activation
+from torchcv_ext import activations
 
 
 def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
@@ -37,8 +37,8 @@ def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
             raise RuntimeError(f"{op}: {name} has dtype {t.dtype} but the input has dtype {x.dtype}")
     if not x.is_floating_point():
         raise RuntimeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
-    check_activation(act)
-    check_activation(gate)
+    activations.check(act)
+    activations.check(gate)
 
 
 def _spatial(x: torch.Tensor) -> Tuple[int, ...]:
@@ -55,8 +55,8 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     """x: (N, C, *spatial); w1: (S, C); b1: (S,); w2: (C, S); b2: (C,)."""
     _check(x, w1, b1, w2, b2, act, gate)
     pooled = x.mean(dim=_spatial(x))                                   # (N, C)
-    hidden = apply_activation(act, F.linear(pooled, w1, b1))           # (N, S)
-    scale = apply_activation(gate, F.linear(hidden, w2, b2))           # (N, C)
+    hidden = activations.forward(act, F.linear(pooled, w1, b1))           # (N, S)
+    scale = activations.forward(gate, F.linear(hidden, w2, b2))           # (N, C)
     return x * _expand(scale, x)
 
 
@@ -73,14 +73,14 @@ def squeeze_excite_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tenso
     hw = math.prod(x.shape[2:])
     pooled = x.mean(dim=dims)
     h = F.linear(pooled, w1, b1)
-    a = apply_activation(act, h)
+    a = activations.forward(act, h)
     z = F.linear(a, w2, b2)
-    g = apply_activation(gate, z)
+    g = activations.forward(gate, z)
     dg = (grad * x).sum(dim=dims)                                      # dL/dgate, (N, C)
-    dz = dg * activation_derivative(gate, z)
+    dz = dg * activations.derivative(gate, z)
     db2 = dz.sum(0)
     dw2 = dz.t() @ a
-    dh = (dz @ w2) * activation_derivative(act, h)
+    dh = (dz @ w2) * activations.derivative(act, h)
     db1 = dh.sum(0)
     dw1 = dh.t() @ pooled
     dpooled = dh @ w1

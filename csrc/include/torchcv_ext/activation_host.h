@@ -1,30 +1,28 @@
-// Memory-efficient hardswish / hardsigmoid: host front end shared by csrc/cpu/hardswish.cpp and
-// csrc/cuda/hardswish.cu. The per-element math is act_forward / act_backward of activations.h;
-// the backward ops take (grad, x), so autograd saves only x.
+// The elementwise `activation(x, act)` op and its backward `_activation_backward(grad, x, act)`:
+// host front end shared by csrc/cpu/activation.cpp and csrc/cuda/activation.cu. The per-element
+// math is act_forward / act_backward of activations.h; the backward takes (grad, x), so autograd
+// saves only x.
 #pragma once
 #include <ATen/ATen.h>
 
 #include "torchcv_ext/activations.h"
 #include "torchcv_ext/checks.h"
 
-namespace torchcv_ext::hsw {
-
-constexpr const char* op_name(Act a, bool backward) {
-  if (a == Act::Hardswish) return backward ? "_hardswish_backward" : "hardswish";
-  return backward ? "_hardsigmoid_backward" : "hardsigmoid";
-}
+namespace torchcv_ext::elementwise {
 
 // The dense input in the op's memory format, and an output like it.
 struct Unary {
   at::Tensor x, out;
+  Act act;
 };
 
-inline Unary prepare(Act a, const at::Tensor& x, c10::DeviceType device) {
-  const char* op = op_name(a, false);
+inline Unary prepare(const at::Tensor& x, const std::string& act, c10::DeviceType device) {
+  const char* op = "activation";
   check_device(op, x, device);
   check_float_dtype(op, "x", x);
   const at::MemoryFormat fmt = memory_format_of(x);
   Unary u;
+  u.act = parse_act(act);
   u.x = x.contiguous(fmt);
   u.out = at::empty(x.sizes(), x.options().memory_format(fmt));
   return u;
@@ -32,11 +30,12 @@ inline Unary prepare(Act a, const at::Tensor& x, c10::DeviceType device) {
 
 struct Binary {
   at::Tensor grad, x, out;
+  Act act;
 };
 
-inline Binary prepare_backward(Act a, const at::Tensor& grad, const at::Tensor& x,
+inline Binary prepare_backward(const at::Tensor& grad, const at::Tensor& x, const std::string& act,
                                c10::DeviceType device) {
-  const char* op = op_name(a, true);
+  const char* op = "_activation_backward";
   check_device(op, x, device);
   check_float_dtype(op, "x", x);
   check_same_device_dtype(op, "grad", x, grad);
@@ -44,10 +43,11 @@ inline Binary prepare_backward(Act a, const at::Tensor& grad, const at::Tensor& 
               x.sizes());
   const at::MemoryFormat fmt = memory_format_of(x);
   Binary b;
+  b.act = parse_act(act);
   b.x = x.contiguous(fmt);
   b.grad = grad.contiguous(fmt);
   b.out = at::empty(x.sizes(), x.options().memory_format(fmt));
   return b;
 }
 
-}  // namespace torchcv_ext::hsw
+}  // namespace torchcv_ext::elementwise

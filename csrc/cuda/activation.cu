@@ -1,7 +1,7 @@
-// CUDA kernels of hardswish / hardsigmoid and their backwards (grad, x). Schemas:
-// csrc/registration.cpp. Front end: csrc/include/torchcv_ext/hardswish_host.h; math:
-// act_forward / act_backward (csrc/include/torchcv_ext/activations.h). Autograd / fake:
-// torchcv_ext/ops/hardswish.py.
+// CUDA kernels of the elementwise `activation(x, act)` op and its backward (grad, x, act).
+// Schemas: csrc/registration.cpp. Front end: csrc/include/torchcv_ext/activation_host.h; math:
+// act_forward / act_backward (csrc/include/torchcv_ext/activations.h), one kernel per activation.
+// Autograd / fake: torchcv_ext/ops/activation.py.
 //
 // Dense inputs (in the op's memory format) are processed as a flat array: 16-byte vectors when
 // every pointer is 16-byte aligned, then a scalar tail; grid-stride loops with 64-bit indices.
@@ -16,7 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "torchcv_ext/hardswish_host.h"
+#include "torchcv_ext/activation_host.h"
 
 namespace torchcv_ext {
 namespace {
@@ -32,7 +32,7 @@ struct alignas(sizeof(T) * V) Pack {
 // i < nvec * V, scalars after.
 template <typename T, int V, Act kAct>
 __global__ void __launch_bounds__(kThreads)
-elementwise(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n) {
+act_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ out, int64_t n) {
   using A = at::opmath_type<T>;
   const int64_t nvec = n / V;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -61,12 +61,12 @@ elementwise(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 template <Act kAct>
-void launch(const at::Tensor& x, const at::Tensor* grad, at::Tensor& out) {
+void launch_act(const at::Tensor& x, const at::Tensor* grad, at::Tensor& out) {
   const int64_t n = x.numel();
   if (n == 0) return;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t max_blocks = int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount} * 32;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hardswish_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "activation_cuda", [&] {
     using T = scalar_t;
     constexpr int VW = 16 / sizeof(T);
     const T* px = x.const_data_ptr<T>();
@@ -76,37 +76,38 @@ void launch(const at::Tensor& x, const at::Tensor* grad, at::Tensor& out) {
     const int64_t work = vec ? (n + VW - 1) / VW : n;
     const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
     if (vec) {
-      elementwise<T, VW, kAct><<<blocks, kThreads, 0, stream>>>(px, pg, po, n);
+      act_kernel<T, VW, kAct><<<blocks, kThreads, 0, stream>>>(px, pg, po, n);
     } else {
-      elementwise<T, 1, kAct><<<blocks, kThreads, 0, stream>>>(px, pg, po, n);
+      act_kernel<T, 1, kAct><<<blocks, kThreads, 0, stream>>>(px, pg, po, n);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-template <Act kAct>
-at::Tensor forward_cuda(const at::Tensor& x_in) {
+void launch(Act act, const at::Tensor& x, const at::Tensor* grad, at::Tensor& out) {
+  TCV_ACT_CASES(launch_act<kA>(x, grad, out))
+}
+
+at::Tensor forward_cuda(const at::Tensor& x_in, c10::string_view act) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  hsw::Unary u = hsw::prepare(kAct, x_in, c10::DeviceType::CUDA);
-  launch<kAct>(u.x, nullptr, u.out);
+  elementwise::Unary u = elementwise::prepare(x_in, std::string(act), c10::DeviceType::CUDA);
+  launch(u.act, u.x, nullptr, u.out);
   return u.out;
 }
 
-template <Act kAct>
-at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x_in) {
+at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& x_in, c10::string_view act) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  hsw::Binary b = hsw::prepare_backward(kAct, grad, x_in, c10::DeviceType::CUDA);
-  launch<kAct>(b.x, &b.grad, b.out);
+  elementwise::Binary b =
+      elementwise::prepare_backward(grad, x_in, std::string(act), c10::DeviceType::CUDA);
+  launch(b.act, b.x, &b.grad, b.out);
   return b.out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchcv_ext, CUDA, m) {
-  m.impl("hardswish", &forward_cuda<Act::Hardswish>);
-  m.impl("_hardswish_backward", &backward_cuda<Act::Hardswish>);
-  m.impl("hardsigmoid", &forward_cuda<Act::Hardsigmoid>);
-  m.impl("_hardsigmoid_backward", &backward_cuda<Act::Hardsigmoid>);
+  m.impl("activation", &forward_cuda);
+  m.impl("_activation_backward", &backward_cuda);
 }
 
 }  // namespace torchcv_ext

@@ -1,0 +1,67 @@
+"""The elementwise activation op: ``activation(x, act)`` for every activation of the registry
+(torchcv_ext/activations.py: hardswish, hardsigmoid, gelu, ...), whose autograd saves only the
+input x (the backward recomputes the derivative from x).
+
+Schema: csrc/registration.cpp (``activation``, ``_activation_backward``). Kernels:
+csrc/cpu/activation.cpp, csrc/cuda/activation.cu (math: csrc/include/torchcv_ext/activations.h).
+Reference: ops/reference/activation.py. Modules: torchcv_ext.nn.Hardswish / Hardsigmoid. Tests:
+python_tests/test_activation.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from torchcv_ext import activations
+from torchcv_ext.ops import _common
+from torchcv_ext.ops.reference import activation as ref
+
+__all__ = ["activation", "hardswish", "hardsigmoid"]
+
+
+def activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x)`` by registered name (``torchcv_ext.activations.NAMES``); any float dtype and layout."""
+    activations.check(act)
+    if _common.op_available("activation"):
+        return torch.ops.torchcv_ext.activation(x, act)
+    return ref.activation(x, act)
+
+
+def hardswish(x: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.functional.hardswish``: x * relu6(x + 3) / 6. Any float dtype and layout."""
+    return activation(x, "hardswish")
+
+
+def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.functional.hardsigmoid``: relu6(x + 3) / 6. Any float dtype and layout."""
+    return activation(x, "hardsigmoid")
+
+
+# ----------------------------------------------------------------------------------------------
+# The op declarations (registered only when the compiled extension defined the schemas).
+# ----------------------------------------------------------------------------------------------
+def _like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(
+        memory_format=_common.memory_format_of(x))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])  # x alone: no output, no mask
+    ctx.act = inputs[1]
+
+
+def _backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.torchcv_ext._activation_backward(grad, x, ctx.act), None
+
+
+SPECS = (
+    _common.OpSpec("activation", reference=lambda x, act: _common.fresh(ref.activation(x, act), x),
+                   fake=lambda x, act: _like(x), backward=_backward, setup_context=_setup),
+    # Double backward: autograd through the reference backward (explicit derivative formulas).
+    _common.OpSpec("_activation_backward",
+                   reference=lambda g, x, act: _common.fresh(ref.activation_backward(g, x, act), x),
+                   fake=lambda grad, x, act: _like(x), differentiable=ref.activation_backward),
+)
+
+if _common.op_available("activation"):
+    _common.register(*SPECS)
