@@ -3,6 +3,8 @@ PyTorch result or a clear error naming the problem. Tiny tensors; the one 2^28-e
 per op uses expanded (stride-0) views the kernels read in place, so nothing large is allocated."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -425,3 +427,107 @@ def test_huge_plane_mean_is_exact(kernels):
     # SE with identity MLP: y = x * (mean_hw(x) - 3), zero exactly when the pooled mean is 3.
     y = ops.squeeze_excite(x, one.view(1, 1), one * 0, one.view(1, 1), one * -3, "identity", "identity")
     assert y.abs().max().item() < 1e-4
+
+
+# ---- models: an input the network cannot take is named in the user's terms --------------------
+# ClassifierModel.__call__ translates the error of an eager forward (explain_bad_input): the model,
+# the input's shape and what it expects. The sweep runs on meta-device models (no weights, no
+# compute; the smallest size is searched on meta tensors too): about 10 s for every model.
+
+from torchcv_ext.models import create_model, list_models  # noqa: E402
+from torchcv_ext.models._base import ClassifierModel  # noqa: E402
+
+#: Smallest H = W each model accepts (1: any non-empty image). ViT and HybridSN take one size only.
+MIN_SIZE = {"alexnet": 63, "zfnet": 53, "googlenet": 15, "inception_v3": 75, "lenet": 16,
+            "vit_tiny_patch16": 224, "vit_small_patch16": 224, "hybridsn": 25,
+            **{n: 32 for n in list_models("vgg*")}}
+CHANNELS = {"hybridsn": 30}  # HybridSN's channels are its spectral bands
+
+
+def _meta_model(name):
+    with torch.device("meta"):
+        return create_model(name, num_classes=2).eval()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_bad_input_is_named(name):
+    model, s, c = _meta_model(name), MIN_SIZE.get(name, 1), CHANNELS.get(name, 3)
+    meta = dict(device="meta")
+    model(torch.empty(1, c, s, s, **meta))  # the smallest input runs
+    who = "HybridSN" if name == "hybridsn" else name
+    for shape in ((1, c, s - 1, s + 3), (1, c, s + 3, s - 1)):
+        with pytest.raises(ValueError) as info:
+            model(torch.empty(shape, **meta))
+        msg = str(info.value)
+        assert who in msg and str(shape) in msg and str(s) in msg, msg
+    with pytest.raises(ValueError) as info:
+        model(torch.empty(1, c + 1, s, s, **meta))
+    msg = str(info.value)
+    assert who in msg and str((1, c + 1, s, s)) in msg, msg
+    if name != "hybridsn":
+        assert f"expected {c} input channels (the in_chans it was built with), got {c + 1}" in msg
+    with pytest.raises(ValueError) as info:
+        model(torch.empty(c, s, s, **meta))
+    msg = str(info.value)
+    assert who in msg and str((c, s, s)) in msg, msg
+    if name != "hybridsn":
+        assert f"expected a 4-D input (N, {c}, H, W), got a 3-D tensor" in msg
+
+
+def test_model_too_small_message():
+    with pytest.raises(ValueError, match=re.escape(
+            "VGG (vgg11_cifar): input of shape (1, 3, 16, 40) is too small: H and W must each be >= 32 "
+            "(the smallest input it accepts is (1, 3, 32, 32))")) as info:
+        _meta_model("vgg11_cifar")(torch.empty(1, 3, 16, 40, device="meta"))
+    assert isinstance(info.value.__cause__, RuntimeError)  # torch's error, chained
+
+
+@pytest.mark.parametrize("name", ["lenet", "googlenet", "alexnet", "resnet18"])
+def test_model_minimum_size_runs_on_cpu(name):
+    """The sizes of MIN_SIZE on real CPU kernels: the smallest runs, one pixel less is the
+    ValueError."""
+    torch.manual_seed(0)
+    model, s = create_model(name, num_classes=2).eval(), MIN_SIZE.get(name, 1)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, s, s)).shape == (1, 2)
+        with pytest.raises(ValueError, match=rf"input of shape \(1, 3, {s - 1}, {s}\) is too small: "
+                                             rf"H and W must each be >= {s}"):
+            model(torch.randn(1, 3, s - 1, s))
+
+
+def test_model_wrong_in_chans():
+    model = create_model("resnet18", num_classes=2, in_chans=1).eval()
+    with pytest.raises(ValueError, match=re.escape(
+            "ResNet (resnet18): expected 1 input channels (the in_chans it was built with), got 3: "
+            "input of shape (2, 3, 8, 8)")):
+        model(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=re.escape(
+            "expected a 4-D input (N, 1, H, W), got a 3-D tensor of shape (1, 8, 8); add the batch dimension")):
+        model(torch.randn(1, 8, 8))
+
+
+def test_model_other_errors_pass_through():
+    """Only the input's shape is translated: any other failure keeps torch's own error."""
+    model = create_model("lenet", num_classes=2).eval()
+    with pytest.raises(RuntimeError, match="should be the same|expected.*dtype|same dtype"):
+        model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+
+
+def test_every_registered_model_explains_bad_input():
+    """The translation lives in ClassifierModel.__call__: every registered model derives from it."""
+    for name in list_models():
+        assert isinstance(_meta_model(name), ClassifierModel), name
+
+
+def test_model_graph_capture_unchanged():
+    """The error path leaves graph capture as it was: fx traces the model and a model nested in a
+    traced module; torch.compile(fullgraph=True) captures it in one graph. (vgg11_cifar: most
+    models do not fx-trace whole, with or without this, since their fused blocks branch on the input.)"""
+    torch.manual_seed(0)
+    model = create_model("vgg11_cifar", num_classes=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for traced in (torch.fx.symbolic_trace(model), torch.fx.symbolic_trace(torch.nn.Sequential(model)),
+                       torch.compile(model, fullgraph=True, backend="aot_eager")):
+            torch.testing.assert_close(traced(x), expected)

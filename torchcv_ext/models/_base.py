@@ -3,7 +3,9 @@ a classifier head (``classifier``, ``fc`` or ``head``, named as torchvision / ti
 ``reset_classifier(num_classes)`` and ``freeze_backbone()``."""
 from __future__ import annotations
 
-from typing import Iterable, List
+import copy
+import itertools
+from typing import Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -28,9 +30,27 @@ class FeatureView(nn.Sequential):
 
 
 class ClassifierModel(nn.Module):
-    """Base of the models: subclasses set ``head_name`` and provide ``features``."""
+    """Base of the models: subclasses set ``head_name`` and provide ``features``.
+
+    A call whose input the model cannot take -- wrong rank, wrong channel count, H or W under the
+    smallest size the network accepts -- raises a ValueError saying so (``explain_bad_input``),
+    chained to torch's error from the layer where it failed."""
 
     head_name = "classifier"
+
+    def __call__(self, *args, **kwargs):
+        # Bad input is explained on the error path only: the call itself is untouched (a try costs
+        # nothing; graph capture -- compile, export, jit.trace -- skips even that, and fx traces
+        # forward, not __call__), so no model declares sizes and no traced graph holds a check.
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except (RuntimeError, ValueError) as err:
+            message = explain_bad_input(self, args, kwargs, err)
+            if message is None:
+                raise
+            raise ValueError(message) from err
 
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.head_name)
@@ -74,6 +94,96 @@ class ClassifierModel(nn.Module):
         keep = {id(p) for name in self.classifier_layer_names() for p in self.get_submodule(name).parameters()}
         for p in self.parameters():
             p.requires_grad_(not freeze or id(p) in keep)
+
+
+def model_label(model: nn.Module) -> str:
+    """``VGG (vgg16_cifar)``: the class, and the registry name ``create_model`` built it under."""
+    name = getattr(model, "registry_name", None)
+    cls = type(model).__name__
+    return f"{cls} ({name})" if isinstance(name, str) and name != cls else cls
+
+
+def _first_conv(model: nn.Module) -> Optional[nn.Module]:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m
+    return None
+
+
+def _meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose parameters and buffers are meta tensors (no data is
+    copied) and whose modules carry no hooks."""
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) not in memo:
+            meta = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    twin = copy.deepcopy(model, memo)
+    for m in twin.modules():
+        m._forward_pre_hooks.clear()
+        m._forward_hooks.clear()
+    return twin.eval()
+
+
+def minimum_input_size(model: nn.Module, channels: int, spatial_dims: int = 2,
+                       limit: int = 4096) -> Optional[int]:
+    """The smallest S such that ``model`` runs on a (1, channels, S, ..., S) input: found by
+    doubling then bisection over forwards on meta tensors (no compute). None when no S up to
+    ``limit`` works (a model built for one input size only, such as a ViT)."""
+    twin = _meta_twin(model)
+
+    def runs(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                nn.Module.__call__(twin, torch.empty((1, channels) + (s,) * spatial_dims, device="meta"))
+            return True
+        except Exception:  # noqa: BLE001  (any failure: this size is not accepted)
+            return False
+
+    hi = 1
+    while not runs(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2  # fails (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if runs(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def explain_bad_input(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> Optional[str]:
+    """The message for an input ``model`` rejected with ``err``, in the user's terms -- the model,
+    the input's shape and what it expects (rank, channels, smallest H and W) -- or None when the
+    input is not the problem (or ``err`` already names the model): then ``err`` stands."""
+    try:
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        conv = _first_conv(model)
+        if not isinstance(x, torch.Tensor) or conv is None or str(err).startswith(type(model).__name__):
+            return None
+        who, shape = model_label(model), tuple(x.shape)
+        rank, channels = conv.weight.dim(), conv.in_channels
+        spatial = ("L",) if rank == 3 else ("H", "W") if rank == 4 else ("D", "H", "W")
+        if x.dim() != rank:
+            hint = "; add the batch dimension: x.unsqueeze(0)" if x.dim() == rank - 1 else ""
+            return (f"{who}: expected a {rank}-D input (N, {channels}, {', '.join(spatial)}), got a {x.dim()}-D "
+                    f"tensor of shape {shape}{hint}")
+        if shape[1] != channels:
+            return (f"{who}: expected {channels} input channels (the in_chans it was built with), "
+                    f"got {shape[1]}: input of shape {shape}")
+        smallest = minimum_input_size(model, channels, rank - 2)
+        if smallest is not None and min(shape[2:]) < smallest:
+            dims = " and ".join(spatial)
+            return (f"{who}: input of shape {shape} is too small: {dims} must each be >= {smallest} "
+                    f"(the smallest input it accepts is {(1, channels) + (smallest,) * (rank - 2)})")
+        if smallest is None and isinstance(err, ValueError):
+            return f"{who}: input of shape {shape}: {err}"
+        return None
+    except Exception:  # noqa: BLE001  (explaining must never hide the original error)
+        return None
 
 
 def init_weights_(model: nn.Module, linear_std: float = 0.01) -> None:

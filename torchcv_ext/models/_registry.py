@@ -83,4 +83,7 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: bool 
         if value is not None:
             _check_positive_int(value, key)
             kwargs[key] = value
-    return fn(**kwargs)
+    model = fn(**kwargs)
+    if isinstance(model, nn.Module) and not hasattr(model, "registry_name"):
+        model.registry_name = name  # error messages name the model as the user built it
+    return model

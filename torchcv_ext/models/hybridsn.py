@@ -51,12 +51,13 @@ class HybridSN(ClassifierModel):
         init_weights_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
         if x.dim() == 4:
             x = x.unsqueeze(1)
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != self.in_bands or \
                 x.shape[3] != self.patch_size or x.shape[4] != self.patch_size:
             raise ValueError(f"HybridSN: expected (B, 1, {self.in_bands}, {self.patch_size}, {self.patch_size}) "
-                             f"or (B, {self.in_bands}, {self.patch_size}, {self.patch_size}), got {tuple(x.shape)}")
+                             f"or (B, {self.in_bands}, {self.patch_size}, {self.patch_size}), got {shape}")
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
