@@ -53,7 +53,9 @@ def test_forward_backward_vs_pytorch(device, dtype, name):
     assert_close(y, _exact(name, x64), dtype)
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
-    (dx,) = torch.autograd.grad(activation(xg, name), xg, g)
+    yg = activation(xg, name)  # with autograd: the op's kernel (y above: eager inference on the CPU)
+    assert_close(yg.detach(), _exact(name, x64), dtype)
+    (dx,) = torch.autograd.grad(yg, xg, g)
     assert dx.dtype == dtype
     assert_close(dx, g.double() * _exact_derivative(name, x64), dtype)
     # PyTorch's values at the kinks (hardswish'(-3) = 0, hardswish'(3) = 1, relu'(0) = 0, ...)
@@ -66,10 +68,13 @@ def test_forward_backward_vs_pytorch(device, dtype, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_inf_as_eager(name):
-    # Eager in float64: its float32 vectorized GELU turns gelu(+inf) into NaN, float64 and our
-    # kernels give +inf.
+    # The op vs eager in float64: eager's float32 vectorized GELU turns gelu(+inf) into NaN, float64
+    # and the kernels give +inf. Eager inference on the CPU runs the eager function itself (float32 included).
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1.0])
-    torch.testing.assert_close(activation(x, name), _theirs(name)(x.double()).float(), equal_nan=True)
+    torch.testing.assert_close(activation(x.requires_grad_(), name).detach(), _theirs(name)(x.double()).float(),
+                               equal_nan=True)
+    with torch.no_grad():
+        torch.testing.assert_close(activation(x, name), _theirs(name)(x), equal_nan=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -123,7 +128,11 @@ def test_layouts_and_odd_sizes(device, name):
         assert_close(y, _exact(name, x.double()), torch.float32)
         xg = x.clone().requires_grad_()
         g = torch.randn_like(x)
-        (dx,) = torch.autograd.grad(activation(xg, name), xg, g)
+        yg = activation(xg, name)
+        assert_close(yg.detach(), _exact(name, x.double()), torch.float32)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            assert yg.is_contiguous(memory_format=torch.channels_last)
+        (dx,) = torch.autograd.grad(yg, xg, g)
         assert_close(dx, g.double() * _exact_derivative(name, x.double()), torch.float32)
 
 

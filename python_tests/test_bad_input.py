@@ -385,7 +385,8 @@ NONFINITE = {
                                      torch.randn(4, 2), torch.randn(4)), ("relu", "silu", "hardswish")),
     "attention": (_attention, lambda: (torch.randn(1, 2, 3, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),
                   ("identity",)),
-    "activation": (lambda x, act: (ops.activation(x, act), activations.forward(act, x.double())),
+    "activation": (lambda x, act: (ops.activation(x.detach().requires_grad_(), act),  # the op, not eager inference
+                                   activations.forward(act, x.double())),
                    lambda: (torch.randn(2, 3, 4),), ACTS),
     "channel_shuffle": (lambda x, act: (ops.channel_shuffle(x, 3), F.channel_shuffle(x.double(), 3)),
                         lambda: (torch.randn(2, 6, 4),), ("identity",)),

@@ -36,12 +36,16 @@ def _as(x, layout):
 @pytest.mark.parametrize("shape,groups", SHAPES)
 def test_forward_matches_torch(device, dtype, layout, shape, groups):
     x = _as(torch.randn(shape, device=device).to(dtype), layout)
-    y = ops.channel_shuffle(x, groups)
-    # A permutation is exact: compare bitwise with PyTorch's own op and with the reference.
-    assert torch.equal(y, F.channel_shuffle(x.contiguous(), groups))
-    assert torch.equal(y, ref.channel_shuffle(x, groups))
     expect_cl = layout == "channels_last" and not x.is_contiguous()
-    assert y.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
+    # The public function (eager inference on the CPU: ATen's kernel) and the op itself.
+    ys = [ops.channel_shuffle(x, groups)]
+    if torchcv_ext.extension_loaded():
+        ys.append(torch.ops.torchcv_ext.channel_shuffle(x, groups))
+    for y in ys:
+        # A permutation is exact: compare bitwise with PyTorch's own op and with the reference.
+        assert torch.equal(y, F.channel_shuffle(x.contiguous(), groups))
+        assert torch.equal(y, ref.channel_shuffle(x, groups))
+        assert y.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("device", DEVICES)

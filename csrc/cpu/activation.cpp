@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "act_f32.h"
 #include "torchcv_ext/activation_host.h"
 #include "torchcv_ext/cpu_clones.h"
 
@@ -16,13 +17,13 @@ namespace {
 constexpr int64_t kGrain = 32768;
 
 // float32, the hot case: one vectorized loop per activation and CPU (a plain loop compiles to
-// SSE2 only).
+// SSE2 only), in act_f32.h's vectorizable forms.
 TCV_CPU_CLONES void forward_f32(Act act, const float* x, float* y, int64_t n) {
-  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = act_forward(kA, x[i]))
+  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = cpu::act_f32<kA>(x[i]))
 }
 
 TCV_CPU_CLONES void backward_f32(Act act, const float* g, const float* x, float* dx, int64_t n) {
-  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) dx[i] = g[i] * act_backward(kA, x[i]))
+  TCV_ACT_CASES(_Pragma("omp simd") for (int64_t i = 0; i < n; ++i) dx[i] = g[i] * cpu::act_grad_f32<kA>(x[i]))
 }
 
 at::Tensor forward_cpu(const at::Tensor& x_in, c10::string_view act_name) {

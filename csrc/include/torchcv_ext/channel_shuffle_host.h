@@ -3,6 +3,8 @@
 // The backends differ only in how they run plan.copy() over every destination element.
 #pragma once
 #include <ATen/ATen.h>
+
+#include <type_traits>
 #include <torch/library.h>
 
 #include <array>
@@ -138,8 +140,16 @@ at::Tensor channel_shuffle(const at::Tensor& x_in, int64_t groups, Run&& run) {
   TORCH_CHECK(groups >= 1, "channel_shuffle: groups must be >= 1, got ", groups);
   TORCH_CHECK(C % groups == 0, "channel_shuffle: the number of channels (", C,
               ") must be divisible by groups (", groups, ")");
+  const at::MemoryFormat fmt = memory_format_of(x_in);
+  if constexpr (std::decay_t<Run>::kDevice == c10::DeviceType::CPU) {
+    // The plain shuffle on the CPU is ATen's own kernel: our row / per-pixel transpose copies ran
+    // at 0.84-0.87x of it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py,
+    // 2026-12-07), where the fused shuffle_cat / shuffle_cat_split below are 1.8-2.3x eager.
+    at::Tensor y = at::native_channel_shuffle(x_in, groups);
+    return y.is_alias_of(x_in) || !y.is_contiguous(fmt) ? y.clone(fmt) : y;
+  }
   const at::Tensor x = collapsible(x_in);
-  at::Tensor y = at::empty_like(x_in, memory_format_of(x_in));
+  at::Tensor y = at::empty_like(x_in, fmt);
   permute(x, x, C, y, y, C, groups, run);
   return y;
 }
