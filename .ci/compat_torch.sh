@@ -7,7 +7,8 @@
 #
 # A venv that sees this interpreter's packages (the CUDA 13 pip libraries and headers, pytest,
 # timm, ...) and holds only its own torch and torchvision; its own build dir; the CUDA sources
-# are compiled too (TORCHCV_EXT_CUDA=ON, TORCH_CUDA_ARCH_LIST as set, 9.0 in CI).
+# are compiled (TORCHCV_EXT_CUDA=ON, TORCH_CUDA_ARCH_LIST as set, 9.0 in CI) and ptxas's
+# register / spill report checked (.ci/ptxas_check.py): CI's one CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${1:-2.11.0}"
@@ -20,8 +21,11 @@ python -m venv --system-site-packages "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --no-deps "torch==$ver" "torchvision==$tv"
 "$py" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
-TORCHCV_EXT_CUDA="${TORCHCV_EXT_CUDA:-ON}" "$py" -m pip install -q --no-build-isolation --no-deps \
+ptxas_log="$PWD/build/ptxas-compat-torch-$ver"
+TORCHCV_EXT_CUDA=ON TORCHCV_EXT_PTXAS_LOG="$ptxas_log" "$py" -m pip install -q --no-build-isolation --no-deps \
   --force-reinstall -C build-dir="build/compat-torch-$ver" .
+# ptxas's per-kernel registers and spills of this (CUDA) build against the budgets.
+"$py" .ci/ptxas_check.py "$ptxas_log" --out "$ptxas_log/report.md"
 repo="$PWD"
 cd "${TMPDIR:-/tmp}"
 "$py" -m torchcv_ext.info
