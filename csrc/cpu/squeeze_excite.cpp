@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "torchcv_ext/cpu_clones.h"
@@ -31,6 +32,28 @@ constexpr int kLanes = 16;  // independent accumulators (lets the compiler vecto
 // running sum over 2^28 values loses the low bits (the mean of a constant 3.0 plane came out 3.67).
 constexpr int64_t kSumChunk = 4096;
 
+// float32 NCHW rows, vectorized per CPU (TCV_CPU_CLONES): the templates below compile to SSE2
+// only, which made the NCHW forward 0.7-0.9x eager on EfficientNet-B0's 112x112 planes.
+TCV_CPU_CLONES float row_sum_f32(const float* x, int64_t n) {  // n <= kSumChunk
+  f32x16 a = {}, b = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a += load16(x + i);
+    b += load16(x + i + 16);
+  }
+  for (; i + 16 <= n; i += 16) a += load16(x + i);
+  a += b;
+  float s = 0;
+  for (int l = 0; l < 16; ++l) s += a[l];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+TCV_CPU_CLONES void row_scale_f32(const float* in, float* out, int64_t n, float g) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = in[i] * g;
+}
+
 template <typename T, typename A>
 A row_sum(const T* x, int64_t n) {
   if (n > kSumChunk) {
@@ -38,6 +61,7 @@ A row_sum(const T* x, int64_t n) {
     for (int64_t i = 0; i < n; i += kSumChunk) total += row_sum<T, A>(x + i, std::min(kSumChunk, n - i));
     return static_cast<A>(total);
   }
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) return row_sum_f32(x, n);
   A acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -103,7 +127,11 @@ void row_sum2(const T* x, const T* dy, int64_t n, A& sx, A& sxy) {
 // out = in * g (+ shift) over a row with one scale.
 template <typename T, typename A>
 void row_scale(const T* in, T* out, int64_t n, A g) {
-  for (int64_t i = 0; i < n; ++i) out[i] = se::scale(in[i], g);
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    row_scale_f32(in, out, n, g);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = se::scale(in[i], g);
+  }
 }
 template <typename T, typename A>
 void row_scale_shift(const T* in, T* out, int64_t n, A g, A shift) {
