@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["Activation", "REGISTRY", "NAMES", "get", "check", "forward", "derivative", "fused_name",
-           "call_name", "make_module", "parse"]
+           "call_name", "make_module", "parse", "drop_in"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +161,9 @@ def fused_name(module_or_cls) -> Optional[str]:
     """The registered name of an activation module (or class), None when the fused ops cannot
     compute it. Exact classes only (a user subclass may change the math), with the constructor
     arguments of ``module_kwargs`` (a class alone matches its defaults); torchcv_ext's own drop-ins
-    declare their name in a ``fused_activation`` class attribute."""
+    are registered with :func:`drop_in`."""
     cls = module_or_cls if isinstance(module_or_cls, type) else type(module_or_cls)
-    own = cls.__dict__.get("fused_activation")
+    own = _DROP_INS.get(cls)
     if own is not None:
         return own
     for a in REGISTRY.values():
@@ -173,6 +173,23 @@ def fused_name(module_or_cls) -> Optional[str]:
             if all(getattr(module_or_cls, k, None) == v for k, v in a.module_kwargs.items()):
                 return a.name
     return None
+
+
+#: torchcv_ext's own modules computing a registered activation (nn.Hardswish's drop-in, ...): class ->
+#: name. A dict (not a class attribute read through ``cls.__dict__``), so torch.compile traces it.
+_DROP_INS: Dict[type, str] = {}
+
+
+def drop_in(name: str):
+    """Class decorator: the module computes the registered activation ``name`` (exactly that class;
+    subclasses may change the math)."""
+    check(name)
+
+    def deco(cls):
+        _DROP_INS[cls] = name
+        return cls
+
+    return deco
 
 
 def _defaults_match(a: Activation) -> bool:

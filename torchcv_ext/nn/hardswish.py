@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchcv_ext import activations
 from torchcv_ext.ops.activation import hardsigmoid, hardswish
 
 __all__ = ["Hardswish", "Hardsigmoid"]
 
 
+@activations.drop_in("hardswish")
 class Hardswish(nn.Module):
     """Drop-in for ``torch.nn.Hardswish(inplace=False)``. ``inplace`` is accepted for
     compatibility; the result is always a new tensor (the op saves only its input for backward)."""
-
-    fused_activation = "hardswish"  # torchcv_ext.activations.fused_name
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
@@ -24,10 +24,9 @@ class Hardswish(nn.Module):
         return hardswish(x)
 
 
+@activations.drop_in("hardsigmoid")
 class Hardsigmoid(nn.Module):
     """Drop-in for ``torch.nn.Hardsigmoid(inplace=False)``; ``inplace`` is accepted and ignored."""
-
-    fused_activation = "hardsigmoid"  # torchcv_ext.activations.fused_name
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()

@@ -133,6 +133,14 @@ void permute(const at::Tensor& src0, const at::Tensor& src1, int64_t src_split, 
 
 // ---- the ops' front ends; `run` is the backend's loop over a ShufflePlan ----
 
+// A backend with `static constexpr bool kATenShuffle = true` (the CPU's) runs the plain
+// channel_shuffle with ATen's kernel; the others (CUDA, and the CUDA emulator, whose device type
+// is the CPU's) with their own loop.
+template <typename R, typename = void>
+struct uses_aten_shuffle : std::false_type {};
+template <typename R>
+struct uses_aten_shuffle<R, std::void_t<decltype(R::kATenShuffle)>> : std::bool_constant<R::kATenShuffle> {};
+
 template <typename Run>
 at::Tensor channel_shuffle(const at::Tensor& x_in, int64_t groups, Run&& run) {
   check_input("channel_shuffle", "x", x_in);
@@ -141,7 +149,7 @@ at::Tensor channel_shuffle(const at::Tensor& x_in, int64_t groups, Run&& run) {
   TORCH_CHECK(C % groups == 0, "channel_shuffle: the number of channels (", C,
               ") must be divisible by groups (", groups, ")");
   const at::MemoryFormat fmt = memory_format_of(x_in);
-  if constexpr (std::decay_t<Run>::kDevice == c10::DeviceType::CPU) {
+  if constexpr (uses_aten_shuffle<std::decay_t<Run>>::value) {
     // The plain shuffle on the CPU is ATen's own kernel: our row / per-pixel transpose copies ran
     // at 0.84-0.87x of it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py,
     // 2026-12-07), where the fused shuffle_cat / shuffle_cat_split below are 1.8-2.3x eager.
