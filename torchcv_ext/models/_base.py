@@ -44,6 +44,13 @@ class ClassifierModel(nn.Module):
         # forward, not __call__), so no model declares sizes and no traced graph holds a check.
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return super().__call__(*args, **kwargs)
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 3 and 0 in x.shape[2:]:
+            # An image of height or width 0: not every torch's layers reject it (torch 2.11's conv
+            # on meta tensors returns an empty output), so it is named here.
+            message = explain_bad_input(self, args, kwargs, ValueError("an image of height or width 0"))
+            if message is not None:
+                raise ValueError(message)
         try:
             return super().__call__(*args, **kwargs)
         except (RuntimeError, ValueError) as err:
