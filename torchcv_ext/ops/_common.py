@@ -51,6 +51,14 @@ def capturing_graph() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """``x`` is a CPU tensor in an eager call that autograd does not record and no graph captures:
+    where an op whose CPU kernel would be ATen's own (channel_shuffle, the elementwise activations)
+    calls ATen directly, skipping the custom op's dispatch and Python autograd layers (5-15 us a
+    call). Autograd and graph capture (compile, export, jit.trace) always take the op."""
+    return x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) and not capturing_graph()
+
+
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
 BACKENDS: Dict[str, Dict[str, str]] = {}
 

@@ -21,11 +21,10 @@ __all__ = ["activation", "hardswish", "hardsigmoid"]
 def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     """``act(x)`` by registered name (``torchcv_ext.activations.NAMES``); any float dtype and layout."""
     activations.check(act)
-    if x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) and not _common.capturing_graph():
-        # Eager inference on the CPU: the eager function (ATen's vectorized kernel). The op saves
-        # only x for its backward, which buys nothing without autograd, and its dispatch layers
-        # cost 5-15 us a call (0.93x eager on a MobileNetV3 hardswish). Graph capture and
-        # autograd take the op.
+    if _common.eager_cpu_inference(x):
+        # The eager function (ATen's vectorized kernel): the op saves only x for its backward,
+        # which buys nothing without autograd, and its layers cost 0.93x eager on a MobileNetV3
+        # hardswish.
         if not x.is_floating_point():
             raise RuntimeError(f"activation: x must be a floating-point tensor, got {x.dtype}")
         return activations.forward(act, x)
