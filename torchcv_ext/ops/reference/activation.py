@@ -26,10 +26,3 @@ def activation_backward(grad: torch.Tensor, x: torch.Tensor, act: str) -> torch.
                            f"must match x ({tuple(x.shape)}, {x.dtype}, {x.device})")
     return grad * activations.derivative(act, x)
 
-
-def hardswish(x: torch.Tensor) -> torch.Tensor:
-    return activation(x, "hardswish")
-
-
-def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
-    return activation(x, "hardsigmoid")
