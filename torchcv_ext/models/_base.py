@@ -10,6 +10,8 @@ from typing import Iterable, List, Optional
 import torch
 from torch import nn
 
+from torchcv_ext.ops import _common
+
 
 def last_linear_name(head: nn.Module) -> str:
     """Qualified name (within ``head``) of the last ``nn.Linear`` of a head: "" when ``head`` is
@@ -39,10 +41,11 @@ class ClassifierModel(nn.Module):
     head_name = "classifier"
 
     def __call__(self, *args, **kwargs):
-        # Bad input is explained on the error path only: the call itself is untouched (a try costs
-        # nothing; graph capture -- compile, export, jit.trace -- skips even that, and fx traces
-        # forward, not __call__), so no model declares sizes and no traced graph holds a check.
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # Bad input is explained on the error path (and for an empty image): the call itself is
+        # untouched (a try costs nothing; graph capture -- compile, export, jit.trace -- skips even
+        # that, and fx traces forward, not __call__), so no model declares sizes and no traced graph
+        # holds a check.
+        if _common.capturing_graph():
             return super().__call__(*args, **kwargs)
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.dim() >= 3 and 0 in x.shape[2:]:
