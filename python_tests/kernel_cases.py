@@ -122,6 +122,31 @@ def attn_inputs(shape, dtype, seed=0, layout="bhnd", device="cpu"):
     return make(nq), make(nk), make(nk), make(nq)
 
 
+# Non-finite inputs: NaN, +Inf or -Inf at one element, along one row, down one column of the
+# first key tile, or at the last element of q, k or v; one key tile followed by masked keys
+# (Nk = 5) and two tiles (Nk = 70). Out, dq, dk and dv show NaN and Inf where float64 eager
+# softmax(q k^T * scale) @ v and its autograd do (testing.check_attention_nonfinite).
+ATTN_NONFINITE_SHAPES = [(1, 1, 3, 5, 32), (1, 1, 3, 70, 32)]
+
+
+def attn_nonfinite_inputs(shape, dtype, device="cpu"):
+    """(what, q, k, v, grad_out) for every non-finite case of `shape`."""
+    for pos, name in enumerate("qkv"):
+        for value in (float("nan"), float("inf"), float("-inf")):
+            for where in ("element", "row", "column", "last"):
+                q, k, v, go = attn_inputs(shape, dtype, seed=pos, device=device)
+                t = (q, k, v)[pos]
+                if where == "element":
+                    t[0, 0, 0, 0] = value
+                elif where == "row":
+                    t[0, 0, 0, :] = value
+                elif where == "column":
+                    t[0, 0, :64, 0] = value
+                else:
+                    t[-1, -1, -1, -1] = value
+                yield f"{name} {where} = {value}", q, k, v, go
+
+
 def misaligned(t: torch.Tensor) -> torch.Tensor:
     """The same values in the same layout, starting one element past a 64-byte boundary."""
     buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)

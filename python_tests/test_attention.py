@@ -20,7 +20,9 @@ from torchcv_ext.nn import MultiheadSelfAttention
 from torchcv_ext.ops import attention
 from torchcv_ext.ops.reference import attention as ref
 
-from testing import DEVICES, TOL, assert_close, assert_flash_rule, eager_attention, opcheck, requires_ext
+from kernel_cases import ATTN_NONFINITE_SHAPES
+from testing import (DEVICES, DTYPES, TOL, assert_close, assert_flash_rule, check_attention_nonfinite, eager_attention,
+                     opcheck, requires_ext)
 
 op = torch.ops.torchcv_ext.attention if torchcv_ext.extension_loaded() else None
 HALF = [torch.float16, torch.bfloat16]
@@ -397,6 +399,22 @@ def test_cuda_atomic_dq_backward(dtype, shape):
                          ids=lambda s: "x".join(map(str, s)))
 def test_cuda_long_and_many_heads(shape):
     test_flash_attention_rule_half("cuda", torch.bfloat16, shape)
+
+
+@pytest.mark.cuda
+@requires_ext
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_nonfinite_as_eager(dtype):
+    """NaN and +-Inf in q, k or v give NaN / Inf where float64 eager softmax(q k^T * scale) @ v
+    does (the CUDA kernels' rules, torchcv_ext/attention.h; the CUDA emulator runs the same cases).
+    The CPU op is ATen's flash kernel and follows eager SDPA on the CPU instead, which gives finite
+    rows for some NaN / Inf scores (test_bad_input.py)."""
+    def run(q, k, v, go):
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out = attention(q, k, v)
+        return (out, *torch.autograd.grad(out, (q, k, v), go))
+    for shape in ATTN_NONFINITE_SHAPES:
+        check_attention_nonfinite(run, shape, dtype, "cuda")
 
 
 @pytest.mark.cuda

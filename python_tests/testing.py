@@ -42,6 +42,32 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=Non
     return torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * s, dim=-1).matmul(v)
 
 
+def assert_same_nonfinite(got: torch.Tensor, want: torch.Tensor, what: str = ""):
+    """NaN at the same positions, +-Inf at the same positions with the same signs: the test of
+    "NaN and Inf propagate as in eager PyTorch"."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    where = f"{what}: " if what else ""
+    assert torch.equal(got.isnan(), want.isnan()), \
+        f"{where}NaN at {got.isnan().nonzero().tolist()} vs {want.isnan().nonzero().tolist()}"
+    assert torch.equal(got.isinf(), want.isinf()), \
+        f"{where}Inf at {got.isinf().nonzero().tolist()} vs {want.isinf().nonzero().tolist()}"
+    assert torch.equal(got[got.isinf()].sign(), want[want.isinf()].sign()), f"{where}signs of Inf differ"
+
+
+def check_attention_nonfinite(run, shape, dtype, device="cpu"):
+    """run(q, k, v, grad_out) -> (out, dq, dk, dv) of an attention kernel, for every case of
+    kernel_cases.attn_nonfinite_inputs: NaN and Inf where float64 eager attention has them."""
+    from kernel_cases import attn_nonfinite_inputs
+
+    for what, q, k, v, go in attn_nonfinite_inputs(shape, dtype, device):
+        got = run(q, k, v, go)
+        q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+        out = eager_attention(q64, k64, v64)
+        want = (out, *torch.autograd.grad(out, (q64, k64, v64), go.double()))
+        for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+            assert_same_nonfinite(g, w, f"{dtype} {shape} {what}, {name}")
+
+
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 

@@ -295,7 +295,7 @@ constexpr int dkdv_smem_bytes() {
 
 // Query tile qt of the dK/dV pass: Q and dO go to shared memory by cp.async; this thread's row
 // (threadIdx.x < BMQ) of lse and Delta is returned in registers, to be stored to shared
-// memory by the caller (rows past Nq: lse = +inf gives P = 0; their Q, dO rows are zero). The
+// memory by the caller (rows past Nq: lse = +inf, Q and dO rows zero; the caller sets their P = 0). The
 // caller stores them after the tile's MMAs, so the global-load latency is hidden behind them
 // instead of stalling the first warps at the top of every tile.
 struct RowStats {
@@ -387,12 +387,16 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
     mma_abt<T, NT_Q, KD>(st, [&](int kk, uint32_t(&a)[4]) {
       load_a(a, sK, LDS, warp * 16, kk * 16, g, t);
     }, sQ, LDS, g, t);
+    // Query rows past Nq get P = 0 too: their lse of +inf alone gives exp2(x - inf) = NaN when a
+    // key holds an Inf (x = 0 * inf), which would reach dK and dV through their zero rows.
+    const int q_left = static_cast<int>(tile_rows(p.Nq, BMQ, qt)) - 2 * t;  // qc < rows <=> ...
 #pragma unroll
     for (int nt = 0; nt < NT_Q; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qc = nt * 8 + 2 * t + (e & 1);
-        st[nt][e] = key_ok[e >> 1] ? prob_from_lse(st[nt][e] * scale_log2, sLse[qc]) : 0.f;
+        const bool ok = key_ok[e >> 1] && nt * 8 + (e & 1) < q_left;
+        st[nt][e] = ok ? prob_from_lse(st[nt][e] * scale_log2, sLse[qc]) : 0.f;
       }
     }
     // dV += P^T dO: B[k = query][n = d] = dO[query][d].

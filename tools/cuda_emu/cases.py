@@ -31,12 +31,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python_tests"))
 
 import build  # noqa: E402
-from kernel_cases import (ATTN_IDS, ATTN_SHAPES, CL, DW_CASES, DW_IDS, ACTIVATION_CASES, NCHW,  # noqa: E402
+from kernel_cases import (ATTN_IDS, ATTN_NONFINITE_SHAPES, ATTN_SHAPES, CL, DW_CASES, DW_IDS, ACTIVATION_CASES, NCHW,  # noqa: E402
                           SE_CASES, SE_IDS, SHUFFLE_CASES, misaligned)
 from kernel_cases import attn_inputs as _attn_inputs  # noqa: E402
 from kernel_cases import dw_inputs as _dw_inputs  # noqa: E402
 from kernel_cases import se_inputs as _se_inputs  # noqa: E402
-from testing import TOL, assert_flash_rule, eager_attention  # noqa: E402
+from testing import TOL, assert_flash_rule, check_attention_nonfinite, eager_attention  # noqa: E402
 
 from torchcv_ext.ops.reference import attention as ref_attn  # noqa: E402
 from torchcv_ext.ops.reference import channel_shuffle as ref_cs  # noqa: E402
@@ -506,6 +506,18 @@ def test_attention_misaligned_and_edge_inputs():
         assert all((t == 0).all() for t in grads) and grads[1].shape == kv.shape
     with pytest.raises(RuntimeError, match="head_dim must be 32, 64 or 128 on CUDA"):
         EMU.attention(*(torch.randn(1, 1, 4, 48).half() for _ in range(3)), None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_attention_nonfinite_as_eager(dtype):
+    """NaN and +-Inf in q, k or v: out, dq, dk and dv are NaN / Inf exactly where float64 eager
+    softmax(q k^T * scale) @ v and its autograd are (the rules in torchcv_ext/attention.h), with
+    one key tile and masked keys after it, and with two key tiles."""
+    def run(q, k, v, go):
+        out, lse = EMU.attention(q, k, v, None)
+        return (out, *EMU._attention_backward(go, q, k, v, out, lse, None))
+    for shape in ATTN_NONFINITE_SHAPES:
+        check_attention_nonfinite(run, shape, dtype)
 
 
 # ---- coverage: every kernel of the emulated .cu files was launched by the cases above -----------

@@ -18,6 +18,9 @@ speed) through the op.
 Inputs need unit stride along D only (views of a fused qkv projection are used in place).
 Not supported: attention masks, causal masking, dropout. Double backward differentiates the
 reference backward (ops/_common.py: register_backward_autograd).
+NaN and Inf: the CUDA kernels give NaN / Inf where eager ``softmax(q @ k^T * scale) @ v`` does (a
+NaN score makes its row NaN); the CPU op gives what eager SDPA gives on the CPU (the same ATen
+kernel), which for some NaN / Inf scores is a finite row.
 """
 from __future__ import annotations
 

@@ -65,20 +65,26 @@ TCV_FN A online_rescale(A& m, A tile_max) {
   return alpha;
 }
 
-// Softmax weight of a score x given the row's running max m (0 for masked scores, and for a
-// row whose scores are all masked so far).
+// Softmax weight of a score x given the row's running max m: exp2(x - m), with m = -inf (every
+// score so far -inf or NaN) read as 0, so that a masked or -inf score weighs 0 and a NaN score
+// weighs NaN (FlashAttention's rule). The select depends on the row only: hoisted out of the loop.
 template <typename A>
 TCV_FN A softmax_weight(A x, A m) {
-  return m == neg_inf<A>() ? A(0) : fexp2(x - m);
+  return fexp2(x - (m == neg_inf<A>() ? A(0) : m));
 }
 
-// Final normalization 1 / l (0 for an empty row: Nk = 0 gives out = 0) ...
+// NaN and +-Inf as eager softmax(q k^T * scale) @ v (python_tests/test_bad_input.py checks it
+// through the CUDA emulator). fmax2 need not propagate NaN (the kernels' maxima may skip a NaN
+// score): a NaN score still weighs NaN (softmax_weight) and makes l and the row's output NaN; a
+// +Inf score makes m = +Inf and its weight exp2(inf - inf) = NaN. Nk = 0 never reaches the
+// kernels (attention_host.h: empty_forward writes out = 0, lse = -inf), so l = 0 means every
+// score of the row is -inf, and the row is NaN (0 * 1/0) as in eager softmax.
 template <typename A>
-TCV_FN A inv_rowsum(A l) { return l > A(0) ? A(1) / l : A(0); }
-// ... and the natural log-sum-exp of the row (-inf for an empty row).
+TCV_FN A inv_rowsum(A l) { return A(1) / l; }
+// The natural log-sum-exp of the row: NaN for a NaN row, so its backward is NaN too.
 template <typename A>
 TCV_FN A row_lse(A m, A l) {
-  return l > A(0) ? (m + flog2(l)) * static_cast<A>(kLn2) : neg_inf<A>();
+  return (m + flog2(l)) * static_cast<A>(kLn2);
 }
 
 // Backward: the probability of score x (log2 domain) from the row's saved lse (natural log),
