@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from torchcv_ext import activations, ops
-from testing import assert_same_nonfinite, requires_ext
+from testing import DEVICES, assert_same_nonfinite, requires_ext
 
 pytestmark = requires_ext
 
@@ -410,18 +410,26 @@ def test_nonfinite_propagate_as_eager(kernels, op, value):
 
 # ---- huge reductions: a constant 3.0 plane of 2^28 pixels has mean 3.0 ------------------------
 # The kernels copy stride-0 inputs to a dense layout, so this allocates the plane (1 GiB per
-# tensor): one slow case per op.
+# tensor): one slow case per op and layout. NCHW: one 2^28-pixel plane; channels_last: 16 channels
+# of 2^24 pixels (SE's channels_last sums run per chunk of pixels across channels). On a GPU: the
+# CUDA kernels' Welford partials and chunked sums.
 
 @pytest.mark.slow
-def test_huge_plane_mean_is_exact(kernels):
-    side = 2 ** 14
-    x = torch.full((1, 1, side, side), 3.0)
-    one = torch.ones(1)
-    y, mean, var = ops.dwconv_bn_act_train(x, torch.ones(1, 1, 1, 1), one, one * 0, 1e-5, 1, 0, 1, "identity")
-    assert mean.item() == pytest.approx(3.0, rel=1e-6) and var.item() == pytest.approx(0.0, abs=1e-6)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels, layout", [(1, torch.contiguous_format), (16, torch.channels_last)],
+                         ids=["nchw", "channels_last"])
+def test_huge_plane_mean_is_exact(kernels, device, channels, layout):
+    side = 2 ** 14 // int(channels ** 0.5)
+    x = torch.full((1, channels, side, side), 3.0, device=device).contiguous(memory_format=layout)
+    one = torch.ones(channels, device=device)
+    w = torch.ones(channels, 1, 1, 1, device=device)
+    y, mean, var = ops.dwconv_bn_act_train(x, w, one, one * 0, 1e-5, 1, 0, 1, "identity")
+    assert torch.allclose(mean.cpu(), torch.full((channels,), 3.0), rtol=1e-6, atol=0), mean
+    assert var.abs().max().item() < 1e-6, var
     del y
     # SE with identity MLP: y = x * (mean_hw(x) - 3), zero exactly when the pooled mean is 3.
-    y = ops.squeeze_excite(x, one.view(1, 1), one * 0, one.view(1, 1), one * -3, "identity", "identity")
+    eye = torch.eye(channels, device=device)
+    y = ops.squeeze_excite(x, eye, one * 0, eye, one * -3, "identity", "identity")
     assert y.abs().max().item() < 1e-4
 
 

@@ -804,14 +804,16 @@ inline int64_t cl_rows_per_thread(int64_t P, int64_t C) {
   // writes a partial result per channel (per channel and tap in grad_cl_k_kernel: C * kk *
   // chunks floats, read again by sum_finalize_kernel), so chunks beyond what fills the GPU only
   // add traffic: with R = 8, a 120-channel 28 x 28 5 x 5 layer at batch 128 wrote (and then read)
-  // partial weight gradients a quarter the size of the dz, z and x reads they sum. At most 65535
-  // chunks.
+  // partial weight gradients a quarter the size of the dz, z and x reads they sum. At most 2048
+  // pixels per thread (its float Welford / sum stays short on a huge plane), unless the grid's
+  // 65535 chunks need more.
   int64_t target_blocks = 2048;
 #ifdef TORCHCV_CUDA_EMU  // python_tests/cuda_emu: TORCHCV_EMU_CL_BLOCKS=n, R > 8 at test sizes
   target_blocks = ::emu::env_int("TORCHCV_EMU_CL_BLOCKS", target_blocks);
 #endif
   const int64_t chunks = std::max<int64_t>(1, target_blocks / ceil_div(C, int64_t{kLanes}));
-  return std::max({int64_t{8}, ceil_div(P, kRows * chunks), ceil_div(P, kRows * int64_t{65535})});
+  const int64_t r = std::min<int64_t>(std::max<int64_t>(8, ceil_div(P, kRows * chunks)), 2048);
+  return std::max(r, ceil_div(P, kRows * int64_t{65535}));
 }
 
 // Pixels per thread of the channels_last gradient kernels, which write kk partial sums per
