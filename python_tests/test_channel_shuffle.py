@@ -122,10 +122,12 @@ def test_gradients_match_reference(device, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("c,groups", [(12, 2), (12, 3), (12, 4), (24, 6), (10, 5), (7, 7), (16, 8)])
+@pytest.mark.parametrize("c,groups", [(12, 2), (12, 3), (12, 4), (24, 6), (10, 5), (7, 7), (16, 8),
+                                      (2, 2), (26, 2), (48, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_channels_last_transpose_paths(device, c, groups, dtype):
-    """channels_last with unit channel strides: the CPU kernel's transposes by groups (2/3/4) and
+    """channels_last with unit channel strides: the CPU kernel's vector interleave of groups = 2
+    for 4-byte words (channels per group 1, 6, 13 and 24: 8-wide, 4-wide and scalar steps), its transposes by groups (2/3/4) and
     by channels per group (2/3/4: the backward of groups = C/2..C/4, shuffle_cat's backward), the
     two-part sources and destinations of shuffle_cat(_split) with even and odd C, and the general
     table path for the other shapes -- forward and backward equal torch's."""

@@ -133,7 +133,7 @@ void permute(const at::Tensor& src0, const at::Tensor& src1, int64_t src_split, 
 
 // ---- the ops' front ends; `run` is the backend's loop over a ShufflePlan ----
 
-// A backend with `static constexpr bool kATenShuffle = true` (the CPU's) runs the plain
+// A backend with `static constexpr bool kATenShuffle = true` (the CPU's) runs the plain NCHW
 // channel_shuffle with ATen's kernel; the others (CUDA, and the CUDA emulator, whose device type
 // is the CPU's) with their own loop.
 template <typename R, typename = void>
@@ -150,11 +150,14 @@ at::Tensor channel_shuffle(const at::Tensor& x_in, int64_t groups, Run&& run) {
               ") must be divisible by groups (", groups, ")");
   const at::MemoryFormat fmt = memory_format_of(x_in);
   if constexpr (uses_aten_shuffle<std::decay_t<Run>>::value) {
-    // The plain shuffle on the CPU is ATen's own kernel: our row / per-pixel transpose copies ran
-    // at 0.84-0.87x of it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py,
-    // 2026-12-07), where the fused shuffle_cat / shuffle_cat_split below are 1.8-2.3x eager.
-    at::Tensor y = at::native_channel_shuffle(x_in, groups);
-    return y.is_alias_of(x_in) || !y.is_contiguous(fmt) ? y.clone(fmt) : y;
+    // The plain NCHW shuffle on the CPU is ATen's own kernel: our row copies ran at 0.84-0.87x of
+    // it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py, 2026-12-07). channels_last
+    // is ours: ATen's per-pixel transpose ran at 10-17x a copy's time on an AVX2 AMD EPYC, ours
+    // (csrc/cpu/channel_shuffle.cpp) at 1.4-1.8x (benchmarks/results/2026-12-07-cpu-shuffle-cl.md).
+    if (fmt != at::MemoryFormat::ChannelsLast) {
+      at::Tensor y = at::native_channel_shuffle(x_in, groups);
+      return y.is_alias_of(x_in) || !y.is_contiguous(fmt) ? y.clone(fmt) : y;
+    }
   }
   const at::Tensor x = collapsible(x_in);
   at::Tensor y = at::empty_like(x_in, fmt);
