@@ -295,9 +295,9 @@ constexpr int dkdv_smem_bytes() {
 
 // Query tile qt of the dK/dV pass: Q and dO go to shared memory by cp.async; this thread's row
 // (threadIdx.x < BMQ) of lse and Delta is returned in registers, to be stored to shared
-// memory by the caller (rows past Nq: lse = +inf, Q and dO rows zero; the caller sets their P = 0). The
-// caller stores them after the tile's MMAs, so the global-load latency is hidden behind them
-// instead of stalling the first warps at the top of every tile.
+// memory by the caller (rows past Nq: lse = +inf, zero Q and dO rows; the caller gives them
+// P = 0). The caller stores them after the tile's MMAs, so the global-load latency is hidden
+// behind them instead of stalling the first warps at the top of every tile.
 struct RowStats {
   float lse = INFINITY, delta = 0.f;  // raw loads: nothing consumes them until the store
 };
@@ -389,7 +389,8 @@ __global__ void __launch_bounds__(128) dkdv_mma_kernel(const BwdParams<T> p, int
     }, sQ, LDS, g, t);
     // Query rows past Nq get P = 0 too: their lse of +inf alone gives exp2(x - inf) = NaN when a
     // key holds an Inf (x = 0 * inf), which would reach dK and dV through their zero rows.
-    const int q_left = static_cast<int>(tile_rows(p.Nq, BMQ, qt)) - 2 * t;  // qc < rows <=> ...
+    // qc = nt * 8 + 2t + (e & 1) < rows  <=>  nt * 8 + (e & 1) < rows - 2t (compile-time left side).
+    const int q_left = static_cast<int>(tile_rows(p.Nq, BMQ, qt)) - 2 * t;
 #pragma unroll
     for (int nt = 0; nt < NT_Q; ++nt) {
 #pragma unroll

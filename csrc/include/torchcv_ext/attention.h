@@ -73,12 +73,12 @@ TCV_FN A softmax_weight(A x, A m) {
   return fexp2(x - (m == neg_inf<A>() ? A(0) : m));
 }
 
-// NaN and +-Inf as eager softmax(q k^T * scale) @ v (python_tests/test_bad_input.py checks it
-// through the CUDA emulator). fmax2 need not propagate NaN (the kernels' maxima may skip a NaN
-// score): a NaN score still weighs NaN (softmax_weight) and makes l and the row's output NaN; a
-// +Inf score makes m = +Inf and its weight exp2(inf - inf) = NaN. Nk = 0 never reaches the
-// kernels (attention_host.h: empty_forward writes out = 0, lse = -inf), so l = 0 means every
-// score of the row is -inf, and the row is NaN (0 * 1/0) as in eager softmax.
+// NaN and +-Inf as eager softmax(q k^T * scale) @ v (checked by tools/cuda_emu/cases.py and, on
+// a GPU, python_tests/test_attention.py: *_nonfinite_as_eager). fmax2 need not propagate NaN (the
+// kernels' maxima may skip a NaN score): a NaN score still weighs NaN (softmax_weight) and makes
+// l and the row's output NaN; a +Inf score makes m = +Inf and its weight exp2(inf - inf) = NaN.
+// Nk = 0 never reaches the kernels (attention_host.h: empty_forward writes out = 0, lse = -inf),
+// so l = 0 means every score of the row is -inf, and the row is NaN (0 * 1/0) as in eager softmax.
 template <typename A>
 TCV_FN A inv_rowsum(A l) { return A(1) / l; }
 // The natural log-sum-exp of the row: NaN for a NaN row, so its backward is NaN too.
