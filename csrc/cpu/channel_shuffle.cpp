@@ -41,14 +41,15 @@ TCV_CPU_CLONES void zip2_pixels_words32(const void* src, void* dst, int64_t pixe
     for (; i + 8 <= cpg; i += 8) {
       const tcv_f32x8u x = *reinterpret_cast<const tcv_f32x8u*>(pa + i);
       const tcv_f32x8u y = *reinterpret_cast<const tcv_f32x8u*>(pb + i);
-      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i) = __builtin_shufflevector(x, y, 0, 8, 1, 9, 2, 10, 3, 11);
-      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i + 8) = __builtin_shufflevector(x, y, 4, 12, 5, 13, 6, 14, 7, 15);
+      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i) = TCV_SHUFFLE(x, y, tcv_i32x8, 0, 8, 1, 9, 2, 10, 3, 11);
+      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i + 8) =
+          TCV_SHUFFLE(x, y, tcv_i32x8, 4, 12, 5, 13, 6, 14, 7, 15);
     }
     for (; i + 4 <= cpg; i += 4) {
       const tcv_f32x4u x = *reinterpret_cast<const tcv_f32x4u*>(pa + i);
       const tcv_f32x4u y = *reinterpret_cast<const tcv_f32x4u*>(pb + i);
-      *reinterpret_cast<tcv_f32x4u*>(pd + 2 * i) = __builtin_shufflevector(x, y, 0, 4, 1, 5);
-      *reinterpret_cast<tcv_f32x4u*>(pd + 2 * i + 4) = __builtin_shufflevector(x, y, 2, 6, 3, 7);
+      *reinterpret_cast<tcv_f32x4u*>(pd + 2 * i) = TCV_SHUFFLE(x, y, tcv_i32x4, 0, 4, 1, 5);
+      *reinterpret_cast<tcv_f32x4u*>(pd + 2 * i + 4) = TCV_SHUFFLE(x, y, tcv_i32x4, 2, 6, 3, 7);
     }
     for (; i < cpg; ++i) {
       pd[2 * i] = pa[i];

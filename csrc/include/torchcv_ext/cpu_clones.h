@@ -25,12 +25,16 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 // 16-lane gathers / scatters.
 // Two-source shuffle with constant indices: __builtin_shufflevector (clang, GCC >= 12), else GCC's
 // older __builtin_shuffle with an index vector (GCC 10 / 11 also build C++20 extensions).
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12 && !defined(TCV_OLD_GCC_SHUFFLE))
-#define TCV_SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
+// TCV_SHUFFLE(a, b, index vector type, indices...) for any width; TCV_SHUFFLE16 for f32x16.
 typedef int tcv_i32x16 __attribute__((vector_size(64)));
-#define TCV_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, tcv_i32x16{__VA_ARGS__})
+typedef int tcv_i32x8 __attribute__((vector_size(32)));
+typedef int tcv_i32x4 __attribute__((vector_size(16)));
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12 && !defined(TCV_OLD_GCC_SHUFFLE))
+#define TCV_SHUFFLE(a, b, idx_t, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define TCV_SHUFFLE(a, b, idx_t, ...) __builtin_shuffle(a, b, idx_t{__VA_ARGS__})
 #endif
+#define TCV_SHUFFLE16(a, b, ...) TCV_SHUFFLE(a, b, tcv_i32x16, __VA_ARGS__)
 #define TCV_T16_STAGE(D, ...)                                                  \
   for (int i = 0; i < 16; ++i) {                                               \
     if (i & (D)) continue;                                                     \
