@@ -247,9 +247,13 @@ def test_torch_compile_with_ddp_and_sync_bn(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # convert_sync_batchnorm in one process
 # ---------------------------------------------------------------------------------------------
-def test_convert_sync_batchnorm_in_one_process_changes_nothing():
+def test_convert_sync_batchnorm_in_one_process_changes_nothing(monkeypatch):
     """Same state_dict keys and tensors (shared), same outputs bitwise in train and eval mode, and
     the fused train kernel still runs: without a process group a synced BN is its BatchNorm."""
+    import torchcv_ext.ops
+
+    # The C++ train kernels, which "auto" takes only on AVX-512 CPUs (ops/dwconv_bn_act.py: backend).
+    monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "kernels")
     plain, synced = tiny_net(), convert_sync_batchnorm(tiny_net())
     assert plain.state_dict().keys() == synced.state_dict().keys()
     kinds = {type(m) for m in synced.modules()}

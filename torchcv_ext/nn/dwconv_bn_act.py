@@ -179,7 +179,10 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     if not use_batch_stats:
-        if backend(x, train=False) == "onednn":
+        path = backend(x, train=False)
+        if path == "eager":  # torch's own modules (NCHW on a CPU without AVX-512)
+            return activations.forward(activation, batch_norm_only(bn, conv(x)))
+        if path == "onednn":
             y = _fold.onednn_eval(conv, bn, activation, x)
             if y is not None:
                 return y

@@ -16,17 +16,21 @@ NAMESPACE = "torchcv_ext"
 
 #: Run-time switches (exported as ``torchcv_ext.ops.config``).
 #:   dwconv_cpu_train_backend: the CPU path of train-mode DWConvBNAct / dwconv_bn_act_train.
-#:     "auto" (default): the C++ kernels for float32 inputs outside CPU autocast (vectorized train
-#:     forward and backward: 1.0-3.0x eager on MobileNetV3 / EfficientNet-B0 layers, see
-#:     benchmarks/bench_dwconv_bn_act.py), eager PyTorch otherwise (the float16 / bfloat16 /
-#:     float64 train kernels are plain loops); "kernels": always the C++ kernels, which mirror
+#:     "auto" (default): the C++ kernels for float32 inputs outside CPU autocast on a CPU with
+#:     AVX-512 (vectorized train forward and backward: 1.0-3.0x eager on MobileNetV3 /
+#:     EfficientNet-B0 layers, see benchmarks/bench_dwconv_bn_act.py), eager PyTorch otherwise
+#:     (the float16 / bfloat16 / float64 train kernels are plain loops, and the float32 ones,
+#:     written around 16-float vectors, ran at 0.27-0.92x eager on an AVX2-only CPU:
+#:     benchmarks/results/2026-12-07-cpu-avx2.md); "kernels": always the C++ kernels, which mirror
 #:     the CUDA kernels' math (the tests run both); "eager": eager PyTorch -- the modules
 #:     (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition in the
 #:     functional op. CUDA always uses the CUDA kernels.
 #:   dwconv_cpu_eval_backend: eval-mode DWConvBNAct on the CPU (float32 inference, no autograd):
-#:     "auto" (default): oneDNN's fused depthwise conv (BN folded, activation as a post-op) on
-#:     small problems, where its JIT kernels are faster, the fused C++ kernel on large planes
-#:     (torchcv_ext/ops/dwconv_bn_act.py: backend); "kernel": always the C++ kernel;
+#:     "auto" (default): with AVX-512, oneDNN's fused depthwise conv (BN folded, activation as a
+#:     post-op) on small channels_last problems, where its JIT kernels are faster, the fused C++
+#:     kernel otherwise; without AVX-512 (where the C++ kernel ran at 0.08-1.28x eager), oneDNN
+#:     for channels_last and torch's own modules for NCHW (torchcv_ext/ops/dwconv_bn_act.py:
+#:     backend); "kernel": always the C++ kernel;
 #:     "onednn": oneDNN whenever it applies. Either way one pass over x and y. The functional op
 #:     ops.dwconv_bn_act always runs the C++ kernel.
 #:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
@@ -40,6 +44,19 @@ NAMESPACE = "torchcv_ext"
 #:     the op (no kernel reads an environment variable). Opt-in until a GPU run shows it faster.
 config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_backend="auto",
                                cpu_onednn_conv_bn=True, cuda_attention_dq="separate")
+
+
+def _cpu_avx512() -> bool:
+    try:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except Exception:  # noqa: BLE001  (a torch without the query)
+        return False
+
+
+#: Whether this CPU runs AVX-512 (torch's own dispatch level, read once at import). The float32
+#: C++ depthwise kernels are written around 16-float vectors (csrc/include/torchcv_ext/cpu_clones.h)
+#: and the "auto" backends take them only here (ops/dwconv_bn_act.py: backend).
+CPU_AVX512: bool = _cpu_avx512()
 
 
 def capturing_graph() -> bool:

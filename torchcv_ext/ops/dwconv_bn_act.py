@@ -128,22 +128,28 @@ def backend(x: torch.Tensor, train: bool) -> str:
     and torchcv_ext.nn.DWConvBNAct both ask here; ``config`` fields documented in ops/_common.py):
 
     * ``train=True``: "ops" -- the fused train ops (CUDA; on the CPU the float32 C++ kernels
-      outside autocast, ``config.dwconv_cpu_train_backend`` "auto" / "kernels"), or "eager" --
-      torch's own conv + batch_norm (the modules in DWConvBNAct, the reference composition in the
-      functional op): other CPU dtypes and autocast, where the C++ train kernels are plain loops.
+      outside autocast on an AVX-512 CPU, ``config.dwconv_cpu_train_backend`` "auto" / "kernels"),
+      or "eager" -- torch's own conv + batch_norm (the modules in DWConvBNAct, the reference
+      composition in the functional op): other CPU dtypes, autocast and CPUs without AVX-512,
+      where the C++ train kernels lose to eager (benchmarks/results/2026-12-07-cpu-avx2.md).
     * ``train=False``: "onednn" -- try oneDNN's fused depthwise conv first (BN folded, activation
-      as a post-op; CPU channels_last inputs up to 16 MiB, where its JIT kernels beat ours:
-      benchmarks/bench_dwconv_bn_act.py; ``config.dwconv_cpu_eval_backend``; never while a graph
-      is captured), or "ops" -- the fused eval op (our C++ / CUDA kernel)."""
+      as a post-op; CPU channels_last inputs: up to 16 MiB with AVX-512, where its JIT kernels
+      beat ours, any size without; ``config.dwconv_cpu_eval_backend``; never while a graph is
+      captured), "eager" -- torch's own modules (CPU NCHW inputs without AVX-512), or "ops" --
+      the fused eval op (our C++ / CUDA kernel)."""
     cfg = _common.config
     if not train:
         mode = cfg.dwconv_cpu_eval_backend
         if mode not in ("auto", "kernel", "onednn"):
             raise ValueError(f"config.dwconv_cpu_eval_backend must be 'auto', 'kernel' or 'onednn', got {mode!r}")
-        if (x.device.type != "cpu" or mode == "kernel" or _common.capturing_graph() or x.is_contiguous()
-                or not x.is_contiguous(memory_format=torch.channels_last)):
+        if x.device.type != "cpu" or mode == "kernel" or _common.capturing_graph():
             return "ops"
-        return "onednn" if mode == "onednn" or x.numel() * x.element_size() <= (16 << 20) else "ops"
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if mode == "onednn":
+            return "onednn" if channels_last else "ops"
+        if not _common.CPU_AVX512:
+            return "onednn" if channels_last else "eager"
+        return "onednn" if channels_last and x.numel() * x.element_size() <= (16 << 20) else "ops"
     if not _common.op_available("dwconv_bn_stats"):
         return "eager"
     if x.device.type != "cpu":
@@ -152,7 +158,8 @@ def backend(x: torch.Tensor, train: bool) -> str:
     if mode not in ("auto", "kernels", "eager"):
         raise ValueError(f"config.dwconv_cpu_train_backend must be 'auto', 'kernels' or 'eager', got {mode!r}")
     if mode == "auto":
-        return "ops" if x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") else "eager"
+        fast = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and _common.CPU_AVX512
+        return "ops" if fast else "eager"
     return "ops" if mode == "kernels" else "eager"
 
 
@@ -177,6 +184,8 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
                                                                    s, p, d, activation)
         return y, mean, var
     x, weight, ctx = _ref_autocast(x, weight)
+    if weight.dtype != x.dtype:  # the op's boundary check (checks.h), on the eager path too
+        raise RuntimeError(f"dwconv_bn_act_train: weight has dtype {weight.dtype} but the input has dtype {x.dtype}")
     with ctx:
         z, mean, var = ref.dwconv_bn_stats(x, weight, s, p, d)
     scale, shift = ref.batch_scale_shift(var, bn_weight, bn_bias, eps)
