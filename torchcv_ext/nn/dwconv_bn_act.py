@@ -178,22 +178,20 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
 
     # nn.BatchNorm2d's rules: batch statistics in training mode or without running stats.
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    path = backend(x, train=use_batch_stats)
+    if path == "eager" or (use_batch_stats and syncs_batch_stats(bn)):
+        # torch's own modules: CPU training outside the float32 kernels or CPU NCHW inference
+        # without AVX-512 (config.dwconv_cpu_*_backend), or a BN whose statistics span processes
+        # (convert_sync_batchnorm; oneDNN conv, batch_norm and their backward), and BatchNorm2d
+        # keeps its own running statistics.
+        return activations.forward(activation, batch_norm_only(bn, conv(x)))
     if not use_batch_stats:
-        path = backend(x, train=False)
-        if path == "eager":  # torch's own modules (NCHW on a CPU without AVX-512)
-            return activations.forward(activation, batch_norm_only(bn, conv(x)))
         if path == "onednn":
             y = _fold.onednn_eval(conv, bn, activation, x)
             if y is not None:
                 return y
         scale, shift = _fold.eval_scale_shift(conv, bn)
         return dwconv_bn_act(x, conv.weight, scale, shift, **args)
-
-    if backend(x, train=True) == "eager" or syncs_batch_stats(bn):
-        # CPU training outside the float32 kernels (config.dwconv_cpu_train_backend), or a BN whose
-        # statistics span processes (convert_sync_batchnorm): torch's own modules (oneDNN conv,
-        # batch_norm and their backward), and BatchNorm2d keeps its own running statistics.
-        return activations.forward(activation, batch_norm_only(bn, conv(x)))
     y, mean, var = dwconv_bn_act_train(x, conv.weight, bn.weight, bn.bias, bn.eps, **args)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
