@@ -60,7 +60,7 @@ TCV_CPU_CLONES void zip2_pixels_words32(const void* src, void* dst, int64_t pixe
 
 struct CpuRun {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
-  static constexpr bool kATenShuffle = true;  // channel_shuffle_host.h: the plain shuffle is ATen's
+  static constexpr bool kATenShuffle = true;  // channel_shuffle_host.h: the plain NCHW shuffle is ATen's
   struct Guard {
     explicit Guard(c10::Device) {}
   };

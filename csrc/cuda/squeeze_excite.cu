@@ -506,7 +506,8 @@ Split plan_split(const Problem& p, int64_t elem, bool vec_ok) {
   // At least enough chunks that a thread's float sum covers at most kMaxChunk / 32 pixels (as a
   // lane's in NCHW), within the grid's 65535 in y.
   const int64_t least = ceil_div(p.HW, rows * (kMaxChunk / 32));
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(std::max(std::min(want, most), least), 65535));
+  const int64_t splits =
+      std::max<int64_t>(1, std::min<int64_t>(std::max(std::min(want, most), least), 65535));
   sp.chunk = ceil_div(p.HW, splits);
   sp.splits = ceil_div(p.HW, sp.chunk);
   return sp;
