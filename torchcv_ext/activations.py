@@ -12,6 +12,7 @@ csrc/include/torchcv_ext/activations.h. Nothing else changes: the tests run ever
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -30,7 +31,11 @@ class Activation:
     name: the ops' name (``str act`` in the schemas, the C++ ``Act`` of the same name).
     module: the torch.nn class it computes; ``module_kwargs``: the constructor arguments that
         select it (``nn.GELU(approximate="tanh")``), which must match for a module to be fused.
-    forward(x, inplace): the eager computation (the references and the unfused paths call it).
+    fn(x): the eager computation, out of place: torch's own binding where it has one
+        (``torch._C._nn.hardswish``, what ``F.hardswish`` calls after its Python layer), because
+        the ops' CPU inference path calls it between two kernels, where every Python frame costs
+        several microseconds. ``fn_``: the in-place one, None where torch has none.
+        ``forward(x, inplace)`` picks between them (the references and unfused paths call it).
     derivative(x): d act / dx by explicit formulas (no autograd, so the backward references trace
         into exported graphs), with PyTorch's values at the kinks.
     functions / methods: how a forward spells it as a call (``F.relu``, ``torch.sigmoid``) or a
@@ -41,13 +46,17 @@ class Activation:
 
     name: str
     module: type
-    forward: Callable[[torch.Tensor, bool], torch.Tensor]
+    fn: Callable[[torch.Tensor], torch.Tensor]
     derivative: Callable[[torch.Tensor], torch.Tensor]
+    fn_: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     module_kwargs: Mapping[str, object] = dataclasses.field(default_factory=dict)
     functions: Tuple[Callable, ...] = ()
     methods: Tuple[str, ...] = ()
     onednn: Optional[Tuple[str, list, str]] = None
     aliases: Tuple[str, ...] = ()
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return self.fn_(x) if inplace and self.fn_ is not None else self.fn(x)
 
 
 def _where(cond, a, b):
@@ -91,29 +100,27 @@ def _gelu_tanh_d(x):  # PyTorch's gelu_backward, approximate="tanh"
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * beta * (1 + 3 * kappa * x * x)
 
 
-def _inplace_fn(fn):
-    return lambda x, inplace=False: fn(x, inplace=inplace)
-
+_nn = torch._C._nn  # torch's bindings of the activations (F.* without their Python layer)
 
 REGISTRY: Dict[str, Activation] = {a.name: a for a in (
-    Activation("identity", nn.Identity, lambda x, inplace=False: x, torch.ones_like,
+    Activation("identity", nn.Identity, lambda x: x, torch.ones_like,
                onednn=("none", [], ""), aliases=("none",)),
-    Activation("relu", nn.ReLU, _inplace_fn(F.relu), _relu_d, functions=(F.relu, torch.relu, torch.relu_),
+    Activation("relu", nn.ReLU, torch.relu, _relu_d, fn_=torch.relu_, functions=(F.relu, torch.relu, torch.relu_),
                methods=("relu", "relu_"), onednn=("relu", [], "")),
-    Activation("relu6", nn.ReLU6, _inplace_fn(F.relu6), _relu6_d, functions=(F.relu6,),
+    Activation("relu6", nn.ReLU6, _nn.relu6, _relu6_d, fn_=_nn.relu6_, functions=(F.relu6,),
                onednn=("hardtanh", [0.0, 6.0], "")),
-    Activation("hardswish", nn.Hardswish, _inplace_fn(F.hardswish), _hardswish_d, functions=(F.hardswish,),
+    Activation("hardswish", nn.Hardswish, _nn.hardswish, _hardswish_d, fn_=_nn.hardswish_, functions=(F.hardswish,),
                onednn=("hardswish", [], "")),
-    Activation("silu", nn.SiLU, _inplace_fn(F.silu), _silu_d, functions=(F.silu,), onednn=("swish", [], ""),
+    Activation("silu", nn.SiLU, _nn.silu, _silu_d, fn_=_nn.silu_, functions=(F.silu,), onednn=("swish", [], ""),
                aliases=("swish",)),
-    Activation("hardsigmoid", nn.Hardsigmoid, _inplace_fn(F.hardsigmoid), _hardsigmoid_d,
+    Activation("hardsigmoid", nn.Hardsigmoid, _nn.hardsigmoid, _hardsigmoid_d, fn_=_nn.hardsigmoid_,
                functions=(F.hardsigmoid,), onednn=("hardsigmoid", [], "")),
-    Activation("sigmoid", nn.Sigmoid, lambda x, inplace=False: x.sigmoid_() if inplace else x.sigmoid(),
-               _sigmoid_d, functions=(torch.sigmoid, F.sigmoid), methods=("sigmoid", "sigmoid_"),
+    Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sigmoid_d, fn_=torch.sigmoid_,
+               functions=(torch.sigmoid, F.sigmoid), methods=("sigmoid", "sigmoid_"),
                onednn=("sigmoid", [], "")),
-    Activation("gelu", nn.GELU, lambda x, inplace=False: F.gelu(x), _gelu_d,
+    Activation("gelu", nn.GELU, _nn.gelu, _gelu_d,
                module_kwargs={"approximate": "none"}, onednn=("gelu", [], "none")),
-    Activation("gelu_tanh", nn.GELU, lambda x, inplace=False: F.gelu(x, approximate="tanh"), _gelu_tanh_d,
+    Activation("gelu_tanh", nn.GELU, functools.partial(_nn.gelu, approximate="tanh"), _gelu_tanh_d,
                module_kwargs={"approximate": "tanh"}, onednn=("gelu", [], "tanh")),
 )}
 

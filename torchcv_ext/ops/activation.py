@@ -20,14 +20,16 @@ __all__ = ["activation", "hardswish", "hardsigmoid"]
 
 def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     """``act(x)`` by registered name (``torchcv_ext.activations.NAMES``); any float dtype and layout."""
-    activations.check(act)
+    a = activations.REGISTRY.get(act) if type(act) is str else None
+    if a is None:
+        a = activations.get(act)  # a str subclass; or raises, naming the registered activations
     if _common.eager_cpu_inference(x):
-        # The eager function (ATen's vectorized kernel): the op saves only x for its backward,
-        # which buys nothing without autograd, and its layers cost 0.93x eager on a MobileNetV3
-        # hardswish.
+        # The eager function (ATen's vectorized kernel, bound without F's Python layer): the op
+        # saves only x for its backward, which buys nothing without autograd, and its layers cost
+        # 0.93x eager on a MobileNetV3 hardswish.
         if not x.is_floating_point():
             raise RuntimeError(f"activation: x must be a floating-point tensor, got {x.dtype}")
-        return activations.forward(act, x)
+        return a.fn(x)
     if _common.op_available("activation"):
         return torch.ops.torchcv_ext.activation(x, act)
     return ref.activation(x, act)

@@ -26,11 +26,15 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     ``j * (C // groups) + i``. NCHW and channels_last; the result keeps the input's layout."""
     if type(groups) is not int:
         (groups,) = _common.int_tuple("channel_shuffle", "groups", groups, 1)
-    if x.dim() >= 3 and groups >= 1 and x.shape[1] % groups == 0 and x.is_contiguous() \
-            and _common.eager_cpu_inference(x):
+    if x.is_contiguous() and _common.eager_cpu_inference(x):
         # NCHW: ATen's kernel, which the op's CPU kernel runs too (5-7% of a ShuffleNet-sized
         # shuffle is the op's layers). channels_last: the op's own kernel (csrc/cpu/channel_shuffle.cpp).
-        return torch.channel_shuffle(x, groups)
+        # Bad sizes are left to ATen's own checks (no Python ones on this path: 3 us of a call);
+        # its error is replaced by the op's, which names the problem the same way on every path.
+        try:
+            return torch.channel_shuffle(x, groups)
+        except RuntimeError:
+            pass
     if _common.op_available("channel_shuffle"):
         return torch.ops.torchcv_ext.channel_shuffle(x, groups)
     return ref.channel_shuffle(x, groups)
