@@ -4,7 +4,7 @@
 // float32 backward entry points. The per-element math every backend shares is in
 // csrc/include/torchcv_ext/dwconv_bn_act.h.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -3,7 +3,8 @@
 // math is act_forward / act_backward of activations.h; the backward takes (grad, x), so autograd
 // saves only x.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "torchcv_ext/activations.h"
 #include "torchcv_ext/checks.h"

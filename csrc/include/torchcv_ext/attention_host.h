@@ -1,7 +1,9 @@
 // Host-side front end of the attention op, shared by the CPU and CUDA backends: argument checks,
 // the operand views (unit stride along D), output allocation and the kernel parameter structs.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cmath>
 #include <optional>

@@ -2,7 +2,10 @@
 // argument checks, output allocation and the ShufflePlan (pointers, strides, vector width).
 // The backends differ only in how they run plan.copy() over every destination element.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/native_channel_shuffle.h>
 
 #include <type_traits>
 #include <torch/library.h>

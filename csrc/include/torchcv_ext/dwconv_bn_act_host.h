@@ -5,7 +5,11 @@
 // channels_last), x/z/grads in the input dtype T; weight (C, kh*kw), scale, shift, mean, a, b in
 // acc_t (float, or double for float64 inputs), contiguous.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <limits>

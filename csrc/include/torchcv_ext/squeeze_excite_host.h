@@ -1,7 +1,7 @@
 // Host-side front end of squeeze_excite, shared by the CPU and CUDA backends: argument checks,
 // the layout the kernels compute in, activation parsing.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 
