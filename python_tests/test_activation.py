@@ -41,6 +41,14 @@ def _exact_derivative(name, x):
     return d
 
 
+def _with_autograd():
+    """The public function (on the CPU, with autograd, the eager function where that has a double
+    backward: ops/activation.py) and the op itself, whose kernels graph capture and CUDA run."""
+    if not torchcv_ext.extension_loaded():
+        return [activation]
+    return [activation, torch.ops.torchcv_ext.activation]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("name", NAMES)
@@ -51,13 +59,14 @@ def test_forward_backward_vs_pytorch(device, dtype, name):
     y = activation(x, name)
     assert y.dtype == dtype and y.shape == x.shape
     assert_close(y, _exact(name, x64), dtype)
-    xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
-    yg = activation(xg, name)  # with autograd: the op's kernel (y above: eager inference on the CPU)
-    assert_close(yg.detach(), _exact(name, x64), dtype)
-    (dx,) = torch.autograd.grad(yg, xg, g)
-    assert dx.dtype == dtype
-    assert_close(dx, g.double() * _exact_derivative(name, x64), dtype)
+    for fn in _with_autograd():
+        xg = x.clone().requires_grad_()
+        yg = fn(xg, name)
+        assert_close(yg.detach(), _exact(name, x64), dtype)
+        (dx,) = torch.autograd.grad(yg, xg, g)
+        assert dx.dtype == dtype
+        assert_close(dx, g.double() * _exact_derivative(name, x64), dtype)
     # PyTorch's values at the kinks (hardswish'(-3) = 0, hardswish'(3) = 1, relu'(0) = 0, ...)
     k = torch.tensor(KINKS, dtype=torch.float64, device=device, requires_grad=True)
     (want,) = torch.autograd.grad(_theirs(name)(k), k, torch.ones_like(k))
@@ -84,8 +93,9 @@ def test_gradcheck_and_gradgradcheck(device, name):
     x = torch.linspace(-5, 5, 41, dtype=torch.float64, device=device)
     x = x[((x.abs() - 3).abs() > 0.1) & (x.abs() > 0.1) & ((x - 6).abs() > 0.1)][:36].reshape(2, 3, 6)
     x = x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: activation(t, name), (x,))
-    assert torch.autograd.gradgradcheck(lambda t: activation(t, name), (x,))
+    for fn in _with_autograd():
+        assert torch.autograd.gradcheck(lambda t: fn(t, name), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: fn(t, name), (x,))
 
 
 @requires_ext
@@ -144,7 +154,7 @@ def test_saves_only_input(name):
     saved = []
     x = torch.randn(4, 6, requires_grad=True)
     with saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        activation(x, name)
+        _with_autograd()[-1](x, name)
     if torchcv_ext.extension_loaded():
         assert len(saved) == 1 and saved[0].data_ptr() == x.data_ptr()
 

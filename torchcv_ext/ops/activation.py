@@ -23,10 +23,13 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     a = activations.REGISTRY.get(act) if type(act) is str else None
     if a is None:
         a = activations.get(act)  # a str subclass; or raises, naming the registered activations
-    if _common.eager_cpu_inference(x):
-        # The eager function (ATen's vectorized kernel, bound without F's Python layer): the op
-        # saves only x for its backward, which buys nothing without autograd, and its layers cost
-        # 0.93x eager on a MobileNetV3 hardswish.
+    if x.is_cpu and (a.eager_autograd or not (x.requires_grad and torch.is_grad_enabled())) \
+            and not _common.capturing_graph():
+        # The eager function (ATen's vectorized kernel, bound without F's Python layer), with
+        # autograd too where eager has a double backward (Activation.eager_autograd): on the CPU
+        # the op's kernels are ATen's math, eager autograd saves one tensor as the op does, and
+        # the op's Python autograd layers cost ~90 us a call (its hardswish fwd+bwd ran 0.83x
+        # eager on N8 C240 28x28; inference 0.93x). Graph capture takes the op; CUDA its kernels.
         if not x.is_floating_point():
             raise RuntimeError(f"activation: x must be a floating-point tensor, got {x.dtype}")
         return a.fn(x)
