@@ -78,8 +78,7 @@ def eager_cpu_inference(x: torch.Tensor) -> bool:
     where an op whose CPU kernel would be ATen's own (channel_shuffle, the elementwise activations)
     calls ATen directly, skipping the custom op's dispatch and Python autograd layers (5-15 us a
     call). Autograd and graph capture (compile, export, jit.trace) always take the op."""
-    return (x.is_cpu and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling() and not torch._C._is_tracing())
+    return x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) and not capturing_graph()
 
 
 #: op name -> {"CPU": backend description, "CUDA": backend description}; filled at import.
