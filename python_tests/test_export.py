@@ -8,29 +8,62 @@ import torch
 
 import torchcv_ext
 from torchcv_ext.export import decompositions, library_path, to_onnx
+from torch import nn
+
 from torchcv_ext.models import create_model
+from torchcv_ext.nn import Hardswish
+from torchcv_ext.nn.blocks import ConvBNAct, InvertedResidual, ShuffleV1Unit, ShuffleV2Block, ViTBlock
 from torchcv_ext.ops import _common
 
 from testing import randomize_bn, requires_ext, run_python
 
-# Together they call every forward op: dwconv_bn_act, squeeze_excite (hardsigmoid and sigmoid
-# gates), activation (hardswish, MobileNetV3), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle
-# (ShuffleNetV1), attention (ViT).
-MODELS = ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "shufflenet_v1_g3",
-          "vit_tiny_patch16"]
+class EveryOp(nn.Module):
+    """One small network of the library's own blocks that calls every forward op: the default
+    test set exports it (an export costs 10-30 s per network, most of it independent of the
+    network's size); the real models below, which together call every op too, are the `slow` set."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            ConvBNAct(3, 16, 3, stride=2, activation=nn.Hardswish),
+            # dwconv_bn_act + squeeze_excite with a hardsigmoid gate, then with a sigmoid gate
+            InvertedResidual(16, 16, 1, 32, activation=nn.Hardswish, squeeze_channels=8,
+                             se_scale_activation=nn.Hardsigmoid),
+            InvertedResidual(16, 24, 2, 48, activation=nn.SiLU, squeeze_channels=8, se_activation=nn.SiLU),
+            ShuffleV1Unit(24, 48, 2, groups=3),  # channel_shuffle
+            ShuffleV2Block(48, 48, 1, split_output=True),  # shuffle_cat_split
+            ShuffleV2Block(48, 48, 1))  # shuffle_cat
+        self.block = ViTBlock(48, num_heads=2)  # attention
+        # activation (hardswish; MobileNetV3's classifier)
+        self.head = nn.Sequential(nn.Linear(48, 32), Hardswish(), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        tokens = self.features(x).flatten(2).transpose(1, 2)
+        return self.head(self.block(tokens).mean(1))
+
+
+# Every forward op: dwconv_bn_act, squeeze_excite (hardsigmoid and sigmoid gates), activation
+# (hardswish), shuffle_cat / shuffle_cat_split (ShuffleNetV2), channel_shuffle (ShuffleNetV1),
+# attention (ViT).
 OPS_OF = {
+    "every_op": {"dwconv_bn_act", "squeeze_excite", "activation", "shuffle_cat", "shuffle_cat_split",
+                 "channel_shuffle", "attention"},
     "mobilenet_v3_small": {"dwconv_bn_act", "squeeze_excite", "activation"},
     "efficientnet_b0": {"dwconv_bn_act", "squeeze_excite"},
     "shufflenet_v2_x0_5": {"dwconv_bn_act", "shuffle_cat", "shuffle_cat_split"},
     "shufflenet_v1_g3": {"dwconv_bn_act", "channel_shuffle"},
     "vit_tiny_patch16": {"attention"},
 }
+MODELS = ["every_op"] + [pytest.param(name, marks=pytest.mark.slow) for name in OPS_OF if name != "every_op"]
 
 
 def _model(name, seed=0):
     torch.manual_seed(seed)
-    kw = dict(img_size=32) if name.startswith("vit") else {}
-    return randomize_bn(create_model(name, num_classes=10, **kw), seed + 1).eval()
+    if name == "every_op":
+        m = EveryOp()
+    else:
+        m = create_model(name, num_classes=10, **(dict(img_size=32) if name.startswith("vit") else {}))
+    return randomize_bn(m, seed + 1).eval()
 
 
 def _x(batch=2, seed=0):
@@ -148,7 +181,7 @@ def test_saved_trace_runs_with_only_the_shared_library(tmp_path):
 def test_aoti_package_runs_with_only_the_shared_library(tmp_path):
     """AOTInductor compiles the exported (not decomposed) program; its code calls the fused ops,
     and a process that loads only torch and library_path() -- not torchcv_ext -- runs it."""
-    m, x = _model("mobilenet_v3_small"), _x()
+    m, x = _model("every_op"), _x()
     with torch.no_grad():
         expected = m(x)
     ep = torch.export.export(m, (x,))
@@ -157,4 +190,4 @@ def test_aoti_package_runs_with_only_the_shared_library(tmp_path):
                  expected)
     with zipfile.ZipFile(pkg) as z:
         code = "".join(z.read(n).decode() for n in z.namelist() if n.endswith((".cpp", ".json")))
-    assert "torchcv_ext::dwconv_bn_act" in code and "torchcv_ext::squeeze_excite" in code
+    assert {op for op in OPS_OF["every_op"] if f"torchcv_ext::{op}" not in code} == set()
