@@ -134,6 +134,11 @@ NAMES: Tuple[str, ...] = tuple(REGISTRY)
 _ALIASES = {alias: a.name for a in REGISTRY.values() for alias in (a.name, *a.aliases)}
 _CALLS = {fn: a.name for a in REGISTRY.values() for fn in a.functions}
 _METHODS = {m: a.name for a in REGISTRY.values() for m in a.methods}
+# nn class -> the activations it computes (several when their module_kwargs differ: GELU's forms).
+_BY_MODULE: Dict[type, Tuple[Activation, ...]] = {}
+for _a in REGISTRY.values():
+    _BY_MODULE[_a.module] = _BY_MODULE.get(_a.module, ()) + (_a,)
+del _a
 
 
 def check(name: str) -> str:
@@ -177,12 +182,12 @@ def fused_name(module_or_cls) -> Optional[str]:
     own = _DROP_INS.get(cls)
     if own is not None:
         return own
-    for a in REGISTRY.values():
-        if cls is a.module:
-            if isinstance(module_or_cls, type):
-                return a.name if _defaults_match(a) else None
-            if all(getattr(module_or_cls, k, None) == v for k, v in a.module_kwargs.items()):
-                return a.name
+    # One dict lookup: the modules' forwards call this on every call (SqueezeExcite twice).
+    for a in _BY_MODULE.get(cls, ()):
+        if isinstance(module_or_cls, type):
+            return a.name if _defaults_match(a) else None
+        if all(getattr(module_or_cls, k, None) == v for k, v in a.module_kwargs.items()):
+            return a.name
     return None
 
 

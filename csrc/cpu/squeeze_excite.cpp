@@ -36,17 +36,25 @@ constexpr int64_t kSumChunk = 4096;
 
 // float32 NCHW rows, vectorized per CPU (TCV_CPU_CLONES): the templates below compile to SSE2
 // only, which made the NCHW forward 0.7-0.9x eager on EfficientNet-B0's 112x112 planes.
+// 16 lanes (a0 | a1) and 16 more (b0 | b1) in 8-float vectors (cpu_clones.h: not 16 on AVX2).
 TCV_CPU_CLONES float row_sum_f32(const float* x, int64_t n) {  // n <= kSumChunk
-  f32x16 a = {}, b = {};
+  f32x8 a0 = {}, a1 = {}, b0 = {}, b1 = {};
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    a += load16(x + i);
-    b += load16(x + i + 16);
+    a0 += load8(x + i);
+    a1 += load8(x + i + 8);
+    b0 += load8(x + i + 16);
+    b1 += load8(x + i + 24);
   }
-  for (; i + 16 <= n; i += 16) a += load16(x + i);
-  a += b;
+  for (; i + 16 <= n; i += 16) {
+    a0 += load8(x + i);
+    a1 += load8(x + i + 8);
+  }
+  a0 += b0;
+  a1 += b1;
   float s = 0;
-  for (int l = 0; l < 16; ++l) s += a[l];
+  for (int l = 0; l < 8; ++l) s += a0[l];
+  for (int l = 0; l < 8; ++l) s += a1[l];
   for (; i < n; ++i) s += x[i];
   return s;
 }
@@ -164,11 +172,12 @@ void pixel_scale_shift(const T* in, T* out, int64_t C, const A* g, const A* shif
 
 // float32 channels_last over npix pixels of C channels, vectorized per CPU (TCV_CPU_CLONES): the
 // accumulators of a channel block stay in registers across the pixels (a per-pixel loop over a
-// runtime-length acc[] loads and stores it for every pixel). 64-channel blocks, then the < 64
-// remaining channels in one more pass, all through cl_accum_rest, so every pixel row is read
-// once per block instead of once per 16 channels.
+// runtime-length acc[] loads and stores it for every pixel). 32-channel blocks, then the < 32
+// remaining channels in one more pass, all through cl_accum_rest: 8 accumulator vectors of 8
+// floats (cpu_clones.h: not 16-float vectors, which the avx2 clone spilled), half of AVX2's
+// registers.
 
-// acc[0, R) += sum over npix pixels of x[s * C + (0, R)], R = 16 * NV + tail (tail < 16 only when
+// acc[0, R) += sum over npix pixels of x[s * C + (0, R)], R = 8 * NV + tail (tail < 8 only when
 // TAIL): NV whole vectors plus, when TAIL, one vector whose lanes >= tail are discarded (it reads
 // into the next pixel's channels). Pixels whose vector reads would pass the `avail` floats that
 // follow x (the end of the chunk) are added one channel at a time. Two pixels per step in
@@ -177,22 +186,22 @@ template <int NV, bool TAIL>
 __attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t npix, int64_t C,
                                                          int64_t tail, int64_t avail, float* acc) {
   constexpr int V = NV + (TAIL ? 1 : 0);
-  static_assert(V > 0, "at least one vector");
-  const int64_t R = 16 * NV + (TAIL ? tail : 0);
-  const int64_t lim = avail - 16 * V;  // pixel s may use vector reads iff s * C <= lim
+  static_assert(V > 0 && V <= 4, "one to four vectors");
+  const int64_t R = 8 * NV + (TAIL ? tail : 0);
+  const int64_t lim = avail - 8 * V;  // pixel s may use vector reads iff s * C <= lim
   const int64_t full = lim < 0 ? 0 : std::min<int64_t>(npix, lim / C + 1);
-  f32x16 a[V] = {}, b[V] = {};
+  f32x8 a[V] = {}, b[V] = {};
   int64_t s = 0;
   for (; s + 2 <= full; s += 2) {
     const float* p = x + s * C;
-    for (int v = 0; v < V; ++v) a[v] += load16(p + 16 * v);
-    for (int v = 0; v < V; ++v) b[v] += load16(p + C + 16 * v);
+    for (int v = 0; v < V; ++v) a[v] += load8(p + 8 * v);
+    for (int v = 0; v < V; ++v) b[v] += load8(p + C + 8 * v);
   }
   for (; s < full; ++s) {
-    for (int v = 0; v < V; ++v) a[v] += load16(x + s * C + 16 * v);
+    for (int v = 0; v < V; ++v) a[v] += load8(x + s * C + 8 * v);
   }
-  float t[16 * V];
-  for (int v = 0; v < V; ++v) store16(t + 16 * v, a[v] + b[v]);
+  float t[8 * V];
+  for (int v = 0; v < V; ++v) store8(t + 8 * v, a[v] + b[v]);
   for (int64_t c = 0; c < R; ++c) acc[c] += t[c];
   for (; s < npix; ++s) {
     for (int64_t c = 0; c < R; ++c) acc[c] += x[s * C + c];
@@ -202,8 +211,8 @@ __attribute__((always_inline)) inline void cl_accum_rest(const float* x, int64_t
 TCV_CPU_CLONES void cl_accum_f32(const float* x, int64_t npix, int64_t C, float* acc) {
   if (npix <= 0) return;
   int64_t c0 = 0;
-  for (; c0 + 64 <= C; c0 += 64) cl_accum_rest<4, false>(x + c0, npix, C, 0, npix * C - c0, acc + c0);
-  const int64_t rest = C - c0, nv = rest / 16, tail = rest % 16;
+  for (; c0 + 32 <= C; c0 += 32) cl_accum_rest<4, false>(x + c0, npix, C, 0, npix * C - c0, acc + c0);
+  const int64_t rest = C - c0, nv = rest / 8, tail = rest % 8;
   if (rest == 0) return;
   const float* xr = x + c0;
   const int64_t avail = npix * C - c0;  // floats from xr to the end of the pixels

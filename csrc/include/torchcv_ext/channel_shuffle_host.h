@@ -154,7 +154,9 @@ at::Tensor channel_shuffle(const at::Tensor& x_in, int64_t groups, Run&& run) {
   const at::MemoryFormat fmt = memory_format_of(x_in);
   if constexpr (uses_aten_shuffle<std::decay_t<Run>>::value) {
     // The plain NCHW shuffle on the CPU is ATen's own kernel: our row copies ran at 0.84-0.87x of
-    // it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py, 2026-12-07). channels_last
+    // it on ShuffleNet's shapes (benchmarks/bench_channel_shuffle.py, 2026-12-07), still 0.85-0.95x
+    // after their copy loop's AVX2 fix (cpu_clones.h's f32x8): ATen's runs at about a copy's
+    // speed there, and the op's dispatch costs more than the rest of a row loop. channels_last
     // is ours: ATen's per-pixel transpose ran at 10-17x a copy's time on an AVX2 AMD EPYC, ours
     // (csrc/cpu/channel_shuffle.cpp) at 1.4-1.8x (benchmarks/results/2026-12-07-cpu-shuffle-cl.md).
     if (fmt != at::MemoryFormat::ChannelsLast) {

@@ -19,6 +19,16 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define load16(p) (*reinterpret_cast<const f32x16u*>(p))
 #define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
 
+// 8 floats: for streaming loops (sums, copies) that every clone should run at full width. GCC 12
+// lowers the 16-float type in the avx2 clone into 16-byte pieces that pass through the stack
+// (row_sum_f32's accumulators: 30 stack moves per 32 floats; a 64-byte copy: 4 loads, 4 stores
+// and 6 stack moves), which made those loops slower than ATen's on AVX2-only CPUs; an 8-float
+// vector is one ymm register there (and one half of a zmm in the avx512f clone).
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define load8(p) (*reinterpret_cast<const f32x8u*>(p))
+#define store8(p, v) (*reinterpret_cast<f32x8u*>(p) = (v))
+
 // In-place transpose of a 16 x 16 float block held in 16 vectors (r[i][k] -> r[k][i]): four
 // butterfly stages, each swapping the off-diagonal d x d blocks (d = 8, 4, 2, 1) of every 2d x 2d
 // block -- 64 two-source shuffles (one vpermt2ps each on AVX-512) instead of 256 scalar moves or
