@@ -86,42 +86,72 @@ using namespace cpu;  // dwconv_bn_act_cpu.h
 // One NCHW output row: out[ow] = sum_t w[t] * in[off[t] + ow] for ow in [0, roundup(Wo, 32)).
 // `in` is the row's base in the phase-split padded plane (see NchwScratch): every tap reads a
 // unit-stride segment whatever the conv stride. Whole blocks are computed (the buffer has the
-// slack); the caller keeps the first Wo values.
-TCV_CPU_CLONES void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps,
-                                 int64_t Wo, float* out) {
-  // Taps alternate between two accumulator sets: independent FMA chains hide the FMA latency.
-  if (Wo <= 16) {  // narrow rows (late MobileNet stages): one register wide
-    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+// slack); the caller keeps the first Wo values. The body, for V-float vectors (8 or 16), is
+// compiled into each of nchw_row_f32's versions below.
+template <int V>
+__attribute__((always_inline)) inline void nchw_row_f32_body(const float* in, const int64_t* off,
+                                                             const float* w, int taps, int64_t Wo,
+                                                             float* out) {
+  // No lambdas or helper functions on the vectors: they would be compiled for the default target
+  // (and pass the vectors in memory); macros inline into each version.
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef float vecu __attribute__((vector_size(4 * V), aligned(4), may_alias));
+#define ld(p) (*reinterpret_cast<const vecu*>(p))
+#define st(p, v) (*reinterpret_cast<vecu*>(p) = (v))
+  constexpr int K = 16 / V;  // vectors per 16 outputs
+  // Taps alternate between accumulator sets: independent FMA chains hide the FMA latency.
+  if (Wo <= 16) {  // narrow rows (late MobileNet stages): 16 outputs, four sets
+    vec a[4][K] = {};
     int t = 0;
     for (; t + 4 <= taps; t += 4) {
-      a0 += w[t] * load16(in + off[t]);
-      a1 += w[t + 1] * load16(in + off[t + 1]);
-      a2 += w[t + 2] * load16(in + off[t + 2]);
-      a3 += w[t + 3] * load16(in + off[t + 3]);
+      for (int u = 0; u < 4; ++u) {
+        for (int k = 0; k < K; ++k) a[u][k] += w[t + u] * ld(in + off[t + u] + V * k);
+      }
     }
-    for (; t < taps; ++t) a0 += w[t] * load16(in + off[t]);
-    store16(out, (a0 + a1) + (a2 + a3));
+    for (; t < taps; ++t) {
+      for (int k = 0; k < K; ++k) a[0][k] += w[t] * ld(in + off[t] + V * k);
+    }
+    for (int k = 0; k < K; ++k) st(out + V * k, (a[0][k] + a[1][k]) + (a[2][k] + a[3][k]));
     return;
   }
+  constexpr int B = kRowBlock / V;  // vectors per row block
   for (int64_t ow = 0; ow < Wo; ow += kRowBlock) {
-    f32x16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
+    vec a[B] = {}, b[B] = {};
     int t = 0;
     for (; t + 2 <= taps; t += 2) {
       const float* p = in + off[t] + ow;
       const float* q = in + off[t + 1] + ow;
-      a0 += w[t] * load16(p);
-      a1 += w[t] * load16(p + 16);
-      b0 += w[t + 1] * load16(q);
-      b1 += w[t + 1] * load16(q + 16);
+      for (int k = 0; k < B; ++k) a[k] += w[t] * ld(p + V * k);
+      for (int k = 0; k < B; ++k) b[k] += w[t + 1] * ld(q + V * k);
     }
     if (t < taps) {
       const float* p = in + off[t] + ow;
-      a0 += w[t] * load16(p);
-      a1 += w[t] * load16(p + 16);
+      for (int k = 0; k < B; ++k) a[k] += w[t] * ld(p + V * k);
     }
-    store16(out + ow, a0 + b0);
-    store16(out + ow + 16, a1 + b1);
+    for (int k = 0; k < B; ++k) st(out + ow + V * k, a[k] + b[k]);
   }
+#undef ld
+#undef st
+}
+
+// One NCHW output row (above). Versions per CPU, chosen at load time (GCC function
+// multiversioning, as TCV_CPU_CLONES): 16-float vectors with AVX-512; 8-float vectors with AVX2 +
+// FMA and elsewhere, because GCC compiles the 16-float type's arithmetic in an AVX2 function
+// through the stack (cpu_clones.h): 8-14x slower, 0.1-0.65x eager's depthwise conv on an AVX2
+// AMD EPYC (benchmarks/results/2026-12-07-cpu-avx2-vector-width.md).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target("avx512f"))) void nchw_row_f32(const float* in, const int64_t* off, const float* w,
+                                                     int taps, int64_t Wo, float* out) {
+  nchw_row_f32_body<16>(in, off, w, taps, Wo, out);
+}
+__attribute__((target("avx2,fma"))) void nchw_row_f32(const float* in, const int64_t* off, const float* w,
+                                                      int taps, int64_t Wo, float* out) {
+  nchw_row_f32_body<8>(in, off, w, taps, Wo, out);
+}
+__attribute__((target("default")))
+#endif
+void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps, int64_t Wo, float* out) {
+  nchw_row_f32_body<8>(in, off, w, taps, Wo, out);
 }
 
 // Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
