@@ -157,7 +157,7 @@ void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps,
 // Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
 #define TCV_CL_BLOCK(NV)                                                                   \
   for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                           \
-    f32x16 a[NV] = {}, b[NV] = {}; /* even / odd taps: independent FMA chains */            \
+    vec a[(NV) * K] = {}, b[(NV) * K] = {}; /* even / odd taps: independent FMA chains */    \
     for (int i = 0; i < kh; ++i) {                                                         \
       const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                \
       if (ih < 0 || ih >= H) continue;                                                     \
@@ -167,13 +167,13 @@ void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps,
         const float* xs = xn + (ih * W + iw) * C + c0;                                     \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                  \
         if (j & 1) {                                                                       \
-          for (int v = 0; v < (NV); ++v) b[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+          for (int v = 0; v < (NV) * K; ++v) b[v] += ld(ws + V * v) * ld(xs + V * v);      \
         } else {                                                                           \
-          for (int v = 0; v < (NV); ++v) a[v] += load16(ws + 16 * v) * load16(xs + 16 * v); \
+          for (int v = 0; v < (NV) * K; ++v) a[v] += ld(ws + V * v) * ld(xs + V * v);      \
         }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    for (int v = 0; v < (NV); ++v) store16(out + ow * C + c0 + 16 * v, a[v] + b[v]);       \
+    for (int v = 0; v < (NV) * K; ++v) st(out + ow * C + c0 + V * v, a[v] + b[v]);         \
   }
 
 // Channels [c0, C) (< 16 of them) of one channels_last output pixel (top-left input (h0, w0)).
@@ -203,30 +203,40 @@ __attribute__((always_inline)) inline void cl_pixel_tail_f32(const float* xn, co
 constexpr int64_t kOwBlock = 4;
 #define TCV_CL_OWBLOCK(NV)                                                                      \
   for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                                \
-    f32x16 a[kOwBlock][NV] = {};                                                                \
+    vec a[kOwBlock][(NV) * K] = {};                                                             \
     for (int i = 0; i < kh; ++i) {                                                              \
       const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                     \
       if (ih < 0 || ih >= H) continue;                                                          \
       const float* xr = xn + ih * W * C + c0;                                                   \
       for (int j = 0; j < kw; ++j) {                                                            \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                       \
-        f32x16 wv[NV];                                                                          \
-        for (int v = 0; v < (NV); ++v) wv[v] = load16(ws + 16 * v);                             \
+        vec wv[(NV) * K];                                                                       \
+        for (int v = 0; v < (NV) * K; ++v) wv[v] = ld(ws + V * v);                              \
         const float* xs = xr + (ow * sw - pw + static_cast<int64_t>(j) * dw) * C;               \
         for (int q = 0; q < kOwBlock; ++q) {                                                    \
-          for (int v = 0; v < (NV); ++v) a[q][v] += wv[v] * load16(xs + q * sw * C + 16 * v);  \
+          for (int v = 0; v < (NV) * K; ++v) a[q][v] += wv[v] * ld(xs + q * sw * C + V * v);   \
         }                                                                                       \
       }                                                                                         \
     }                                                                                           \
     for (int q = 0; q < kOwBlock; ++q) {                                                        \
-      for (int v = 0; v < (NV); ++v) store16(out + (ow + q) * C + c0 + 16 * v, a[q][v]);        \
+      for (int v = 0; v < (NV) * K; ++v) st(out + (ow + q) * C + c0 + V * v, a[q][v]);          \
     }                                                                                           \
   }
 
 // One channels_last output row (n, oh): out[ow * C + c]. xn = x[n] (H, W, C), wt = (kh*kw, C).
-TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W, int64_t C,
-                               int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                               int64_t oh, int64_t Wo, float* out) {
+// The body for V-float vectors (8 or 16; K of them per 16 channels), compiled into each of
+// cl_row_f32's versions below (as nchw_row_f32). With 8-float vectors the widest blocks are left
+// out: their accumulators alone would fill AVX2's 16 registers.
+template <int V>
+__attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, const float* wt, int64_t H,
+                                                           int64_t W, int64_t C, int kh, int kw, int sh,
+                                                           int sw, int ph, int pw, int dh, int dw,
+                                                           int64_t oh, int64_t Wo, float* out) {
+  typedef float vec __attribute__((vector_size(4 * V)));
+  typedef float vecu __attribute__((vector_size(4 * V), aligned(4), may_alias));
+#define ld(p) (*reinterpret_cast<const vecu*>(p))
+#define st(p, v) (*reinterpret_cast<vecu*>(p) = (v))
+  constexpr int K = 16 / V;
   const int64_t h0 = oh * sh - ph;
   // Outputs [ow_lo, ow_hi) read only columns inside [0, W) for every tap.
   const int64_t ow_lo = (pw + sw - 1) / sw;
@@ -236,7 +246,7 @@ TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int6
     const int64_t w0 = ow * sw - pw;
     int64_t c0 = 0;
     if (ow >= ow_lo && ow + kOwBlock <= ow_hi) {
-      TCV_CL_OWBLOCK(2)
+      if constexpr (V == 16) TCV_CL_OWBLOCK(2)
       TCV_CL_OWBLOCK(1)
       if (c0 == C) {  // all channels of the kOwBlock pixels done
         ow += kOwBlock - 1;
@@ -249,14 +259,34 @@ TCV_CPU_CLONES void cl_row_f32(const float* xn, const float* wt, int64_t H, int6
       ow += kOwBlock - 1;
       continue;
     }
-    TCV_CL_BLOCK(4)
+    if constexpr (V == 16) TCV_CL_BLOCK(4)
     TCV_CL_BLOCK(2)
     TCV_CL_BLOCK(1)
     if (c0 < C) cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, w0, c0, out + ow * C);
   }
+#undef ld
+#undef st
 }
 #undef TCV_CL_BLOCK
 #undef TCV_CL_OWBLOCK
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target("avx512f"))) void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W,
+                                                   int64_t C, int kh, int kw, int sh, int sw, int ph, int pw,
+                                                   int dh, int dw, int64_t oh, int64_t Wo, float* out) {
+  cl_row_f32_body<16>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
+}
+__attribute__((target("avx2,fma"))) void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W,
+                                                    int64_t C, int kh, int kw, int sh, int sw, int ph, int pw,
+                                                    int dh, int dw, int64_t oh, int64_t Wo, float* out) {
+  cl_row_f32_body<8>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
+}
+__attribute__((target("default")))
+#endif
+void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W, int64_t C, int kh, int kw, int sh,
+                int sw, int ph, int pw, int dh, int dw, int64_t oh, int64_t Wo, float* out) {
+  cl_row_f32_body<8>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
+}
 
 // NCHW row: one channel, scalar scale/shift.
 TCV_CPU_CLONES void epi_row_f32(Act act, const float* in, float* out, int64_t n, float s, float b) {
