@@ -134,25 +134,13 @@ __attribute__((always_inline)) inline void nchw_row_f32_body(const float* in, co
 #undef st
 }
 
-// One NCHW output row (above). Versions per CPU, chosen at load time (GCC function
-// multiversioning, as TCV_CPU_CLONES): 16-float vectors with AVX-512; 8-float vectors with AVX2 +
-// FMA and elsewhere, because GCC compiles the 16-float type's arithmetic in an AVX2 function
-// through the stack (cpu_clones.h): 8-14x slower, 0.1-0.65x eager's depthwise conv on an AVX2
-// AMD EPYC (benchmarks/results/2026-12-07-cpu-avx2-vector-width.md).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target("avx512f"))) void nchw_row_f32(const float* in, const int64_t* off, const float* w,
-                                                     int taps, int64_t Wo, float* out) {
-  nchw_row_f32_body<16>(in, off, w, taps, Wo, out);
-}
-__attribute__((target("avx2,fma"))) void nchw_row_f32(const float* in, const int64_t* off, const float* w,
-                                                      int taps, int64_t Wo, float* out) {
-  nchw_row_f32_body<8>(in, off, w, taps, Wo, out);
-}
-__attribute__((target("default")))
-#endif
-void nchw_row_f32(const float* in, const int64_t* off, const float* w, int taps, int64_t Wo, float* out) {
-  nchw_row_f32_body<8>(in, off, w, taps, Wo, out);
-}
+// One NCHW output row (above). Versions per CPU (TCV_CPU_VERSIONS): 16-float vectors with
+// AVX-512, 8-float vectors with AVX2 + FMA and elsewhere, because GCC compiles the 16-float type's
+// arithmetic in an AVX2 function through the stack (cpu_clones.h): 8-14x slower, 0.1-0.65x
+// eager's depthwise conv on an AVX2 AMD EPYC (benchmarks/results/2026-12-07-cpu-avx2-vector-width.md).
+TCV_CPU_VERSIONS(nchw_row_f32, nchw_row_f32_body,
+                 (const float* in, const int64_t* off, const float* w, int taps, int64_t Wo, float* out),
+                 (in, off, w, taps, Wo, out))
 
 // Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
 #define TCV_CL_BLOCK(NV)                                                                   \
@@ -270,23 +258,10 @@ __attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, cons
 #undef TCV_CL_BLOCK
 #undef TCV_CL_OWBLOCK
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target("avx512f"))) void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W,
-                                                   int64_t C, int kh, int kw, int sh, int sw, int ph, int pw,
-                                                   int dh, int dw, int64_t oh, int64_t Wo, float* out) {
-  cl_row_f32_body<16>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
-}
-__attribute__((target("avx2,fma"))) void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W,
-                                                    int64_t C, int kh, int kw, int sh, int sw, int ph, int pw,
-                                                    int dh, int dw, int64_t oh, int64_t Wo, float* out) {
-  cl_row_f32_body<8>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
-}
-__attribute__((target("default")))
-#endif
-void cl_row_f32(const float* xn, const float* wt, int64_t H, int64_t W, int64_t C, int kh, int kw, int sh,
-                int sw, int ph, int pw, int dh, int dw, int64_t oh, int64_t Wo, float* out) {
-  cl_row_f32_body<8>(xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out);
-}
+TCV_CPU_VERSIONS(cl_row_f32, cl_row_f32_body,
+                 (const float* xn, const float* wt, int64_t H, int64_t W, int64_t C, int kh, int kw, int sh,
+                  int sw, int ph, int pw, int dh, int dw, int64_t oh, int64_t Wo, float* out),
+                 (xn, wt, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, oh, Wo, out))
 
 // NCHW row: one channel, scalar scale/shift.
 TCV_CPU_CLONES void epi_row_f32(Act act, const float* in, float* out, int64_t n, float s, float b) {

@@ -19,6 +19,20 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 #define load16(p) (*reinterpret_cast<const f32x16u*>(p))
 #define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
 
+// `void name params` in versions chosen at load time like TCV_CPU_CLONES, each calling a template
+// `body<V>` (always_inline, on V-float vectors) with `args`: V = 16 with AVX-512, 8 with AVX2 +
+// FMA and in the baseline -- for loops whose 16-float vectors the AVX2 clone would spill (below).
+// The body declares its vector types from V itself (no helper functions taking or returning
+// vectors: those are compiled for the default target).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TCV_CPU_VERSIONS(name, body, params, args)                    \
+  __attribute__((target("avx512f"))) void name params { body<16> args; } \
+  __attribute__((target("avx2,fma"))) void name params { body<8> args; } \
+  __attribute__((target("default"))) void name params { body<8> args; }
+#else
+#define TCV_CPU_VERSIONS(name, body, params, args) void name params { body<8> args; }
+#endif
+
 // 8 floats: for streaming loops (sums, copies) that every clone should run at full width. GCC 12
 // lowers the 16-float type in the avx2 clone into 16-byte pieces that pass through the stack
 // (row_sum_f32's accumulators: 30 stack moves per 32 floats; a 64-byte copy: 4 loads, 4 stores
