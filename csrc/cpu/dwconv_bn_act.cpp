@@ -92,12 +92,7 @@ template <int V>
 __attribute__((always_inline)) inline void nchw_row_f32_body(const float* in, const int64_t* off,
                                                              const float* w, int taps, int64_t Wo,
                                                              float* out) {
-  // No lambdas or helper functions on the vectors: they would be compiled for the default target
-  // (and pass the vectors in memory); macros inline into each version.
-  typedef float vec __attribute__((vector_size(4 * V)));
-  typedef float vecu __attribute__((vector_size(4 * V), aligned(4), may_alias));
-#define ld(p) (*reinterpret_cast<const vecu*>(p))
-#define st(p, v) (*reinterpret_cast<vecu*>(p) = (v))
+  TCV_VEC_TYPES(V);  // vec, vecu (cpu_clones.h)
   constexpr int K = 16 / V;  // vectors per 16 outputs
   // Taps alternate between accumulator sets: independent FMA chains hide the FMA latency.
   if (Wo <= 16) {  // narrow rows (late MobileNet stages): 16 outputs, four sets
@@ -105,13 +100,13 @@ __attribute__((always_inline)) inline void nchw_row_f32_body(const float* in, co
     int t = 0;
     for (; t + 4 <= taps; t += 4) {
       for (int u = 0; u < 4; ++u) {
-        for (int k = 0; k < K; ++k) a[u][k] += w[t + u] * ld(in + off[t + u] + V * k);
+        for (int k = 0; k < K; ++k) a[u][k] += w[t + u] * ldv(in + off[t + u] + V * k);
       }
     }
     for (; t < taps; ++t) {
-      for (int k = 0; k < K; ++k) a[0][k] += w[t] * ld(in + off[t] + V * k);
+      for (int k = 0; k < K; ++k) a[0][k] += w[t] * ldv(in + off[t] + V * k);
     }
-    for (int k = 0; k < K; ++k) st(out + V * k, (a[0][k] + a[1][k]) + (a[2][k] + a[3][k]));
+    for (int k = 0; k < K; ++k) stv(out + V * k, (a[0][k] + a[1][k]) + (a[2][k] + a[3][k]));
     return;
   }
   constexpr int B = kRowBlock / V;  // vectors per row block
@@ -121,17 +116,15 @@ __attribute__((always_inline)) inline void nchw_row_f32_body(const float* in, co
     for (; t + 2 <= taps; t += 2) {
       const float* p = in + off[t] + ow;
       const float* q = in + off[t + 1] + ow;
-      for (int k = 0; k < B; ++k) a[k] += w[t] * ld(p + V * k);
-      for (int k = 0; k < B; ++k) b[k] += w[t + 1] * ld(q + V * k);
+      for (int k = 0; k < B; ++k) a[k] += w[t] * ldv(p + V * k);
+      for (int k = 0; k < B; ++k) b[k] += w[t + 1] * ldv(q + V * k);
     }
     if (t < taps) {
       const float* p = in + off[t] + ow;
-      for (int k = 0; k < B; ++k) a[k] += w[t] * ld(p + V * k);
+      for (int k = 0; k < B; ++k) a[k] += w[t] * ldv(p + V * k);
     }
-    for (int k = 0; k < B; ++k) st(out + ow + V * k, a[k] + b[k]);
+    for (int k = 0; k < B; ++k) stv(out + ow + V * k, a[k] + b[k]);
   }
-#undef ld
-#undef st
 }
 
 // One NCHW output row (above). Versions per CPU (TCV_CPU_VERSIONS): 16-float vectors with
@@ -155,13 +148,13 @@ TCV_CPU_VERSIONS(nchw_row_f32, nchw_row_f32_body,
         const float* xs = xn + (ih * W + iw) * C + c0;                                     \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                  \
         if (j & 1) {                                                                       \
-          for (int v = 0; v < (NV) * K; ++v) b[v] += ld(ws + V * v) * ld(xs + V * v);      \
+          for (int v = 0; v < (NV) * K; ++v) b[v] += ldv(ws + V * v) * ldv(xs + V * v);      \
         } else {                                                                           \
-          for (int v = 0; v < (NV) * K; ++v) a[v] += ld(ws + V * v) * ld(xs + V * v);      \
+          for (int v = 0; v < (NV) * K; ++v) a[v] += ldv(ws + V * v) * ldv(xs + V * v);      \
         }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    for (int v = 0; v < (NV) * K; ++v) st(out + ow * C + c0 + V * v, a[v] + b[v]);         \
+    for (int v = 0; v < (NV) * K; ++v) stv(out + ow * C + c0 + V * v, a[v] + b[v]);         \
   }
 
 // Channels [c0, C) (< 16 of them) of one channels_last output pixel (top-left input (h0, w0)).
@@ -199,15 +192,15 @@ constexpr int64_t kOwBlock = 4;
       for (int j = 0; j < kw; ++j) {                                                            \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                       \
         vec wv[(NV) * K];                                                                       \
-        for (int v = 0; v < (NV) * K; ++v) wv[v] = ld(ws + V * v);                              \
+        for (int v = 0; v < (NV) * K; ++v) wv[v] = ldv(ws + V * v);                              \
         const float* xs = xr + (ow * sw - pw + static_cast<int64_t>(j) * dw) * C;               \
         for (int q = 0; q < kOwBlock; ++q) {                                                    \
-          for (int v = 0; v < (NV) * K; ++v) a[q][v] += wv[v] * ld(xs + q * sw * C + V * v);   \
+          for (int v = 0; v < (NV) * K; ++v) a[q][v] += wv[v] * ldv(xs + q * sw * C + V * v);   \
         }                                                                                       \
       }                                                                                         \
     }                                                                                           \
     for (int q = 0; q < kOwBlock; ++q) {                                                        \
-      for (int v = 0; v < (NV) * K; ++v) st(out + (ow + q) * C + c0 + V * v, a[q][v]);          \
+      for (int v = 0; v < (NV) * K; ++v) stv(out + (ow + q) * C + c0 + V * v, a[q][v]);          \
     }                                                                                           \
   }
 
@@ -220,10 +213,7 @@ __attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, cons
                                                            int64_t W, int64_t C, int kh, int kw, int sh,
                                                            int sw, int ph, int pw, int dh, int dw,
                                                            int64_t oh, int64_t Wo, float* out) {
-  typedef float vec __attribute__((vector_size(4 * V)));
-  typedef float vecu __attribute__((vector_size(4 * V), aligned(4), may_alias));
-#define ld(p) (*reinterpret_cast<const vecu*>(p))
-#define st(p, v) (*reinterpret_cast<vecu*>(p) = (v))
+  TCV_VEC_TYPES(V);
   constexpr int K = 16 / V;
   const int64_t h0 = oh * sh - ph;
   // Outputs [ow_lo, ow_hi) read only columns inside [0, W) for every tap.
@@ -252,8 +242,6 @@ __attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, cons
     TCV_CL_BLOCK(1)
     if (c0 < C) cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, w0, c0, out + ow * C);
   }
-#undef ld
-#undef st
 }
 #undef TCV_CL_BLOCK
 #undef TCV_CL_OWBLOCK

@@ -22,8 +22,9 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 // `void name params` in versions chosen at load time like TCV_CPU_CLONES, each calling a template
 // `body<V>` (always_inline, on V-float vectors) with `args`: V = 16 with AVX-512, 8 with AVX2 +
 // FMA and in the baseline -- for loops whose 16-float vectors the AVX2 clone would spill (below).
-// The body declares its vector types from V itself (no helper functions taking or returning
-// vectors: those are compiled for the default target).
+// The body declares its vector types with TCV_VEC_TYPES(V) and loads / stores with ldv / stv
+// (macros, no helper functions taking or returning vectors: those are compiled for the default
+// target and pass the vectors in memory).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define TCV_CPU_VERSIONS(name, body, params, args)                    \
   __attribute__((target("avx512f"))) void name params { body<16> args; } \
@@ -32,6 +33,13 @@ typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
 #else
 #define TCV_CPU_VERSIONS(name, body, params, args) void name params { body<8> args; }
 #endif
+// `vec` (V floats) and `vecu` (the same, unaligned, may alias) inside such a body; ldv / stv:
+// unaligned load / store of one vec.
+#define TCV_VEC_TYPES(V)                                \
+  typedef float vec __attribute__((vector_size(4 * (V)))); \
+  typedef float vecu __attribute__((vector_size(4 * (V)), aligned(4), may_alias))
+#define ldv(p) (*reinterpret_cast<const vecu*>(p))
+#define stv(p, v) (*reinterpret_cast<vecu*>(p) = (v))
 
 // 8 floats: for streaming loops (sums, copies) that every clone should run at full width. GCC 12
 // lowers the 16-float type in the avx2 clone into 16-byte pieces that pass through the stack
