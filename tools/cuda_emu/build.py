@@ -46,15 +46,15 @@ NAMESPACE = "torchcv_ext_emu"
 # traffic.cpp's recorder, through GCC's kernel-address sanitizer in outline form; traffic.py). A
 # process loads one of them: both define the same op namespace. -g1: line tables only, which is
 # all ASan's reports need (file:line of every frame); full -g took twice the compile time.
+# `uninstrumented`: sources of the flavor compiled on their own, without its sanitizer flags (with
+# its -D defines), and linked in: the traffic recorder, whose hash maps' own loads and stores
+# called the hooks too when it was built with the kernels (half of the traffic check's time).
 FLAVORS = {
-    "asan": dict(cflags=["-g1", "-fsanitize=address"], ldflags=["-fsanitize=address"], extra=[]),
+    "asan": dict(cflags=["-g1", "-fsanitize=address"], ldflags=["-fsanitize=address"], uninstrumented=[]),
     "traffic": dict(cflags=["-fsanitize=kernel-address", "--param=asan-instrumentation-with-call-threshold=0",
                             "--param=asan-stack=0", "--param=asan-globals=0", "-DTORCHCV_EMU_TRAFFIC"],
-                    ldflags=[], extra=[]),
+                    ldflags=[], uninstrumented=[os.path.join(HERE, "traffic.cpp")]),
 }
-# The traffic flavor's recorder, compiled on its own without the instrumentation (its hash maps'
-# own loads and stores called the hooks too: half of the traffic check's time) and linked in.
-RECORDER = os.path.join(HERE, "traffic.cpp")
 
 # kernel<<<grid, block[, smem[, stream]]>>>(  ->  emu::Launch::make("kernel", grid, ...)(kernel,
 # The kernel expression: a (qualified) name with optional template arguments (one nesting level).
@@ -141,12 +141,12 @@ def build(verbose: bool = False, flavor: str = "asan") -> str:
     # would reject.
     flags = ["-O1", "-std=c++20", "-fno-omit-frame-pointer", "-fcf-protection=none", "-w"] + fl["cflags"]
     includes = [HERE, os.path.join(REPO, "csrc", "include")]
-    ldflags = list(fl["ldflags"])
-    if flavor == "traffic":
-        ldflags.append(_compile_uninstrumented(RECORDER, build_dir, name, includes,
-                                               ["-O2", "-std=c++20", "-w", "-DTORCHCV_EMU_TRAFFIC"], verbose))
+    defines = [f for f in fl["cflags"] if f.startswith("-D")]
+    ldflags = fl["ldflags"] + [_compile_uninstrumented(src, build_dir, name, includes,
+                                                       ["-O2", "-std=c++20", "-w"] + defines, verbose)
+                               for src in fl["uninstrumented"]]
     cpp_extension.load(
-        name=name, sources=sources(build_dir) + fl["extra"], build_directory=build_dir,
+        name=name, sources=sources(build_dir), build_directory=build_dir,
         extra_include_paths=includes,
         extra_cflags=flags, extra_ldflags=ldflags, is_python_module=False,
         is_standalone=False, verbose=verbose)
