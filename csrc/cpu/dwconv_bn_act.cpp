@@ -35,23 +35,31 @@
 namespace torchcv_ext {
 namespace dwconv {
 
-namespace cpu {  // (declared in dwconv_bn_act_cpu.h: the float32 backward uses them too)
+namespace {
 
 // Tile <- pixels [0, P) of nc <= 16 NCHW planes (planes `pstride` apart, x at the first pixel),
 // pixel p going to tile + dst(p) * 16 with dst(p) = (p / W) * Wt + p % W (the span covers whole
 // rows of W pixels; rows are Wt tile pixels apart). Channels >= nc are zero. 16 pixels at a time
-// through an in-register 16 x 16 transpose.
-TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W,
-                                      int64_t Wt, float* tile) {
+// through in-register transposes: one 16 x 16 (V = 16) or four 8 x 8 (V = 8).
+template <int V>
+__attribute__((always_inline)) inline void blk_fill_body(const float* x, int64_t pstride, int64_t nc,
+                                                         int64_t P, int64_t W, int64_t Wt, float* tile) {
+  TCV_VEC_TYPES(V);
   int64_t row = 0, col = 0;  // p = row * W + col
   int64_t p = 0;
   for (; p + 16 <= P; p += 16) {
-    f32x16 r[16];
-    for (int c = 0; c < 16; ++c) r[c] = c < nc ? load16(x + c * pstride + p) : f32x16{};
-    transpose16(r);
+    float* dst[16];  // the 16 pixels' places in the tile
     for (int i = 0; i < 16; ++i) {
-      store16(tile + (row * Wt + col) * 16, r[i]);
+      dst[i] = tile + (row * Wt + col) * 16;
       if (++col == W) col = 0, ++row;
+    }
+    for (int pb = 0; pb < 16; pb += V) {    // pixels p + pb ...
+      for (int cb = 0; cb < 16; cb += V) {  // ... of channels cb ...
+        vec r[V];
+        for (int c = 0; c < V; ++c) r[c] = cb + c < nc ? ldv(x + (cb + c) * pstride + p + pb) : vec{};
+        transpose_vv<V>(r);
+        for (int i = 0; i < V; ++i) stv(dst[pb + i] + cb, r[i]);
+      }
     }
   }
   for (; p < P; ++p) {
@@ -62,17 +70,46 @@ TCV_CPU_CLONES void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t n
 }
 
 // nc <= 16 NCHW planes (planes `pstride` apart, y at the first pixel), pixels [0, P) <- acc[p * 16 + c].
-TCV_CPU_CLONES void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride) {
+template <int V>
+__attribute__((always_inline)) inline void blk_store_body(const float* acc, int64_t nc, int64_t P, float* y,
+                                                          int64_t pstride) {
+  TCV_VEC_TYPES(V);
   int64_t p = 0;
   for (; p + 16 <= P; p += 16) {
-    f32x16 r[16];
-    for (int i = 0; i < 16; ++i) r[i] = load16(acc + (p + i) * 16);
-    transpose16(r);
-    for (int64_t c = 0; c < nc; ++c) store16(y + c * pstride + p, r[c]);
+    for (int pb = 0; pb < 16; pb += V) {
+      for (int cb = 0; cb < nc; cb += V) {
+        vec r[V];
+        for (int i = 0; i < V; ++i) r[i] = ldv(acc + (p + pb + i) * 16 + cb);
+        transpose_vv<V>(r);
+        for (int64_t c = 0; c < std::min<int64_t>(V, nc - cb); ++c) stv(y + (cb + c) * pstride + p + pb, r[c]);
+      }
+    }
   }
   for (; p < P; ++p) {
     for (int64_t c = 0; c < nc; ++c) y[c * pstride + p] = acc[p * 16 + c];
   }
+}
+
+// Versions per CPU (TCV_CPU_VERSIONS): the 16-float transposes in the AVX2 clone went through the
+// stack (cpu_clones.h).
+TCV_CPU_VERSIONS(blk_fill_v, blk_fill_body,
+                 (const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W, int64_t Wt, float* tile),
+                 (x, pstride, nc, P, W, Wt, tile))
+TCV_CPU_VERSIONS(blk_store_v, blk_store_body, (const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride),
+                 (acc, nc, P, y, pstride))
+
+}  // namespace
+
+namespace cpu {  // (declared in dwconv_bn_act_cpu.h: the float32 backward uses them too)
+
+// Plain functions around the versions above: a call from another file, which does not see the
+// versions, would otherwise bind to the baseline one.
+void blk_fill_nchw_f32(const float* x, int64_t pstride, int64_t nc, int64_t P, int64_t W, int64_t Wt,
+                       float* tile) {
+  blk_fill_v(x, pstride, nc, P, W, Wt, tile);
+}
+void blk_store_nchw_f32(const float* acc, int64_t nc, int64_t P, float* y, int64_t pstride) {
+  blk_store_v(acc, nc, P, y, pstride);
 }
 
 }  // namespace cpu
@@ -345,83 +382,87 @@ void row_stats(const acc_t* row, int64_t npix, int64_t C, acc_t* mean, acc_t* m2
 // c: channel in the block). Every tap of every output then reads in bounds -- no bounds checks --
 // and each weight register serves kBlkOw output pixels. The band's outputs go through the BN +
 // activation epilogue in L1/L2 and are transposed back into the 16 output planes. Both transposes
-// work on 16 consecutive pixels of a band (contiguous in every plane) in registers (transpose16).
-// One read of x, one write of y.
+// work on 16 consecutive pixels of a band (contiguous in every plane) in registers
+// (blk_fill_nchw_f32 / blk_store_nchw_f32). One read of x, one write of y.
 constexpr int64_t kBlkOw = 8;                 // output pixels per register block
 constexpr int64_t kBlkTileBytes = 96 * 1024;  // target tile size (L2-resident)
 
-// blk_conv_row_f32 for stride 1, dilation 1 along W (any along H) and a kernel width KW known at
+// blk_conv_row for stride 1, dilation 1 along W (any along H) and a kernel width KW known at
 // compile time: a sliding window. Output q of tap j reads tile column q + j, so each of the
 // kBlkOw + KW - 1 columns of a row is loaded once and feeds up to KW accumulators (KW weight
-// registers held), instead of one load per FMA -- the loop becomes FMA-bound.
-template <int KW>
+// registers held), instead of one load per FMA -- the loop becomes FMA-bound. V-float vectors:
+// the 16 channels in 16 / V passes (V = 8: 8 accumulators, KW weights and a column in the 16
+// AVX2 registers).
+template <int V, int KW>
 __attribute__((always_inline)) inline void blk_conv_row_s1(const float* tile, int64_t row16, const float* w16,
                                                            int kh, int dh, int64_t Wo, float* acc) {
+  TCV_VEC_TYPES(V);
   static_assert(kBlkOw == 8, "accumulators below are spelled out for 8 outputs");
   for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
-    f32x16 a[kBlkOw] = {};
-    for (int i = 0; i < kh; ++i) {
-      const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * 16;
-      f32x16 wv[KW];
+    for (int cb = 0; cb < 16; cb += V) {
+      vec a[kBlkOw] = {};
+      for (int i = 0; i < kh; ++i) {
+        const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * 16 + cb;
+        vec wv[KW];
 #pragma GCC unroll 8
-      for (int j = 0; j < KW; ++j) wv[j] = load16(w16 + (i * KW + j) * 16);
+        for (int j = 0; j < KW; ++j) wv[j] = ldv(w16 + (i * KW + j) * 16 + cb);
 #pragma GCC unroll 16
-      for (int col = 0; col < kBlkOw + KW - 1; ++col) {
-        const f32x16 xv = load16(tr + col * 16);
+        for (int col = 0; col < kBlkOw + KW - 1; ++col) {
+          const vec xv = ldv(tr + col * 16);
 #pragma GCC unroll 8
-        for (int j = 0; j < KW; ++j) {
-          const int q = col - j;
-          if (q >= 0 && q < kBlkOw) a[q] += wv[j] * xv;
+          for (int j = 0; j < KW; ++j) {
+            const int q = col - j;
+            if (q >= 0 && q < kBlkOw) a[q] += wv[j] * xv;
+          }
         }
       }
-    }
 #pragma GCC unroll 8
-    for (int q = 0; q < kBlkOw; ++q) store16(acc + (ow + q) * 16, a[q]);
+      for (int q = 0; q < kBlkOw; ++q) stv(acc + (ow + q) * 16 + cb, a[q]);
+    }
   }
 }
 
 // acc[q * 16 + c] = sum_{i,j} w16[(i * kw + j) * 16 + c] * tile[(i*dh) row, (q*sw + j*dw) col][c]
 // for q in [0, roundup(Wo, kBlkOw)); `tile` points at the output row's first tile row.
-TCV_CPU_CLONES void blk_conv_row_f32(const float* tile, int64_t row16, const float* w16, int kh, int kw,
-                                     int sw, int dh, int dw, int64_t Wo, float* acc) {
+template <int V>
+__attribute__((always_inline)) inline void blk_conv_row_body(const float* tile, int64_t row16, const float* w16,
+                                                             int kh, int kw, int sw, int dh, int dw, int64_t Wo,
+                                                             float* acc) {
+  TCV_VEC_TYPES(V);
   if (sw == 1 && dw == 1) {
     switch (kw) {
-      case 3: return blk_conv_row_s1<3>(tile, row16, w16, kh, dh, Wo, acc);
-      case 5: return blk_conv_row_s1<5>(tile, row16, w16, kh, dh, Wo, acc);
-      case 7: return blk_conv_row_s1<7>(tile, row16, w16, kh, dh, Wo, acc);
+      case 3: return blk_conv_row_s1<V, 3>(tile, row16, w16, kh, dh, Wo, acc);
+      case 5: return blk_conv_row_s1<V, 5>(tile, row16, w16, kh, dh, Wo, acc);
+      case 7: return blk_conv_row_s1<V, 7>(tile, row16, w16, kh, dh, Wo, acc);
       default: break;
     }
   }
   const int64_t step = 16 * static_cast<int64_t>(sw);
   for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
-    f32x16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
-    for (int i = 0; i < kh; ++i) {
-      const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * step;
-      const float* wr = w16 + static_cast<int64_t>(i) * kw * 16;
-      for (int j = 0; j < kw; ++j) {
-        const f32x16 wv = load16(wr + 16 * j);
-        const float* p = tr + static_cast<int64_t>(j) * dw * 16;
-        a0 += wv * load16(p);
-        a1 += wv * load16(p + step);
-        a2 += wv * load16(p + 2 * step);
-        a3 += wv * load16(p + 3 * step);
-        a4 += wv * load16(p + 4 * step);
-        a5 += wv * load16(p + 5 * step);
-        a6 += wv * load16(p + 6 * step);
-        a7 += wv * load16(p + 7 * step);
+    for (int cb = 0; cb < 16; cb += V) {
+      vec a[kBlkOw] = {};
+      for (int i = 0; i < kh; ++i) {
+        const float* tr = tile + static_cast<int64_t>(i) * dh * row16 + ow * step + cb;
+        const float* wr = w16 + static_cast<int64_t>(i) * kw * 16 + cb;
+        for (int j = 0; j < kw; ++j) {
+          const vec wv = ldv(wr + 16 * j);
+          const float* p = tr + static_cast<int64_t>(j) * dw * 16;
+#pragma GCC unroll 8
+          for (int q = 0; q < kBlkOw; ++q) a[q] += wv * ldv(p + q * step);
+        }
       }
+#pragma GCC unroll 8
+      for (int q = 0; q < kBlkOw; ++q) stv(acc + (ow + q) * 16 + cb, a[q]);
     }
-    float* o = acc + ow * 16;
-    store16(o, a0);
-    store16(o + 16, a1);
-    store16(o + 32, a2);
-    store16(o + 48, a3);
-    store16(o + 64, a4);
-    store16(o + 80, a5);
-    store16(o + 96, a6);
-    store16(o + 112, a7);
   }
 }
+
+// Versions per CPU (TCV_CPU_VERSIONS): in the AVX2 clone the 16-float accumulators went through
+// the stack (cpu_clones.h).
+TCV_CPU_VERSIONS(blk_conv_row_f32, blk_conv_row_body,
+                 (const float* tile, int64_t row16, const float* w16, int kh, int kw, int sw, int dh, int dw,
+                  int64_t Wo, float* acc),
+                 (tile, row16, w16, kh, kw, sw, dh, dw, Wo, acc))
 
 // Output rows per task of nchw_blocked_f32 (the tile of the band's input rows is about
 // kBlkTileBytes) and the tile's width in pixels: Wt columns cover every tap of roundup(Wo, kBlkOw)

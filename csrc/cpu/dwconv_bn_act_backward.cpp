@@ -234,10 +234,12 @@ inline void tap_out_range(int64_t W, int64_t Wo, int s, int p, int64_t jd, int64
 
 // Input row ih of image n: its dx (gxr: W x C, overwritten) and its terms of the weight gradient,
 // acc[t * C + c] += dz * x over the (output, tap) pairs that read row ih. dz: output rows from
-// oh0 on of image n (Wo x C each), xr = x row ih (W x C), wt: the weights as (kk, C).
+// oh0 on of image n (Wo x C each), xr = x row ih (W x C), wt: the weights as (kk, C). V-float vectors.
+template <int V>
 __attribute__((always_inline)) inline void cl_bwd_row(const float* dz, int64_t oh0, const float* xr,
                                                       const float* wt, const Geom& g, int64_t ih,
                                                       float* gxr, float* acc) {
+  TCV_VEC_TYPES(V);
   const int64_t C = g.C;
   std::fill(gxr, gxr + g.W * C, 0.0f);
   for (int i = 0; i < g.kh; ++i) {
@@ -253,20 +255,20 @@ __attribute__((always_inline)) inline void cl_bwd_row(const float* dz, int64_t o
       float* a = acc + t * C;
       const int64_t step = g.sw * C, iw_lo = lo * g.sw - g.pw + jd;
       int64_t c0 = 0;
-      // 16 channels at a time, the tap's weights and weight-gradient sums held in registers
+      // V channels at a time, the tap's weights and weight-gradient sums held in registers
       // along the row.
-      for (; c0 + 16 <= C; c0 += 16) {
-        const f32x16 w16 = load16(wv + c0);
-        f32x16 a16 = load16(a + c0);
+      for (; c0 + V <= C; c0 += V) {
+        const vec wc = ldv(wv + c0);
+        vec ac = ldv(a + c0);
         float* o = gxr + iw_lo * C + c0;
         const float* xs = xr + iw_lo * C + c0;
         const float* d = dr + lo * C + c0;
         for (int64_t ow = lo; ow < hi; ++ow, o += step, xs += step, d += C) {
-          const f32x16 d16 = load16(d);
-          store16(o, load16(o) + w16 * d16);
-          a16 += d16 * load16(xs);
+          const vec dc = ldv(d);
+          stv(o, ldv(o) + wc * dc);
+          ac += dc * ldv(xs);
         }
-        store16(a + c0, a16);
+        stv(a + c0, ac);
       }
       if (c0 == C) continue;
       for (int64_t ow = lo; ow < hi; ++ow) {
@@ -295,17 +297,27 @@ inline void band_out_rows(const Geom& g, int64_t ih0, int64_t ih1, int64_t& oh0,
 // g0 / z0 point at output row oh0, x0 / gx0 at input row ih0 (channels_last rows of C). dz of
 // the output rows goes to buf first (L2-resident); then row by row dx and the weight-gradient
 // terms (acc: kk x C).
-TCV_CPU_CLONES void cl_bwd_band_f32(Act act, bool use_b, const float* g0, const float* z0,
-                                    const float* x0, float* gx0, const float* mu, const float* sc,
-                                    const float* sh, const float* a, const float* b, const float* wt,
-                                    const Geom& g, int64_t ih0, int64_t ih1, int64_t oh0, int64_t oh1,
-                                    float* buf, float* acc) {
+template <int V>
+__attribute__((always_inline)) inline void cl_bwd_band_body(Act act, bool use_b, const float* g0,
+                                                            const float* z0, const float* x0, float* gx0,
+                                                            const float* mu, const float* sc, const float* sh,
+                                                            const float* a, const float* b, const float* wt,
+                                                            const Geom& g, int64_t ih0, int64_t ih1,
+                                                            int64_t oh0, int64_t oh1, float* buf, float* acc) {
   const int64_t C = g.C;
   if (oh1 > oh0) dz_pix_f32(act, use_b, g0, z0, (oh1 - oh0) * g.Wo, C, mu, sc, sh, a, b, buf);
   for (int64_t ih = ih0; ih < ih1; ++ih) {
-    cl_bwd_row(buf, oh0, x0 + (ih - ih0) * g.W * C, wt, g, ih, gx0 + (ih - ih0) * g.W * C, acc);
+    cl_bwd_row<V>(buf, oh0, x0 + (ih - ih0) * g.W * C, wt, g, ih, gx0 + (ih - ih0) * g.W * C, acc);
   }
 }
+// Versions per CPU (TCV_CPU_VERSIONS): the 16-float type in the AVX2 clone goes through the stack
+// (cpu_clones.h).
+TCV_CPU_VERSIONS(cl_bwd_band_f32, cl_bwd_band_body,
+                 (Act act, bool use_b, const float* g0, const float* z0, const float* x0, float* gx0,
+                  const float* mu, const float* sc, const float* sh, const float* a, const float* b,
+                  const float* wt, const Geom& g, int64_t ih0, int64_t ih1, int64_t oh0, int64_t oh1,
+                  float* buf, float* acc),
+                 (act, use_b, g0, z0, x0, gx0, mu, sc, sh, a, b, wt, g, ih0, ih1, oh0, oh1, buf, acc))
 
 // The band grid of the channels_last kernel: bands of `rows` input rows (dz of about 128K floats,
 // 512 KB, per band, 4..32 output rows' worth; a band's dz rows are recomputed by its neighbours
@@ -372,10 +384,10 @@ void stats_backward_cl(const float* gd, const float* zd, const float* xd, float*
 
 // NCHW with C >= 16: per task (image n, block of 16 channels, band of input rows) the band's rows
 // of g, z and x in the block's 16 planes are transposed in L1/L2 into pixel-major 16-channel
-// buffers (transpose16), the channels_last band kernel runs on them as an image of 16 channels,
-// and dx is transposed back: vectorized over channels, which is what narrow planes (late
-// MobileNet / EfficientNet stages) need, without converting whole tensors to channels_last (four
-// extra passes over memory). On wide planes it measured as fast as the per-plane kernel or faster.
+// buffers (blk_fill_nchw_f32), the channels_last band kernel runs on them as an image of 16
+// channels, and dx is transposed back: vectorized over channels, which is what narrow planes
+// (late MobileNet / EfficientNet stages) need, without converting whole tensors to channels_last
+// (four extra passes over memory). On wide planes it measured as fast as the per-plane kernel or faster.
 void stats_backward_nchw_blocked(const float* gd, const float* zd, const float* xd, float* gxd,
                                  const float* ad, const float* bd, bool use_b, const float* md,
                                  const float* wd, const Geom& g, Act act, const float* ssc,

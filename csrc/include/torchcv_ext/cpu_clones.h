@@ -84,6 +84,38 @@ __attribute__((always_inline)) inline void transpose16(f32x16* r) {
   TCV_T16_STAGE(2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
   TCV_T16_STAGE(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
 }
+// The same for an 8 x 8 block in 8 vectors of 8 floats (the AVX2 width; stages d = 4, 2, 1).
+#define TCV_SHUFFLE8(a, b, ...) TCV_SHUFFLE(a, b, tcv_i32x8, __VA_ARGS__)
+#define TCV_T8_STAGE(D, ...)                        \
+  for (int i = 0; i < 8; ++i) {                     \
+    if (i & (D)) continue;                          \
+    const f32x8 a = r[i], b = r[i + (D)];           \
+    r[i] = TCV_SHUFFLE8(a, b, __VA_ARGS__);         \
+    r[i + (D)] = TCV_SHUFFLE8(a, b, TCV_T8_HI_##D); \
+  }
+#define TCV_T8_HI_4 4, 5, 6, 7, 12, 13, 14, 15
+#define TCV_T8_HI_2 2, 3, 10, 11, 6, 7, 14, 15
+#define TCV_T8_HI_1 1, 9, 3, 11, 5, 13, 7, 15
+__attribute__((always_inline)) inline void transpose8(f32x8* r) {
+  TCV_T8_STAGE(4, 0, 1, 2, 3, 8, 9, 10, 11)
+  TCV_T8_STAGE(2, 0, 1, 8, 9, 4, 5, 12, 13)
+  TCV_T8_STAGE(1, 0, 8, 2, 10, 4, 12, 6, 14)
+}
+// transpose16 / transpose8 for a width-templated body (TCV_VEC_TYPES(V)'s vec is f32x16 / f32x8).
+template <int V, typename vec>
+__attribute__((always_inline)) inline void transpose_vv(vec* r) {
+  if constexpr (V == 16) {
+    transpose16(r);
+  } else {
+    static_assert(V == 8, "transpose_vv: 8 or 16 floats");
+    transpose8(r);
+  }
+}
+#undef TCV_T8_STAGE
+#undef TCV_SHUFFLE8
+#undef TCV_T8_HI_4
+#undef TCV_T8_HI_2
+#undef TCV_T8_HI_1
 #undef TCV_T16_STAGE
 #undef TCV_SHUFFLE16
 #undef TCV_T16_HI_8
