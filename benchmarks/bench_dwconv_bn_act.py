@@ -65,14 +65,15 @@ def make_layers(c, k, s, act, dev, dt):
     return eager, ours
 
 
-def kernel_only(fn):
+def forced(fn, field, value):
+    """fn with ``config.<field> = value`` (DWConvBNAct's CPU path forced, whatever "auto" picks)."""
     def f():
-        saved = config.dwconv_cpu_eval_backend
-        config.dwconv_cpu_eval_backend = "kernel"
+        saved = getattr(config, field)
+        setattr(config, field, value)
         try:
             return fn()
         finally:
-            config.dwconv_cpu_eval_backend = saved
+            setattr(config, field, saved)
     return f
 
 
@@ -107,9 +108,10 @@ def main(argv=None):
 
             impls = {"torchcv_ext": run_eval(ours), "eager": run_eval(eager)}
             if dev == "cpu":
-                # DWConvBNAct picks oneDNN's fused depthwise conv for small channels_last inputs
-                # (config.dwconv_cpu_eval_backend="auto"); this row is always our C++ kernel.
-                impls["torchcv_ext (C++ kernel)"] = kernel_only(run_eval(ours))
+                # config.dwconv_cpu_eval_backend="auto" picks oneDNN's fused depthwise conv or
+                # eager's modules where they win (ops/dwconv_bn_act.py: backend); this row is
+                # always our C++ kernel.
+                impls["torchcv_ext (C++ kernel)"] = forced(run_eval(ours), "dwconv_cpu_eval_backend", "kernel")
             if not args.no_compile:
                 ce = bc.compiled(eager)
                 impls["torch.compile"] = run_eval(ce) if ce else None
@@ -129,6 +131,8 @@ def main(argv=None):
                 return f
 
             impls = {"torchcv_ext": run_train(ours), "eager": run_train(eager)}
+            if dev == "cpu":  # the same for the train path: always the C++ train kernels
+                impls["torchcv_ext (C++ kernels)"] = forced(run_train(ours), "dwconv_cpu_train_backend", "kernels")
             if not args.no_compile:
                 ct = bc.compiled(eager)
                 impls["torch.compile"] = run_train(ct) if ct else None

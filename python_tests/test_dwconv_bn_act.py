@@ -814,29 +814,32 @@ def test_module_cpu_train_backend_choice(monkeypatch):
 
     monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "auto")
     m = DWConvBNAct(8, 3, activation="relu").train()
-    # Without AVX-512 (the C++ kernels' 16-float vectors; _common.CPU_AVX512) never the C++ op.
-    for avx512, dtype, amp, fused in [(True, torch.float32, False, True), (True, torch.float64, False, False),
-                                      (True, torch.float32, True, False), (False, torch.float32, False, False)]:
-        monkeypatch.setattr(torchcv_ext.ops._common, "CPU_AVX512", avx512)
+    # Without AVX2 + FMA (_common.CPU_AVX2: the C++ kernels' measured CPUs) never the C++ op.
+    for avx2, dtype, amp, fused in [(True, torch.float32, False, True), (True, torch.float64, False, False),
+                                    (True, torch.float32, True, False), (False, torch.float32, False, False)]:
+        monkeypatch.setattr(torchcv_ext.ops._common, "CPU_AVX2", avx2)
         mode = Ops()
         with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             m.to(dtype)(torch.randn(2, 8, 6, 6, dtype=dtype))
-        assert ("torchcv_ext::dwconv_bn_act_train" in mode.names) == fused, (avx512, dtype, amp)
+        assert ("torchcv_ext::dwconv_bn_act_train" in mode.names) == fused, (avx2, dtype, amp)
     monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_train_backend", "fast")
     with pytest.raises(ValueError, match="dwconv_cpu_train_backend"):
         m.float()(torch.randn(2, 8, 6, 6))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("backend, avx512", [("kernel", True), ("onednn", True), ("auto", True), ("auto", False)])
-def test_module_cpu_eval_backends(monkeypatch, layout, backend, avx512):
+@pytest.mark.parametrize("backend, isa", [("kernel", "avx512"), ("onednn", "avx512"), ("auto", "avx512"),
+                                          ("auto", "avx2"), ("auto", "other")])
+def test_module_cpu_eval_backends(monkeypatch, layout, backend, isa):
     """DWConvBNAct eval on the CPU (float32 inference): every dwconv_cpu_eval_backend gives the
-    eager modules' output, and "kernel" / "onednn" really run the C++ op / oneDNN; "auto" without
-    AVX-512 runs oneDNN for channels_last and torch's modules for NCHW."""
+    eager modules' output, and "kernel" / "onednn" really run the C++ op / oneDNN; "auto" runs
+    oneDNN for (small) channels_last inputs, and for NCHW the C++ op with AVX2 or AVX-512, torch's
+    modules on other CPUs."""
     from torchcv_ext.nn import _fold
 
     monkeypatch.setattr(torchcv_ext.ops.config, "dwconv_cpu_eval_backend", backend)
-    monkeypatch.setattr(torchcv_ext.ops._common, "CPU_AVX512", avx512)
+    monkeypatch.setattr(torchcv_ext.ops._common, "CPU_AVX512", isa == "avx512")
+    monkeypatch.setattr(torchcv_ext.ops._common, "CPU_AVX2", isa != "other")
     calls = {"onednn": 0, "kernel": 0}
     real_onednn, real_op = _fold._onednn_conv, torchcv_ext.nn.dwconv_bn_act.dwconv_bn_act
 
@@ -863,14 +866,14 @@ def test_module_cpu_eval_backends(monkeypatch, layout, backend, avx512):
             assert_close(y, want, torch.float32, scale=4.0)
     # oneDNN only for channels_last inputs (it writes channels_last whatever the input's layout).
     onednn_ok = _fold._onednn_available() and layout == torch.channels_last
-    eager = backend == "auto" and not avx512 and layout != torch.channels_last
+    eager = backend == "auto" and isa == "other" and layout != torch.channels_last
     if eager:
         assert calls == {"onednn": 0, "kernel": 0}
     elif backend == "kernel" or not onednn_ok:
         assert calls["onednn"] == 0 and calls["kernel"] == 12
     else:
         assert calls["onednn"] == 12 and calls["kernel"] == 0
-    # With autograd, or config.cpu_onednn_conv_bn off, always the op (NCHW without AVX-512: the
+    # With autograd, or config.cpu_onednn_conv_bn off, always the op (NCHW without AVX2: the
     # modules).
     calls["kernel"] = calls["onednn"] = 0
     x = torch.randn(2, 24, 9, 7, requires_grad=True).contiguous(memory_format=layout)

@@ -181,7 +181,7 @@ def dwconv_bn_act_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str,
     path = backend(x, train=use_batch_stats)
     if path == "eager" or (use_batch_stats and syncs_batch_stats(bn)):
         # torch's own modules: CPU training outside the float32 kernels or CPU NCHW inference
-        # without AVX-512 (config.dwconv_cpu_*_backend), or a BN whose statistics span processes
+        # without AVX2 (ops/dwconv_bn_act.py: backend), or a BN whose statistics span processes
         # (convert_sync_batchnorm; oneDNN conv, batch_norm and their backward), and BatchNorm2d
         # keeps its own running statistics.
         return activations.forward(activation, batch_norm_only(bn, conv(x)))

@@ -17,20 +17,20 @@ NAMESPACE = "torchcv_ext"
 #: Run-time switches (exported as ``torchcv_ext.ops.config``).
 #:   dwconv_cpu_train_backend: the CPU path of train-mode DWConvBNAct / dwconv_bn_act_train.
 #:     "auto" (default): the C++ kernels for float32 inputs outside CPU autocast on a CPU with
-#:     AVX-512 (vectorized train forward and backward: 1.0-3.0x eager on MobileNetV3 /
-#:     EfficientNet-B0 layers, see benchmarks/bench_dwconv_bn_act.py), eager PyTorch otherwise
-#:     (the float16 / bfloat16 / float64 train kernels are plain loops, and the float32 ones,
-#:     written around 16-float vectors, ran at 0.27-0.92x eager on an AVX2-only CPU:
-#:     benchmarks/results/2026-12-07-cpu-avx2.md); "kernels": always the C++ kernels, which mirror
-#:     the CUDA kernels' math (the tests run both); "eager": eager PyTorch -- the modules
-#:     (Conv2d -> BatchNorm2d -> activation) in DWConvBNAct, the reference composition in the
-#:     functional op. CUDA always uses the CUDA kernels.
+#:     AVX2 + FMA or AVX-512 (vectorized train forward and backward: 1.0-3.0x eager with AVX-512,
+#:     1.05-7.6x on an AVX2 AMD EPYC, on MobileNetV3 / EfficientNet-B0 layers:
+#:     benchmarks/bench_dwconv_bn_act.py, benchmarks/results/2026-12-07-cpu-avx2-dwconv.md), eager
+#:     PyTorch otherwise (the float16 / bfloat16 / float64 train kernels are plain loops, and
+#:     other CPUs are unmeasured); "kernels": always the C++ kernels, which mirror the CUDA
+#:     kernels' math (the tests run both); "eager": eager PyTorch -- the modules (Conv2d ->
+#:     BatchNorm2d -> activation) in DWConvBNAct, the reference composition in the functional op.
+#:     CUDA always uses the CUDA kernels.
 #:   dwconv_cpu_eval_backend: eval-mode DWConvBNAct on the CPU (float32 inference, no autograd):
-#:     "auto" (default): with AVX-512, oneDNN's fused depthwise conv (BN folded, activation as a
-#:     post-op) on small channels_last problems, where its JIT kernels are faster, the fused C++
-#:     kernel otherwise; without AVX-512 (where the C++ kernel ran at 0.08-1.28x eager), oneDNN
-#:     for channels_last and torch's own modules for NCHW (torchcv_ext/ops/dwconv_bn_act.py:
-#:     backend); "kernel": always the C++ kernel;
+#:     "auto" (default): channels_last inputs run oneDNN's fused depthwise conv (BN folded,
+#:     activation as a post-op), whose JIT kernels are faster there (with AVX-512: inputs up to
+#:     16 MiB; larger ones the fused C++ kernel); NCHW inputs run the fused C++ kernel on a CPU
+#:     with AVX2 + FMA or AVX-512 (1.1-2.1x eager on AVX2) and torch's own modules elsewhere
+#:     (torchcv_ext/ops/dwconv_bn_act.py: backend); "kernel": always the C++ kernel;
 #:     "onednn": oneDNN whenever it applies. Either way one pass over x and y. The functional op
 #:     ops.dwconv_bn_act always runs the C++ kernel.
 #:   cpu_onednn_conv_bn: eval-mode Conv2d + BatchNorm2d (+ activation, + residual) on the CPU in
@@ -46,17 +46,21 @@ config = types.SimpleNamespace(dwconv_cpu_train_backend="auto", dwconv_cpu_eval_
                                cpu_onednn_conv_bn=True, cuda_attention_dq="separate")
 
 
-def _cpu_avx512() -> bool:
+def _cpu_capability() -> str:
     try:
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001  (a torch without the query)
-        return False
+        return "DEFAULT"
 
 
-#: Whether this CPU runs AVX-512 (torch's own dispatch level, read once at import). The float32
-#: C++ depthwise kernels are written around 16-float vectors (csrc/include/torchcv_ext/cpu_clones.h)
-#: and the "auto" backends take them only here (ops/dwconv_bn_act.py: backend).
-CPU_AVX512: bool = _cpu_avx512()
+#: torch's own CPU dispatch level ("AVX512", "AVX2", "DEFAULT", ...), read once at import. The
+#: float32 C++ depthwise kernels have versions for AVX-512 (16-float vectors) and AVX2 + FMA
+#: (8-float vectors; csrc/include/torchcv_ext/cpu_clones.h: TCV_CPU_VERSIONS), measured faster
+#: than eager on both; the "auto" backends take them there only (ops/dwconv_bn_act.py: backend).
+CPU_CAPABILITY: str = _cpu_capability()
+CPU_AVX512: bool = CPU_CAPABILITY.startswith("AVX512")
+#: AVX2 + FMA or better (torch's "AVX2" level requires both).
+CPU_AVX2: bool = CPU_AVX512 or CPU_CAPABILITY == "AVX2"
 
 
 def capturing_graph() -> bool:

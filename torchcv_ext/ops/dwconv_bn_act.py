@@ -128,15 +128,16 @@ def backend(x: torch.Tensor, train: bool) -> str:
     and torchcv_ext.nn.DWConvBNAct both ask here; ``config`` fields documented in ops/_common.py):
 
     * ``train=True``: "ops" -- the fused train ops (CUDA; on the CPU the float32 C++ kernels
-      outside autocast on an AVX-512 CPU, ``config.dwconv_cpu_train_backend`` "auto" / "kernels"),
-      or "eager" -- torch's own conv + batch_norm (the modules in DWConvBNAct, the reference
-      composition in the functional op): other CPU dtypes, autocast and CPUs without AVX-512,
-      where the C++ train kernels lose to eager (benchmarks/results/2026-12-07-cpu-avx2.md).
+      outside autocast on a CPU with AVX2 + FMA or AVX-512, ``config.dwconv_cpu_train_backend``
+      "auto" / "kernels"), or "eager" -- torch's own conv + batch_norm (the modules in
+      DWConvBNAct, the reference composition in the functional op): other CPU dtypes, autocast
+      and other CPUs.
     * ``train=False``: "onednn" -- try oneDNN's fused depthwise conv first (BN folded, activation
       as a post-op; CPU channels_last inputs: up to 16 MiB with AVX-512, where its JIT kernels
       beat ours, any size without; ``config.dwconv_cpu_eval_backend``; never while a graph is
-      captured), "eager" -- torch's own modules (CPU NCHW inputs without AVX-512), or "ops" --
-      the fused eval op (our C++ / CUDA kernel)."""
+      captured), "eager" -- torch's own modules (CPU NCHW inputs without AVX2), or "ops" -- the
+      fused eval op (our C++ / CUDA kernel). Measurements: benchmarks/results/
+      2026-12-07-cpu-avx2-dwconv.md (AVX2), 2026-12-07-cpu-defaults-vs-eager.md (AVX-512)."""
     cfg = _common.config
     if not train:
         mode = cfg.dwconv_cpu_eval_backend
@@ -147,9 +148,10 @@ def backend(x: torch.Tensor, train: bool) -> str:
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if mode == "onednn":
             return "onednn" if channels_last else "ops"
-        if not _common.CPU_AVX512:
-            return "onednn" if channels_last else "eager"
-        return "onednn" if channels_last and x.numel() * x.element_size() <= (16 << 20) else "ops"
+        if channels_last:
+            small = x.numel() * x.element_size() <= (16 << 20)
+            return "onednn" if small or not _common.CPU_AVX512 else "ops"
+        return "ops" if _common.CPU_AVX2 else "eager"
     if not _common.op_available("dwconv_bn_stats"):
         return "eager"
     if x.device.type != "cpu":
@@ -158,7 +160,7 @@ def backend(x: torch.Tensor, train: bool) -> str:
     if mode not in ("auto", "kernels", "eager"):
         raise ValueError(f"config.dwconv_cpu_train_backend must be 'auto', 'kernels' or 'eager', got {mode!r}")
     if mode == "auto":
-        fast = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and _common.CPU_AVX512
+        fast = x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and _common.CPU_AVX2
         return "ops" if fast else "eager"
     return "ops" if mode == "kernels" else "eager"
 
