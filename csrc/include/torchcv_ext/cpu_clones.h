@@ -57,7 +57,7 @@ typedef float f32x8u __attribute__((vector_size(32), aligned(4), may_alias));
 // 16-lane gathers / scatters.
 // Two-source shuffle with constant indices: __builtin_shufflevector (clang, GCC >= 12), else GCC's
 // older __builtin_shuffle with an index vector (GCC 10 / 11 also build C++20 extensions).
-// TCV_SHUFFLE(a, b, index vector type, indices...) for any width; TCV_SHUFFLE16 for f32x16.
+// TCV_SHUFFLE(a, b, index vector type, indices...) for any width.
 typedef int tcv_i32x16 __attribute__((vector_size(64)));
 typedef int tcv_i32x8 __attribute__((vector_size(32)));
 typedef int tcv_i32x4 __attribute__((vector_size(16)));
@@ -66,40 +66,34 @@ typedef int tcv_i32x4 __attribute__((vector_size(16)));
 #else
 #define TCV_SHUFFLE(a, b, idx_t, ...) __builtin_shuffle(a, b, idx_t{__VA_ARGS__})
 #endif
-#define TCV_SHUFFLE16(a, b, ...) TCV_SHUFFLE(a, b, tcv_i32x16, __VA_ARGS__)
-#define TCV_T16_STAGE(D, ...)                                                  \
-  for (int i = 0; i < 16; ++i) {                                               \
-    if (i & (D)) continue;                                                     \
-    const f32x16 a = r[i], b = r[i + (D)];                                     \
-    r[i] = TCV_SHUFFLE16(a, b, __VA_ARGS__);                                   \
-    r[i + (D)] = TCV_SHUFFLE16(a, b, TCV_T16_HI_##D);                          \
+// One butterfly stage of an N x N transpose (N vectors of type T, index vector type I): for
+// every i without bit D, r[i] takes the low lanes (indices ...) and r[i + D] the high ones
+// (TCV_T<N>_HI_<D>) of the pair.
+#define TCV_T_STAGE(N, T, I, D, ...)                         \
+  for (int i = 0; i < (N); ++i) {                            \
+    if (i & (D)) continue;                                   \
+    const T a = r[i], b = r[i + (D)];                        \
+    r[i] = TCV_SHUFFLE(a, b, I, __VA_ARGS__);                \
+    r[i + (D)] = TCV_SHUFFLE(a, b, I, TCV_T##N##_HI_##D);    \
   }
 #define TCV_T16_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define TCV_T16_HI_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
 #define TCV_T16_HI_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
 #define TCV_T16_HI_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
 __attribute__((always_inline)) inline void transpose16(f32x16* r) {
-  TCV_T16_STAGE(8, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
-  TCV_T16_STAGE(4, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
-  TCV_T16_STAGE(2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
-  TCV_T16_STAGE(1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+  TCV_T_STAGE(16, f32x16, tcv_i32x16, 8, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+  TCV_T_STAGE(16, f32x16, tcv_i32x16, 4, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+  TCV_T_STAGE(16, f32x16, tcv_i32x16, 2, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+  TCV_T_STAGE(16, f32x16, tcv_i32x16, 1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
 }
 // The same for an 8 x 8 block in 8 vectors of 8 floats (the AVX2 width; stages d = 4, 2, 1).
-#define TCV_SHUFFLE8(a, b, ...) TCV_SHUFFLE(a, b, tcv_i32x8, __VA_ARGS__)
-#define TCV_T8_STAGE(D, ...)                        \
-  for (int i = 0; i < 8; ++i) {                     \
-    if (i & (D)) continue;                          \
-    const f32x8 a = r[i], b = r[i + (D)];           \
-    r[i] = TCV_SHUFFLE8(a, b, __VA_ARGS__);         \
-    r[i + (D)] = TCV_SHUFFLE8(a, b, TCV_T8_HI_##D); \
-  }
 #define TCV_T8_HI_4 4, 5, 6, 7, 12, 13, 14, 15
 #define TCV_T8_HI_2 2, 3, 10, 11, 6, 7, 14, 15
 #define TCV_T8_HI_1 1, 9, 3, 11, 5, 13, 7, 15
 __attribute__((always_inline)) inline void transpose8(f32x8* r) {
-  TCV_T8_STAGE(4, 0, 1, 2, 3, 8, 9, 10, 11)
-  TCV_T8_STAGE(2, 0, 1, 8, 9, 4, 5, 12, 13)
-  TCV_T8_STAGE(1, 0, 8, 2, 10, 4, 12, 6, 14)
+  TCV_T_STAGE(8, f32x8, tcv_i32x8, 4, 0, 1, 2, 3, 8, 9, 10, 11)
+  TCV_T_STAGE(8, f32x8, tcv_i32x8, 2, 0, 1, 8, 9, 4, 5, 12, 13)
+  TCV_T_STAGE(8, f32x8, tcv_i32x8, 1, 0, 8, 2, 10, 4, 12, 6, 14)
 }
 // transpose16 / transpose8 for a width-templated body (TCV_VEC_TYPES(V)'s vec is f32x16 / f32x8).
 template <int V, typename vec>
@@ -111,13 +105,10 @@ __attribute__((always_inline)) inline void transpose_vv(vec* r) {
     transpose8(r);
   }
 }
-#undef TCV_T8_STAGE
-#undef TCV_SHUFFLE8
+#undef TCV_T_STAGE
 #undef TCV_T8_HI_4
 #undef TCV_T8_HI_2
 #undef TCV_T8_HI_1
-#undef TCV_T16_STAGE
-#undef TCV_SHUFFLE16
 #undef TCV_T16_HI_8
 #undef TCV_T16_HI_4
 #undef TCV_T16_HI_2
