@@ -172,10 +172,10 @@ TCV_CPU_VERSIONS(nchw_row_f32, nchw_row_f32_body,
                  (const float* in, const int64_t* off, const float* w, int taps, int64_t Wo, float* out),
                  (in, off, w, taps, Wo, out))
 
-// Accumulate NV registers (16 * NV channels from c0) of one output pixel over the valid taps.
+// Accumulate NV vectors (V * NV channels from c0) of one output pixel over the valid taps.
 #define TCV_CL_BLOCK(NV)                                                                   \
-  for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                           \
-    vec a[(NV) * K] = {}, b[(NV) * K] = {}; /* even / odd taps: independent FMA chains */    \
+  for (; c0 + V * (NV) <= C; c0 += V * (NV)) {                                             \
+    vec a[(NV)] = {}, b[(NV)] = {}; /* even / odd taps: independent FMA chains */            \
     for (int i = 0; i < kh; ++i) {                                                         \
       const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                \
       if (ih < 0 || ih >= H) continue;                                                     \
@@ -185,13 +185,13 @@ TCV_CPU_VERSIONS(nchw_row_f32, nchw_row_f32_body,
         const float* xs = xn + (ih * W + iw) * C + c0;                                     \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                  \
         if (j & 1) {                                                                       \
-          for (int v = 0; v < (NV) * K; ++v) b[v] += ldv(ws + V * v) * ldv(xs + V * v);      \
+          for (int v = 0; v < (NV); ++v) b[v] += ldv(ws + V * v) * ldv(xs + V * v);          \
         } else {                                                                           \
-          for (int v = 0; v < (NV) * K; ++v) a[v] += ldv(ws + V * v) * ldv(xs + V * v);      \
+          for (int v = 0; v < (NV); ++v) a[v] += ldv(ws + V * v) * ldv(xs + V * v);          \
         }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    for (int v = 0; v < (NV) * K; ++v) stv(out + ow * C + c0 + V * v, a[v] + b[v]);         \
+    for (int v = 0; v < (NV); ++v) stv(out + ow * C + c0 + V * v, a[v] + b[v]);             \
   }
 
 // Channels [c0, C) (< 16 of them) of one channels_last output pixel (top-left input (h0, w0)).
@@ -217,41 +217,41 @@ __attribute__((always_inline)) inline void cl_pixel_tail_f32(const float* xn, co
 
 // Interior outputs, kOwBlock pixels at a time: every tap of the block is inside the row, so each
 // weight register is loaded once per tap and reused for kOwBlock pixels (the per-pixel loop
-// below loads one weight per FMA). 16 * NV channels from c0 per pass.
+// below loads one weight per FMA). V * NV channels from c0 per pass.
 constexpr int64_t kOwBlock = 4;
 #define TCV_CL_OWBLOCK(NV)                                                                      \
-  for (; c0 + 16 * (NV) <= C; c0 += 16 * (NV)) {                                                \
-    vec a[kOwBlock][(NV) * K] = {};                                                             \
+  for (; c0 + V * (NV) <= C; c0 += V * (NV)) {                                                  \
+    vec a[kOwBlock][(NV)] = {};                                                                 \
     for (int i = 0; i < kh; ++i) {                                                              \
       const int64_t ih = h0 + static_cast<int64_t>(i) * dh;                                     \
       if (ih < 0 || ih >= H) continue;                                                          \
       const float* xr = xn + ih * W * C + c0;                                                   \
       for (int j = 0; j < kw; ++j) {                                                            \
         const float* ws = wt + static_cast<int64_t>(i * kw + j) * C + c0;                       \
-        vec wv[(NV) * K];                                                                       \
-        for (int v = 0; v < (NV) * K; ++v) wv[v] = ldv(ws + V * v);                              \
+        vec wv[(NV)];                                                                           \
+        for (int v = 0; v < (NV); ++v) wv[v] = ldv(ws + V * v);                                  \
         const float* xs = xr + (ow * sw - pw + static_cast<int64_t>(j) * dw) * C;               \
         for (int q = 0; q < kOwBlock; ++q) {                                                    \
-          for (int v = 0; v < (NV) * K; ++v) a[q][v] += wv[v] * ldv(xs + q * sw * C + V * v);   \
+          for (int v = 0; v < (NV); ++v) a[q][v] += wv[v] * ldv(xs + q * sw * C + V * v);       \
         }                                                                                       \
       }                                                                                         \
     }                                                                                           \
     for (int q = 0; q < kOwBlock; ++q) {                                                        \
-      for (int v = 0; v < (NV) * K; ++v) stv(out + (ow + q) * C + c0 + V * v, a[q][v]);          \
+      for (int v = 0; v < (NV); ++v) stv(out + (ow + q) * C + c0 + V * v, a[q][v]);              \
     }                                                                                           \
   }
 
 // One channels_last output row (n, oh): out[ow * C + c]. xn = x[n] (H, W, C), wt = (kh*kw, C).
-// The body for V-float vectors (8 or 16; K of them per 16 channels), compiled into each of
-// cl_row_f32's versions below (as nchw_row_f32). With 8-float vectors the widest blocks are left
-// out: their accumulators alone would fill AVX2's 16 registers.
+// The body for V-float vectors (8 or 16), compiled into each of cl_row_f32's versions below (as
+// nchw_row_f32). Channel blocks are counted in vectors, so with 8-float vectors the blocks are
+// half as wide (at most 8 accumulators) and the per-pixel scalar tail is under 8 channels
+// (MobileNetV3's 72, 120, 184 and 200 channels end in 8).
 template <int V>
 __attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, const float* wt, int64_t H,
                                                            int64_t W, int64_t C, int kh, int kw, int sh,
                                                            int sw, int ph, int pw, int dh, int dw,
                                                            int64_t oh, int64_t Wo, float* out) {
   TCV_VEC_TYPES(V);
-  constexpr int K = 16 / V;
   const int64_t h0 = oh * sh - ph;
   // Outputs [ow_lo, ow_hi) read only columns inside [0, W) for every tap.
   const int64_t ow_lo = (pw + sw - 1) / sw;
@@ -261,20 +261,20 @@ __attribute__((always_inline)) inline void cl_row_f32_body(const float* xn, cons
     const int64_t w0 = ow * sw - pw;
     int64_t c0 = 0;
     if (ow >= ow_lo && ow + kOwBlock <= ow_hi) {
-      if constexpr (V == 16) TCV_CL_OWBLOCK(2)
+      TCV_CL_OWBLOCK(2)
       TCV_CL_OWBLOCK(1)
       if (c0 == C) {  // all channels of the kOwBlock pixels done
         ow += kOwBlock - 1;
         continue;
       }
-      // < 16 channels left: finish them pixel by pixel.
+      // < V channels left: finish them pixel by pixel.
       for (int64_t q = 0; q < kOwBlock; ++q) {
         cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, (ow + q) * sw - pw, c0, out + (ow + q) * C);
       }
       ow += kOwBlock - 1;
       continue;
     }
-    if constexpr (V == 16) TCV_CL_BLOCK(4)
+    TCV_CL_BLOCK(4)
     TCV_CL_BLOCK(2)
     TCV_CL_BLOCK(1)
     if (c0 < C) cl_pixel_tail_f32(xn, wt, H, W, C, kh, kw, dh, dw, h0, w0, c0, out + ow * C);
