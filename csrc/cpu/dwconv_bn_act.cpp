@@ -409,7 +409,7 @@ template <int V, int KW>
 __attribute__((always_inline)) inline void blk_conv_row_s1(const float* tile, int64_t row16, const float* w16,
                                                            int kh, int dh, int64_t Wo, float* acc) {
   TCV_VEC_TYPES(V);
-  static_assert(kBlkOw == 8, "accumulators below are spelled out for 8 outputs");
+  static_assert(kBlkOw == 8, "the unroll pragmas below are written for 8 outputs");
   for (int64_t ow = 0; ow < Wo; ow += kBlkOw) {
     for (int cb = 0; cb < 16; cb += V) {
       vec a[kBlkOw] = {};

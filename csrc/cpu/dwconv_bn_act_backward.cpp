@@ -234,7 +234,8 @@ inline void tap_out_range(int64_t W, int64_t Wo, int s, int p, int64_t jd, int64
 
 // Input row ih of image n: its dx (gxr: W x C, overwritten) and its terms of the weight gradient,
 // acc[t * C + c] += dz * x over the (output, tap) pairs that read row ih. dz: output rows from
-// oh0 on of image n (Wo x C each), xr = x row ih (W x C), wt: the weights as (kk, C). V-float vectors.
+// oh0 on of image n (Wo x C each), xr = x row ih (W x C), wt: the weights as (kk, C). V-float
+// vectors.
 template <int V>
 __attribute__((always_inline)) inline void cl_bwd_row(const float* dz, int64_t oh0, const float* xr,
                                                       const float* wt, const Geom& g, int64_t ih,
@@ -387,7 +388,8 @@ void stats_backward_cl(const float* gd, const float* zd, const float* xd, float*
 // buffers (blk_fill_nchw_f32), the channels_last band kernel runs on them as an image of 16
 // channels, and dx is transposed back: vectorized over channels, which is what narrow planes
 // (late MobileNet / EfficientNet stages) need, without converting whole tensors to channels_last
-// (four extra passes over memory). On wide planes it measured as fast as the per-plane kernel or faster.
+// (four extra passes over memory). On wide planes it measured as fast as the per-plane kernel or
+// faster.
 void stats_backward_nchw_blocked(const float* gd, const float* zd, const float* xd, float* gxd,
                                  const float* ad, const float* bd, bool use_b, const float* md,
                                  const float* wd, const Geom& g, Act act, const float* ssc,
