@@ -32,7 +32,6 @@ TCV_CPU_CLONES void copy_bytes(void* dst, const void* src, int64_t n) {
 // destination dense: out[2i] = a[i], out[2i + 1] = b[i] with a, b the pixel's two channel groups,
 // 8 (then 4) pairs per two vector shuffles (unpack + lane permute on AVX2). ShuffleNet's shuffle;
 // the per-pixel loops below ran at 2-6x a copy's time on its shapes.
-typedef float tcv_f32x8u __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float tcv_f32x4u __attribute__((vector_size(16), aligned(4), may_alias));
 TCV_CPU_CLONES void zip2_pixels_words32(const void* src, void* dst, int64_t pixels, int64_t cpg) {
   const auto* ps = static_cast<const float*>(src);
@@ -42,11 +41,10 @@ TCV_CPU_CLONES void zip2_pixels_words32(const void* src, void* dst, int64_t pixe
     const float* pb = ps + cpg;
     int64_t i = 0;
     for (; i + 8 <= cpg; i += 8) {
-      const tcv_f32x8u x = *reinterpret_cast<const tcv_f32x8u*>(pa + i);
-      const tcv_f32x8u y = *reinterpret_cast<const tcv_f32x8u*>(pb + i);
-      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i) = TCV_SHUFFLE(x, y, tcv_i32x8, 0, 8, 1, 9, 2, 10, 3, 11);
-      *reinterpret_cast<tcv_f32x8u*>(pd + 2 * i + 8) =
-          TCV_SHUFFLE(x, y, tcv_i32x8, 4, 12, 5, 13, 6, 14, 7, 15);
+      const f32x8 x = load8(pa + i);
+      const f32x8 y = load8(pb + i);
+      store8(pd + 2 * i, TCV_SHUFFLE(x, y, tcv_i32x8, 0, 8, 1, 9, 2, 10, 3, 11));
+      store8(pd + 2 * i + 8, TCV_SHUFFLE(x, y, tcv_i32x8, 4, 12, 5, 13, 6, 14, 7, 15));
     }
     for (; i + 4 <= cpg; i += 4) {
       const tcv_f32x4u x = *reinterpret_cast<const tcv_f32x4u*>(pa + i);

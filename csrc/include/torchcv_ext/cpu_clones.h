@@ -10,14 +10,10 @@
 #define TCV_CPU_CLONES
 #endif
 
-// 16 floats: one AVX-512 register in the avx512f clone, split by the compiler elsewhere. Explicit
-// vector variables keep accumulators in registers (a float[] accumulator of runtime length is not).
+// 16 floats: one AVX-512 register (transpose16 below). Loops use TCV_VEC_TYPES or f32x8 instead:
+// the avx2 clone splits this type through the stack (below). Explicit vector variables keep
+// accumulators in registers (a float[] accumulator of runtime length is not).
 typedef float f32x16 __attribute__((vector_size(64)));
-typedef float f32x16u __attribute__((vector_size(64), aligned(4), may_alias));
-
-// Unaligned 16-float load/store (macros: inlined into every clone, no vector-ABI calls).
-#define load16(p) (*reinterpret_cast<const f32x16u*>(p))
-#define store16(p, v) (*reinterpret_cast<f32x16u*>(p) = (v))
 
 // `void name params` in versions chosen at load time like TCV_CPU_CLONES, each calling a template
 // `body<V>` (always_inline, on V-float vectors) with `args`: V = 16 with AVX-512, 8 with AVX2 +
