@@ -335,9 +335,10 @@ class OpSpec:
 
 def register(*specs: OpSpec) -> None:
     """Every registration of each op in ``specs``: reference kernels, fake kernel, autograd (or the
-    double backward of a backward op) and autocast. Call it once per op module, when the compiled
-    extension defines the schemas (:func:`op_available`)."""
+    double backward of a backward op), autocast, and the op's eager caller (:data:`OPS`). Call it
+    once per op module, when the compiled extension defines the schemas (:func:`op_available`)."""
     for spec in specs:
+        OPS._callers[spec.name] = _eager_caller(spec)
         register_reference_kernels(spec.name, spec.reference)
         register_fake(spec.name)(spec.fake)
         if spec.backward is not None:
@@ -347,6 +348,74 @@ def register(*specs: OpSpec) -> None:
             register_backward_autograd(spec.name, spec.differentiable)
         if spec.autocast is not None:
             _register_autocast(spec.name, spec.autocast)
+
+
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+
+
+def _eager_caller(spec: OpSpec) -> Callable:
+    """``torch.ops.torchcv_ext.<spec.name>`` for eager calls, without the per-call Python layers of
+    torch.library's autograd kernel (its generated autograd.Function, ``fill_defaults``, a Python
+    redispatch even when nothing needs a gradient: 100-400 us a call right after a multi-threaded
+    kernel on a 2-vCPU machine, as much as a small layer's kernels, benchmarks/results/
+    2026-12-07-cpu-eager-caller.md):
+
+    * nothing needs a gradient (grad mode off, as in every first-order backward, or no input
+      requires grad): the kernel below autograd, as torch.library's own no-grad path does (autocast
+      still applies: its kernels run before autograd's);
+    * otherwise a plain autograd.Function made of the same ``setup_context`` and ``backward`` that
+      torch.library registered (one formula, two callers), outside autocast and functorch.
+
+    Graph capture (compile, export, jit.trace), functorch transforms, autocast with autograd, and
+    calls that leave defaulted arguments out take the op itself."""
+    op = getattr(torch.ops.torchcv_ext, spec.name).default
+    n_args = len(op._schema.arguments)
+    function = None
+    if spec.backward is not None:
+        setup = spec.setup_context
+
+        # forward(ctx, *args) calling setup_context itself: a separate setup_context staticmethod
+        # makes Function.apply bind the arguments by inspect.signature on every call (~200 us).
+        def forward(ctx, *args):
+            with _below_autograd():
+                out = op(*args)
+            setup(ctx, args, out)
+            return out
+
+        function = type(f"{spec.name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(spec.backward)})
+
+    def call(*args):
+        if len(args) != n_args or capturing_graph() or torch._C._are_functorch_transforms_active():
+            return op(*args)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            if function is None or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+                return op(*args)
+            return function.apply(*args)
+        with _below_autograd():
+            return op(*args)
+
+    call.__name__ = call.__qualname__ = spec.name
+    return call
+
+
+class _EagerOps:
+    """``OPS.<name>(*args)``: what ``torch.ops.torchcv_ext.<name>(*args)`` computes, through the
+    op's eager caller where :func:`register` made one (:func:`_eager_caller`), the op otherwise.
+    The functional ops and the autograd formulas in torchcv_ext/ops call their ops through it."""
+
+    def __init__(self) -> None:
+        self._callers: Dict[str, Callable] = {}
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        caller = self._callers.get(name)
+        return caller if caller is not None else getattr(torch.ops.torchcv_ext, name)
+
+
+#: The ops for eager calls (:class:`_EagerOps`).
+OPS = _EagerOps()
 
 
 def autocast_to(positions: Sequence[int]) -> AutocastRule:

@@ -34,7 +34,7 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
             raise RuntimeError(f"activation: x must be a floating-point tensor, got {x.dtype}")
         return a.fn(x)
     if _common.op_available("activation"):
-        return torch.ops.torchcv_ext.activation(x, act)
+        return _common.OPS.activation(x, act)
     return ref.activation(x, act)
 
 
@@ -63,7 +63,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    return torch.ops.torchcv_ext._activation_backward(grad, x, ctx.act), None
+    return _common.OPS._activation_backward(grad, x, ctx.act), None
 
 
 SPECS = (

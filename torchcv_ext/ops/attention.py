@@ -52,7 +52,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q.is_cuda and q.dtype != torch.float64 and q.shape[-1] not in CUDA_HEAD_DIMS:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if _common.op_available("attention"):
-        return torch.ops.torchcv_ext.attention(q, k, v, scale)[0]
+        return _common.OPS.attention(q, k, v, scale)[0]
     return ref.attention(q, k, v, scale)[0]
 
 
@@ -121,7 +121,7 @@ def _backward(ctx, grad_out, grad_lse):
     mode = _common.config.cuda_attention_dq
     if mode not in ("separate", "atomic"):
         raise ValueError(f"config.cuda_attention_dq must be 'separate' or 'atomic', got {mode!r}")
-    dq, dk, dv = torch.ops.torchcv_ext._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
+    dq, dk, dv = _common.OPS._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
                                                            mode == "atomic")
     return dq, dk, dv, None
 

@@ -36,14 +36,14 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         except RuntimeError:
             pass
     if _common.op_available("channel_shuffle"):
-        return torch.ops.torchcv_ext.channel_shuffle(x, groups)
+        return _common.OPS.channel_shuffle(x, groups)
     return ref.channel_shuffle(x, groups)
 
 
 def shuffle_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``channel_shuffle(torch.cat([a, b], 1), 2)`` in one memory pass (ShuffleNetV2 block tail)."""
     if _common.op_available("shuffle_cat"):
-        return torch.ops.torchcv_ext.shuffle_cat(a, b)
+        return _common.OPS.shuffle_cat(a, b)
     return ref.shuffle_cat(a, b)
 
 
@@ -51,7 +51,7 @@ def shuffle_cat_split(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, t
     """``shuffle_cat(a, b).chunk(2, dim=1)`` as two separate tensors in one memory pass: the
     tail of one ShuffleNetV2 block fused with the split at the head of the next."""
     if _common.op_available("shuffle_cat_split"):
-        return torch.ops.torchcv_ext.shuffle_cat_split(a, b)
+        return _common.OPS.shuffle_cat_split(a, b)
     return ref.shuffle_cat_split(a, b)
 
 
@@ -109,27 +109,27 @@ def _cat_bwd_ref(g_lo, g_hi):
 
 def _cat_bwd(ctx, grad):
     c = grad.shape[1] // 2
-    return torch.ops.torchcv_ext._shuffle_cat_backward(grad.narrow(1, 0, c), grad.narrow(1, c, c))
+    return _common.OPS._shuffle_cat_backward(grad.narrow(1, 0, c), grad.narrow(1, c, c))
 
 
 SPECS = (
     _common.OpSpec("channel_shuffle", reference=lambda x, g: _common.fresh(ref.channel_shuffle(x, g), x),
                    fake=_fake_shuffle, setup_context=_save_groups,
                    backward=lambda ctx, grad: (
-                       torch.ops.torchcv_ext._channel_shuffle_backward(grad, ctx.groups), None)),
+                       _common.OPS._channel_shuffle_backward(grad, ctx.groups), None)),
     _common.OpSpec("_channel_shuffle_backward",
                    reference=lambda x, g: _common.fresh(ref.channel_shuffle_backward(x, g), x),
                    fake=lambda grad, groups: _empty(grad.shape, grad), setup_context=_save_groups,
-                   backward=lambda ctx, grad: (torch.ops.torchcv_ext.channel_shuffle(grad, ctx.groups), None)),
+                   backward=lambda ctx, grad: (_common.OPS.channel_shuffle(grad, ctx.groups), None)),
     _common.OpSpec("shuffle_cat", reference=lambda a, b: _common.fresh(ref.shuffle_cat(a, b), a),
                    fake=_fake_cat, backward=_cat_bwd, setup_context=_no_context),
     _common.OpSpec("shuffle_cat_split", reference=_split_ref, fake=_fake_split, setup_context=_no_context,
-                   backward=lambda ctx, g_lo, g_hi: torch.ops.torchcv_ext._shuffle_cat_backward(
+                   backward=lambda ctx, g_lo, g_hi: _common.OPS._shuffle_cat_backward(
                        *_zeros_for_none(g_lo, g_hi))),
     _common.OpSpec("_shuffle_cat_backward", reference=_cat_bwd_ref,
                    fake=lambda g_lo, g_hi: (_empty(g_lo.shape, g_lo), _empty(g_lo.shape, g_lo)),
                    setup_context=_no_context,
-                   backward=lambda ctx, gga, ggb: torch.ops.torchcv_ext.shuffle_cat_split(
+                   backward=lambda ctx, gga, ggb: _common.OPS.shuffle_cat_split(
                        *_zeros_for_none(gga, ggb))),
 )
 

@@ -110,7 +110,7 @@ def dwconv_bn_act(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, sh
     s, p, d = _conv_args(weight, stride, padding, dilation)
     activations.check(activation)
     if _common.op_available("dwconv_bn_act"):
-        return torch.ops.torchcv_ext.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
+        return _common.OPS.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
     x, weight, ctx = _ref_autocast(x, weight)
     with ctx:
         return ref.dwconv_bn_act(x, weight, scale, shift, s, p, d, activation)
@@ -182,7 +182,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
         if ho >= 1 and wo >= 1:
             _check_batch((x.shape[0], x.shape[1], ho, wo))
     if backend(x, train=True) == "ops":
-        y, mean, var, _ = torch.ops.torchcv_ext.dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps,
+        y, mean, var, _ = _common.OPS.dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps,
                                                                    s, p, d, activation)
         return y, mean, var
     x, weight, ctx = _ref_autocast(x, weight)
@@ -286,7 +286,7 @@ def _eval_setup(ctx, inputs, output):
 def _eval_bwd(ctx, grad):
     x, weight, scale, shift = ctx.saved_tensors
     s, p, d = ctx.conv
-    ops = torch.ops.torchcv_ext
+    ops = _common.OPS
     # Recompute z (cheap: a depthwise conv) instead of keeping it alive from the forward.
     z, _, _ = ops.dwconv_bn_stats(x, weight, s, p, d)
     g_scale = g_shift = None
@@ -313,7 +313,7 @@ def _stats_bwd(ctx, gz, g_mean, g_var):
     s, p, d = ctx.conv
     if gz is None:
         gz = torch.zeros_like(z)
-    gx, gw = torch.ops.torchcv_ext._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
+    gx, gw = _common.OPS._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
                                                              weight, s, p, d)
     return gx, gw.to(weight.dtype), None, None, None
 
@@ -335,7 +335,7 @@ def _train_bwd(ctx, g_y, g_mean, g_var, g_z):
     written: a pass over the activations less than chaining the two ops' backwards)."""
     x, weight, bn_weight, bn_bias, z, mean, var = ctx.saved_tensors
     s, p, d = ctx.conv
-    ops = torch.ops.torchcv_ext
+    ops = _common.OPS
     invstd = torch.rsqrt(var + ctx.eps)
     scale, shift = ref.scale_shift_from_invstd(invstd, bn_weight, bn_bias)
     if g_y is None:
@@ -370,7 +370,7 @@ def _ssa_setup(ctx, inputs, output):
 
 def _ssa_bwd(ctx, grad):
     z, scale, shift, mean = ctx.saved_tensors
-    gz, g_scale, g_shift = torch.ops.torchcv_ext._scale_shift_act_backward(grad, z, scale, shift,
+    gz, g_scale, g_shift = _common.OPS._scale_shift_act_backward(grad, z, scale, shift,
                                                                            ctx.act, mean)
     # u = (z - mean) * scale + shift  =>  du/dmean = -scale.
     g_mean = None

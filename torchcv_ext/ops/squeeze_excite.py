@@ -46,7 +46,7 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
     w1 = _as_matrix(w1, "w1")
     w2 = _as_matrix(w2, "w2")
     if _common.op_available(_OP):
-        return torch.ops.torchcv_ext.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+        return _common.OPS.squeeze_excite(x, w1, b1, w2, b2, act, gate)
     if torch.is_autocast_enabled(x.device.type):  # the op's autocast rule, for the reference path
         x, w1, b1, w2, b2 = AUTOCAST(x.device.type, [x, w1, b1, w2, b2])
     return ref.squeeze_excite(x, w1, b1, w2, b2, act, gate)
@@ -102,7 +102,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, w1, b1, w2, b2 = ctx.saved_tensors
-    dx, dw1, db1, dw2, db2 = torch.ops.torchcv_ext._squeeze_excite_backward(
+    dx, dw1, db1, dw2, db2 = _common.OPS._squeeze_excite_backward(
         grad, x, w1, b1, w2, b2, ctx.act, ctx.gate)
     return dx, dw1, db1, dw2, db2, None, None
 

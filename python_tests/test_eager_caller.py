@@ -1,0 +1,131 @@
+"""The ops' eager caller (torchcv_ext/ops/_common.py: OPS, _eager_caller): in eager calls the
+functional ops reach their kernels without torch.library's Python autograd layer, through a plain
+autograd.Function made of the same setup_context / backward. It must compute exactly what the op
+through the dispatcher computes -- outputs, gradients, double backward -- and hand autocast,
+functorch and graph capture to the op itself."""
+import pytest
+import torch
+
+import torchcv_ext
+from torchcv_ext.ops import _common
+
+pytestmark = pytest.mark.skipif(not torchcv_ext.extension_loaded(), reason="needs the compiled extension")
+
+
+def _leaf(*shape, cl=False):
+    t = torch.randn(*shape, dtype=torch.float32)
+    if cl:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_()
+
+
+# op name -> builder of (differentiable leaves, the op's full argument list)
+def _activation():
+    x = _leaf(2, 5, 3, 3, cl=True)
+    return [x], [x, "hardsigmoid"]
+
+
+def _dwconv_train():
+    x, w, bw, bb = _leaf(3, 6, 7, 5), _leaf(6, 1, 3, 3), _leaf(6), _leaf(6)
+    return [x, w, bw, bb], [x, w, bw, bb, 1e-5, [2, 1], [1, 1], [1, 1], "hardswish"]
+
+
+def _dwconv_eval():
+    x, w, scale, shift = _leaf(2, 4, 6, 6, cl=True), _leaf(4, 1, 3, 3), _leaf(4), _leaf(4)
+    return [x, w, scale, shift], [x, w, scale, shift, [1, 1], [1, 1], [1, 1], "silu"]
+
+
+def _squeeze_excite():
+    x, w1, b1, w2, b2 = _leaf(2, 8, 5, 5), _leaf(3, 8), _leaf(3), _leaf(8, 3), _leaf(8)
+    return [x, w1, b1, w2, b2], [x, w1, b1, w2, b2, "relu", "hardsigmoid"]
+
+
+def _shuffle_cat():
+    a, b = _leaf(2, 3, 4, 4), _leaf(2, 3, 4, 4)
+    return [a, b], [a, b]
+
+
+def _channel_shuffle():
+    x = _leaf(2, 6, 3, 3, cl=True)
+    return [x], [x, 3]
+
+
+CASES = {"activation": _activation, "dwconv_bn_act_train": _dwconv_train,
+         "dwconv_bn_act": _dwconv_eval, "squeeze_excite": _squeeze_excite,
+         "shuffle_cat": _shuffle_cat, "channel_shuffle": _channel_shuffle}
+
+
+def _run(fn, leaves, args, grad_outputs=None):
+    outs = fn(*args)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    diff = [o for o in outs if o.requires_grad]
+    if grad_outputs is None:
+        gen = torch.Generator().manual_seed(1)
+        grad_outputs = [torch.randn(o.shape, generator=gen) for o in diff]
+    grads = torch.autograd.grad(diff, leaves, grad_outputs, allow_unused=True)
+    return outs, grads, grad_outputs
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eager_caller_matches_the_op(name):
+    torch.manual_seed(0)
+    leaves, args = CASES[name]()
+    op = getattr(torch.ops.torchcv_ext, name)
+    caller = getattr(_common.OPS, name)
+    outs, grads, gos = _run(op, leaves, args)
+    outs2, grads2, _ = _run(caller, leaves, args, gos)
+    for a, b in zip(outs, outs2):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    for a, b in zip(grads, grads2):
+        assert (a is None and b is None) or torch.equal(a, b)
+    # The eager caller's own Function, not torch.library's generated one.
+    assert type(outs2[0].grad_fn).__name__ == f"{name}_eagerBackward"
+    assert "GeneratedBackwardFor" in type(outs[0].grad_fn).__name__
+    # Nothing needs a gradient: the kernel below autograd, same result, no graph.
+    with torch.no_grad():
+        plain = caller(*args)
+    plain = plain if isinstance(plain, (tuple, list)) else (plain,)
+    assert all(torch.equal(a, b) and b.grad_fn is None for a, b in zip(outs, plain))
+
+
+@pytest.mark.parametrize("name", ["activation", "dwconv_bn_act_train"])
+def test_eager_caller_double_backward(name):
+    """create_graph through the caller's Function: its backward calls the backward ops through the
+    caller too, which then take the op (whose autograd is the exact double backward)."""
+    torch.manual_seed(0)
+    leaves, args = CASES[name]()
+    results = []
+    for fn in (getattr(torch.ops.torchcv_ext, name), getattr(_common.OPS, name)):
+        out = fn(*args)
+        y = out[0] if isinstance(out, (tuple, list)) else out
+        g = torch.autograd.grad((y * y).sum(), leaves[0], create_graph=True)[0]
+        results.append(torch.autograd.grad((g * g).sum(), leaves)[0])
+    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_eager_caller_hands_autocast_and_functorch_to_the_op():
+    leaves, args = _dwconv_train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _common.OPS.dwconv_bn_act_train(*args)[0]
+        want = torch.ops.torchcv_ext.dwconv_bn_act_train(*args)[0]
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    assert "GeneratedBackwardFor" in type(y.grad_fn).__name__
+    # functorch: the caller takes the op, so the result is what the op gives (today an error
+    # naming setup_context, from torch.library's generated Function), never a silent other path.
+    x = torch.randn(2, 3, 3, 3)
+
+    def via(fn):
+        try:
+            return torch.func.grad(lambda t: fn(t, "hardsigmoid").sum())(x)
+        except RuntimeError as e:
+            return str(e)
+
+    a, b = via(torch.ops.torchcv_ext.activation), via(_common.OPS.activation)
+    assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b)
+
+
+def test_eager_caller_under_compile_is_the_op():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = torch.compile(lambda t: _common.OPS.activation(t, "hardsigmoid"), fullgraph=True, backend="eager")(x)
+    assert "eager" not in type(y.grad_fn).__name__
+    assert torch.equal(y, torch.ops.torchcv_ext.activation(x, "hardsigmoid"))
