@@ -129,3 +129,23 @@ def test_eager_caller_under_compile_is_the_op():
     y = torch.compile(lambda t: _common.OPS.activation(t, "hardsigmoid"), fullgraph=True, backend="eager")(x)
     assert "eager" not in type(y.grad_fn).__name__
     assert torch.equal(y, torch.ops.torchcv_ext.activation(x, "hardsigmoid"))
+
+
+@pytest.mark.parametrize("name", ["activation", "dwconv_bn_act_train", "squeeze_excite"])
+def test_forward_ad_takes_the_reference(name):
+    """The ops have no forward derivative: a dual input gets the reference's tangent, not none."""
+    import torch.autograd.forward_ad as fwAD
+
+    _, args = CASES[name]()
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    x, rest = args[0], args[1:]
+    t = torch.randn_like(x)
+
+    def first(out):
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    _, want = torch.func.jvp(lambda xx: first(_common.REFERENCES[name](xx, *rest)), (x,), (t,))
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(first(getattr(_common.OPS, name)(fwAD.make_dual(x, t), *rest))).tangent
+    assert got is not None
+    torch.testing.assert_close(got, want)

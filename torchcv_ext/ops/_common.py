@@ -351,6 +351,7 @@ def register(*specs: OpSpec) -> None:
 
 
 _below_autograd = torch._C._AutoDispatchBelowAutograd
+_forward_ad = torch.autograd.forward_ad
 
 
 def _eager_caller(spec: OpSpec) -> Callable:
@@ -367,8 +368,11 @@ def _eager_caller(spec: OpSpec) -> Callable:
       torch.library registered (one formula, two callers), outside autocast and functorch.
 
     Graph capture (compile, export, jit.trace), functorch transforms, autocast with autograd, and
-    calls that leave defaulted arguments out take the op itself."""
+    calls that leave defaulted arguments out take the op itself. Forward-mode AD (a dual tensor
+    among the arguments, ``torch.autograd.forward_ad``) takes the op's pure-PyTorch reference,
+    whose ops carry the tangents: the op has no forward derivative and would drop them silently."""
     op = getattr(torch.ops.torchcv_ext, spec.name).default
+    reference = spec.reference
     n_args = len(op._schema.arguments)
     function = None
     if spec.backward is not None:
@@ -386,6 +390,9 @@ def _eager_caller(spec: OpSpec) -> Callable:
             "forward": staticmethod(forward), "backward": staticmethod(spec.backward)})
 
     def call(*args):
+        if _forward_ad._current_level >= 0 and any(
+                isinstance(a, torch.Tensor) and _forward_ad.unpack_dual(a).tangent is not None for a in args):
+            return reference(*args)
         if len(args) != n_args or capturing_graph() or torch._C._are_functorch_transforms_active():
             return op(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
