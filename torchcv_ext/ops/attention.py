@@ -122,7 +122,7 @@ def _backward(ctx, grad_out, grad_lse):
     if mode not in ("separate", "atomic"):
         raise ValueError(f"config.cuda_attention_dq must be 'separate' or 'atomic', got {mode!r}")
     dq, dk, dv = _common.OPS._attention_backward(grad_out, q, k, v, out, lse, ctx.scale,
-                                                           mode == "atomic")
+                                                 mode == "atomic")
     return dq, dk, dv, None
 
 

@@ -183,7 +183,7 @@ def dwconv_bn_act_train(x: torch.Tensor, weight: torch.Tensor, bn_weight: Option
             _check_batch((x.shape[0], x.shape[1], ho, wo))
     if backend(x, train=True) == "ops":
         y, mean, var, _ = _common.OPS.dwconv_bn_act_train(x, weight, bn_weight, bn_bias, eps,
-                                                                   s, p, d, activation)
+                                                          s, p, d, activation)
         return y, mean, var
     x, weight, ctx = _ref_autocast(x, weight)
     if weight.dtype != x.dtype:  # the op's boundary check (checks.h), on the eager path too
@@ -314,7 +314,7 @@ def _stats_bwd(ctx, gz, g_mean, g_var):
     if gz is None:
         gz = torch.zeros_like(z)
     gx, gw = _common.OPS._dwconv_bn_stats_backward(gz, g_mean, g_var, x, z, mean,
-                                                             weight, s, p, d)
+                                                   weight, s, p, d)
     return gx, gw.to(weight.dtype), None, None, None
 
 
@@ -371,7 +371,7 @@ def _ssa_setup(ctx, inputs, output):
 def _ssa_bwd(ctx, grad):
     z, scale, shift, mean = ctx.saved_tensors
     gz, g_scale, g_shift = _common.OPS._scale_shift_act_backward(grad, z, scale, shift,
-                                                                           ctx.act, mean)
+                                                                 ctx.act, mean)
     # u = (z - mean) * scale + shift  =>  du/dmean = -scale.
     g_mean = None
     if mean is not None and ctx.needs_input_grad[4]:
