@@ -103,25 +103,43 @@ def test_eager_caller_double_backward(name):
     assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
-def test_eager_caller_hands_autocast_and_functorch_to_the_op():
+def test_eager_caller_hands_autocast_to_the_op():
     leaves, args = _dwconv_train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = _common.OPS.dwconv_bn_act_train(*args)[0]
         want = torch.ops.torchcv_ext.dwconv_bn_act_train(*args)[0]
     assert y.dtype == torch.bfloat16 and torch.equal(y, want)
     assert "GeneratedBackwardFor" in type(y.grad_fn).__name__
-    # functorch: the caller takes the op, so the result is what the op gives (today an error
-    # naming setup_context, from torch.library's generated Function), never a silent other path.
-    x = torch.randn(2, 3, 3, 3)
 
-    def via(fn):
-        try:
-            return torch.func.grad(lambda t: fn(t, "hardsigmoid").sum())(x)
-        except RuntimeError as e:
-            return str(e)
 
-    a, b = via(torch.ops.torchcv_ext.activation), via(_common.OPS.activation)
-    assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b)
+def test_torch_func_transforms_take_the_reference():
+    """torch.func.grad / vmap / jvp through the public functions: the reference's math (the op's
+    torch.library Function cannot run under functorch), equal to the op's own results."""
+    torch.manual_seed(0)
+    from torchcv_ext import ops
+
+    x = torch.randn(2, 5, 4, 4)
+    g = torch.func.grad(lambda t: (ops.activation(t, "hardsigmoid") * x).sum())(x)
+    torch.testing.assert_close(g, x * ((x > -3) & (x < 3)) / 6)
+    # Per-sample gradients of a depthwise train layer (vmap of grad), against a loop.
+    w, bw, bb = torch.randn(5, 1, 3, 3), torch.rand(5) + 0.5, torch.randn(5)
+    xs = torch.randn(3, 2, 5, 6, 6)
+
+    def loss(weight, xb):
+        return ops.dwconv_bn_act_train(xb, weight, bw, bb, 1e-5, 1, 1, 1, "silu")[0].square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, xs)
+    for i in range(xs.shape[0]):
+        wi = w.clone().requires_grad_()
+        (want,) = torch.autograd.grad(loss(wi, xs[i]), wi)
+        torch.testing.assert_close(per_sample[i], want, rtol=1e-4, atol=1e-5)
+    # jvp of the SE op against its reference.
+    _, args = _squeeze_excite()
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    t = torch.randn_like(args[0])
+    _, got = torch.func.jvp(lambda xx: ops.squeeze_excite(xx, *args[1:]), (args[0],), (t,))
+    _, want = torch.func.jvp(lambda xx: _common.REFERENCES["squeeze_excite"](xx, *args[1:]), (args[0],), (t,))
+    torch.testing.assert_close(got, want)
 
 
 def test_eager_caller_under_compile_is_the_op():
@@ -149,3 +167,34 @@ def test_forward_ad_takes_the_reference(name):
         got = fwAD.unpack_dual(first(getattr(_common.OPS, name)(fwAD.make_dual(x, t), *rest))).tangent
     assert got is not None
     torch.testing.assert_close(got, want)
+
+
+def test_torch_func_per_sample_gradients_of_a_model():
+    """Per-sample gradients (torch.func.functional_call + vmap(grad), as Opacus-style code does) of
+    a torchcv_ext model in eval mode equal torchvision's, and plain calls stay right afterwards."""
+    import torchvision
+
+    from torchcv_ext.models import create_model
+
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    ours = create_model("mobilenet_v3_small", num_classes=4).eval()
+    ours.load_state_dict(tv.state_dict())
+    x, y = torch.randn(2, 3, 48, 48), torch.tensor([1, 3])
+
+    def per_sample(model):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+
+        def loss(p, xi, yi):
+            out = torch.func.functional_call(model, (p, buffers), (xi[None],))
+            return torch.nn.functional.cross_entropy(out, yi[None])
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+    want, got = per_sample(tv), per_sample(ours)
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-5)

@@ -367,10 +367,12 @@ def _eager_caller(spec: OpSpec) -> Callable:
     * otherwise a plain autograd.Function made of the same ``setup_context`` and ``backward`` that
       torch.library registered (one formula, two callers), outside autocast and functorch.
 
-    Graph capture (compile, export, jit.trace), functorch transforms, autocast with autograd, and
-    calls that leave defaulted arguments out take the op itself. Forward-mode AD (a dual tensor
-    among the arguments, ``torch.autograd.forward_ad``) takes the op's pure-PyTorch reference,
-    whose ops carry the tangents: the op has no forward derivative and would drop them silently."""
+    Graph capture (compile, export, jit.trace), autocast with autograd, and calls that leave
+    defaulted arguments out take the op itself. Forward-mode AD (a dual tensor among the arguments,
+    ``torch.autograd.forward_ad``) and torch.func transforms (grad, vmap, jvp, ...) take the op's
+    pure-PyTorch reference, whose ATen ops carry tangents and batching rules: the op has no forward
+    derivative (it would drop the tangents silently), and torch.library's autograd.Function has no
+    ``setup_context`` for functorch (an error)."""
     op = getattr(torch.ops.torchcv_ext, spec.name).default
     reference = spec.reference
     n_args = len(op._schema.arguments)
@@ -390,10 +392,10 @@ def _eager_caller(spec: OpSpec) -> Callable:
             "forward": staticmethod(forward), "backward": staticmethod(spec.backward)})
 
     def call(*args):
-        if _forward_ad._current_level >= 0 and any(
+        if torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0 and any(
                 isinstance(a, torch.Tensor) and _forward_ad.unpack_dual(a).tangent is not None for a in args):
             return reference(*args)
-        if len(args) != n_args or capturing_graph() or torch._C._are_functorch_transforms_active():
+        if len(args) != n_args or capturing_graph():
             return op(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             if function is None or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
