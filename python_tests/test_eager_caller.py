@@ -1,8 +1,8 @@
 """The ops' eager caller (torchcv_ext/ops/_common.py: OPS, _eager_caller): in eager calls the
 functional ops reach their kernels without torch.library's Python autograd layer, through a plain
 autograd.Function made of the same setup_context / backward. It must compute exactly what the op
-through the dispatcher computes -- outputs, gradients, double backward -- and hand autocast,
-functorch and graph capture to the op itself."""
+through the dispatcher computes -- outputs, gradients, double backward -- hand autocast and graph
+capture to the op itself, and forward-mode AD and torch.func transforms to the op's reference."""
 import pytest
 import torch
 
