@@ -46,7 +46,7 @@ TCV_CPU_CLONES void backward_f32(Act act, const float* g, const float* x, float*
 // CPU this op exists for its autograd (saves x only; hardsigmoid's double backward) and for graph
 // capture, not for a faster loop. false: ours below (identity; sigmoid's backward, which ATen
 // computes from the output; float64, where ATen's hardsigmoid backward multiplies by a float 1/6
-// and is off by 3e-8 relative).
+// and is off by 3e-8 relative; an activation added to activations.h without a case here).
 bool aten_forward(Act act, const at::Tensor& x, at::Tensor& out) {
   if (x.scalar_type() == at::kDouble) return false;
   switch (act) {
