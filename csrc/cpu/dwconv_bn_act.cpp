@@ -194,7 +194,8 @@ TCV_CPU_VERSIONS(nchw_row_f32, nchw_row_f32_body,
     for (int v = 0; v < (NV); ++v) stv(out + ow * C + c0 + V * v, a[v] + b[v]);             \
   }
 
-// Channels [c0, C) (< 16 of them) of one channels_last output pixel (top-left input (h0, w0)).
+// Channels [c0, C) (fewer than one vector: < 8 with AVX2, < 16 with AVX-512) of one channels_last
+// output pixel (top-left input (h0, w0)).
 __attribute__((always_inline)) inline void cl_pixel_tail_f32(const float* xn, const float* wt, int64_t H,
                                                              int64_t W, int64_t C, int kh, int kw, int dh,
                                                              int dw, int64_t h0, int64_t w0, int64_t c0,
