@@ -36,9 +36,6 @@ class Activation:
         the ops' CPU inference path calls it between two kernels, where every Python frame costs
         several microseconds. ``fn_``: the in-place one, None where torch has none.
         ``forward(x, inplace)`` picks between them (the references and unfused paths call it).
-    eager_autograd: eager autograd through ``fn`` has a double backward (hardsigmoid's has none:
-        ``aten::hardsigmoid_backward`` is not differentiable), so the CPU op may hand a call that
-        autograd records to ``fn`` (ops/activation.py).
     derivative(x): d act / dx by explicit formulas (no autograd, so the backward references trace
         into exported graphs), with PyTorch's values at the kinks.
     functions / methods: how a forward spells it as a call (``F.relu``, ``torch.sigmoid``) or a
@@ -52,7 +49,6 @@ class Activation:
     fn: Callable[[torch.Tensor], torch.Tensor]
     derivative: Callable[[torch.Tensor], torch.Tensor]
     fn_: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    eager_autograd: bool = True
     module_kwargs: Mapping[str, object] = dataclasses.field(default_factory=dict)
     functions: Tuple[Callable, ...] = ()
     methods: Tuple[str, ...] = ()
@@ -117,7 +113,7 @@ REGISTRY: Dict[str, Activation] = {a.name: a for a in (
                onednn=("hardswish", [], "")),
     Activation("silu", nn.SiLU, _nn.silu, _silu_d, fn_=_nn.silu_, functions=(F.silu,), onednn=("swish", [], ""),
                aliases=("swish",)),
-    Activation("hardsigmoid", nn.Hardsigmoid, _nn.hardsigmoid, _hardsigmoid_d, fn_=_nn.hardsigmoid_, eager_autograd=False,
+    Activation("hardsigmoid", nn.Hardsigmoid, _nn.hardsigmoid, _hardsigmoid_d, fn_=_nn.hardsigmoid_,
                functions=(F.hardsigmoid,), onednn=("hardsigmoid", [], "")),
     Activation("sigmoid", nn.Sigmoid, torch.sigmoid, _sigmoid_d, fn_=torch.sigmoid_,
                functions=(torch.sigmoid, F.sigmoid), methods=("sigmoid", "sigmoid_"),

@@ -1,5 +1,6 @@
 """nn.Hardswish / nn.Hardsigmoid drop-ins backed by the memory-efficient ops
-(torchcv_ext/ops/activation.py: autograd saves only the input)."""
+(torchcv_ext/ops/activation.py: autograd saves only the input; on the CPU, eager's own kernel and
+autograd, which save only the input too)."""
 from __future__ import annotations
 
 import torch

@@ -23,13 +23,16 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     a = activations.REGISTRY.get(act) if type(act) is str else None
     if a is None:
         a = activations.get(act)  # a str subclass; or raises, naming the registered activations
-    if x.is_cpu and (a.eager_autograd or not (x.requires_grad and torch.is_grad_enabled())) \
-            and not _common.capturing_graph():
-        # The eager function (ATen's vectorized kernel, bound without F's Python layer), with
-        # autograd too where eager has a double backward (Activation.eager_autograd): on the CPU
-        # the op's kernels are ATen's math, eager autograd saves one tensor as the op does, and
-        # the op's Python autograd layers cost ~90 us a call (its hardswish fwd+bwd ran 0.83x
-        # eager on N8 C240 28x28; inference 0.93x). Graph capture takes the op; CUDA its kernels.
+    if x.is_cpu and not _common.capturing_graph():
+        # Eager's own function (ATen's vectorized kernel, bound without F's Python layer) and its
+        # autograd: on the CPU the op's kernels are ATen's very math, eager autograd saves x alone
+        # as the op does, and any custom op's autograd costs more per call than ATen's generated
+        # node (Python autograd.Function: ~55 us a forward + backward on the 2-vCPU benchmark
+        # machine, a C++ autograd::Function ~30 us; 5-7% of a MobileNetV3-sized hardsigmoid,
+        # benchmarks/results/2026-12-08-cpu-activation-default.md). So the CPU default is eager,
+        # bit for bit, eager's limits included: hardsigmoid has no double backward there, as in
+        # eager; the op itself (torch.ops.torchcv_ext.activation) has one on every device.
+        # Graph capture takes the op; CUDA its kernels.
         if not x.is_floating_point():
             raise RuntimeError(f"activation: x must be a floating-point tensor, got {x.dtype}")
         return a.fn(x)
