@@ -99,9 +99,11 @@ def _quartiles(xs: List[float]):
 
 def measure(fns: Dict[str, Callable[[], object]], args: argparse.Namespace, warmup: Optional[int] = None,
             reps: Optional[int] = None) -> Dict[str, object]:
-    """Milliseconds per call of every function of ``fns``, measured in turn: A, B, C, then B, C, A,
-    ... (the order rotates each round), ``reps`` rounds, so that a burst of load on the machine hits
-    every implementation alike and the ratios between them stay fair. Each measurement is one
+    """Milliseconds per call of every function of ``fns``, measured in turn, ``reps`` rounds: A, B,
+    C, then B, C, A, then C, A, B, then the reversed order rotated the same way (C, B, A, ...), so
+    that a burst of load on the machine hits every implementation alike and each one runs in every
+    position and after every other one (what the previous call left behind -- freed memory, a
+    warm cache -- changes the next one's time: with rotation alone B always followed A). Each measurement is one
     ``torch.utils.benchmark.Timer.timeit(number)`` (thread count pinned, CUDA synchronized), with
     ``number`` calibrated per function so that a measurement lasts at least a few milliseconds.
     Returns {name: [ms per call, one per round]}, or {name: exception} for a function that raised
@@ -129,8 +131,10 @@ def measure(fns: Dict[str, Callable[[], object]], args: argparse.Namespace, warm
             out[name] = e
     order = list(timers)
     for r in range(reps):
-        k = r % len(order) if order else 0
-        for name in order[k:] + order[:k]:
+        n = len(order) or 1
+        base = order if (r // n) % 2 == 0 else order[::-1]
+        k = r % n
+        for name in base[k:] + base[:k]:
             if isinstance(out[name], Exception):
                 continue
             t, number = timers[name]

@@ -27,12 +27,13 @@ def _args(tmp_path, **kw):
 def test_measure_interleaves_implementations(tmp_path):
     calls = []
     fns = {k: (lambda k=k: calls.append(k)) for k in "ABC"}
-    res = bc.measure(fns, _args(tmp_path), warmup=0, reps=3)
-    assert all(len(res[k]) == 3 and all(t > 0 for t in res[k]) for k in "ABC")
-    # After the per-function calibration, the rounds visit A B C, then B C A, then C A B: no
-    # implementation's measurements run back to back in one block.
+    res = bc.measure(fns, _args(tmp_path), warmup=0, reps=6)
+    assert all(len(res[k]) == 6 and all(t > 0 for t in res[k]) for k in "ABC")
+    # After the per-function calibration, the rounds visit A B C, B C A, C A B, then the reversed
+    # order rotated: C B A, B A C, A C B. No implementation's measurements run back to back in one
+    # block, each runs in every position, and each follows each of the others.
     runs = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
-    assert runs[3:] == list("ABCBCACAB")
+    assert runs[3:] == list("ABCBCACAB" "CBABACACB")
 
 
 def test_failing_implementation_is_a_row_not_a_crash(tmp_path):
