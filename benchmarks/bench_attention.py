@@ -7,7 +7,8 @@ torch.compile of the eager code, forward and backward, in TFLOP/s.
 
 FLOPs counted: forward 4 * B * H * N^2 * D (the two matmuls); backward 2.5x that (five matmuls,
 one of which recomputes S). "bwd" rows time the backward alone (autograd.grad of a retained
-graph); on a GPU, "torchcv_ext (atomic dQ)" is the backward with ops.config.cuda_attention_dq = "atomic".
+graph), "fwd+bwd" rows both (a train step's cost, 3.5x the forward's FLOPs; not in the GPU
+suite's --quick pass); on a GPU, "torchcv_ext (atomic dQ)" is the backward with ops.config.cuda_attention_dq = "atomic".
 Shapes: ViT-S/16 and ViT-B/16 at 224 (B=64, N=197, H=6/12, D=64), ViT-L/16 at 384 (N=577, D=64),
 and long sequences (N=1024 D=128, N=4096 D=64); small CPU-sized shapes on cpu.
 Target on a GPU: forward at parity with SDPA's best backend at N=197, backward within 1.3x.
@@ -86,14 +87,16 @@ def main(argv=None):
         q, k, v = (torch.randn(b, h, n, d, device=dev, dtype=dt, generator=g) for _ in range(3))
         go = torch.randn(b, h, n, d, device=dev, dtype=dt, generator=g)
         flops = 4.0 * b * h * n * n * d
-        fwd, bwd = {}, {}
+        fwd, bwd, step = {}, {}, {}
         for name, fn in impls.items():
             if fn is None:
-                fwd[name] = bwd[name] = None
+                fwd[name] = bwd[name] = step[name] = None
                 continue
             fwd[name] = (lambda fn=fn: fn(q, k, v))
+            qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+            step[name] = (lambda fn=fn, qg=qg, kg=kg, vg=vg: torch.autograd.grad(
+                fn(qg, kg, vg), (qg, kg, vg), go))
             try:
-                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
                 out = fn(qg, kg, vg)
                 bwd[name] = (lambda out=out, qg=qg, kg=kg, vg=vg: torch.autograd.grad(
                     out, (qg, kg, vg), go, retain_graph=True))
@@ -107,7 +110,12 @@ def main(argv=None):
         with torch.no_grad():
             rows += bc.bench_impls("attention fwd", case, fwd, args, flops=flops)
         rows += bc.bench_impls("attention bwd", case, bwd, args, flops=2.5 * flops)
-        del q, k, v, go, fwd, bwd
+        if dev == "cpu" or not args.quick:
+            # A train step's cost: a flash backward recomputes the probabilities that eager and
+            # SDPA's math backend saved in their forward (5 matmuls instead of 4), so the backward
+            # alone is only half of the trade (the GPU suite's --quick pass leaves this row out).
+            rows += bc.bench_impls("attention fwd+bwd", case, step, args, flops=3.5 * flops)
+        del q, k, v, go, fwd, bwd, step
         if dev == "cuda":
             torch.cuda.empty_cache()
     return bc.report("attention", rows, args)
