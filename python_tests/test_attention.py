@@ -519,6 +519,8 @@ def test_config_chooses_the_dq_strategy(monkeypatch):
             return func(*args, **(kwargs or {}))
 
     q, k, v = _qkv(1, 2, 9, 9, 16, torch.float32, "cpu", requires_grad=True)
+    # The op (the public function trains short CPU float32 sequences with eager's math).
+    attention = lambda *a: torch.ops.torchcv_ext.attention(*a)[0]  # noqa: E731
     for mode, flag in (("separate", False), ("atomic", True)):
         monkeypatch.setattr(config, "cuda_attention_dq", mode)
         seen = []
@@ -532,3 +534,34 @@ def test_config_chooses_the_dq_strategy(monkeypatch):
     monkeypatch.setattr(config, "cuda_attention_dq", "fast")
     with pytest.raises(ValueError, match="cuda_attention_dq"):
         torch.autograd.grad(attention(q, k, v).sum(), (q,))
+
+
+@requires_ext
+def test_cpu_float32_training_of_short_sequences_takes_eager_math():
+    """ops.attention on the CPU in float32 with autograd: eager's math up to CPU_TRAIN_EAGER_MAX_N
+    keys (faster there than a flash backward, which recomputes the probabilities), the op beyond
+    and without autograd; the same values and gradients, the op's output layout either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchcv_ext.ops.attention import CPU_TRAIN_EAGER_MAX_N
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    for nk, grad, want_op in ((CPU_TRAIN_EAGER_MAX_N, True, False), (CPU_TRAIN_EAGER_MAX_N + 1, True, True),
+                              (CPU_TRAIN_EAGER_MAX_N, False, True)):
+        q, k, v = _qkv(1, 2, 5, nk, 16, torch.float32, "cpu", requires_grad=grad)
+        seen = []
+        with Record():
+            out = attention(q, k, v)
+        assert ("torchcv_ext::attention" in seen) == want_op, (nk, grad)
+        assert out.transpose(1, 2).is_contiguous()
+        want = ref.attention(q, k, v)[0]
+        assert_close(out, want.double(), torch.float32)
+        if grad:
+            go = torch.randn_like(want)
+            got = torch.autograd.grad(out, (q, k, v), go)
+            for g, e in zip(got, torch.autograd.grad(want, (q, k, v), go)):
+                assert_close(g, e.double(), torch.float32, scale=4)

@@ -37,6 +37,14 @@ __all__ = ["attention", "CUDA_HEAD_DIMS"]
 # Head dims the CUDA kernels are instantiated for (csrc/cuda/attention.cu: check_head_dim).
 CUDA_HEAD_DIMS = (32, 64, 128)
 
+# CPU float32 with autograd up to this many keys: eager's math (softmax(q k^T * scale) v, saving
+# the probabilities), not the flash op. A flash backward recomputes the probabilities (5 matmuls
+# to eager's 4); at short sequences that costs more than the flash forward saves: a forward +
+# backward at N=197 (ViT at 224 px) ran 0.92-0.96x eager, N=384 1.07x, N=577-1024 1.13-1.30x
+# (2-vCPU AVX2 VM, benchmarks/results/2026-12-08-cpu-activation-default.md). The probabilities
+# kept are B * H * N^2 floats: 1 MiB per 4 heads at N=256.
+CPU_TRAIN_EAGER_MAX_N = 256
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               scale: Optional[float] = None) -> torch.Tensor:
@@ -47,10 +55,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     differentiable in q, k and v. On CUDA the fused kernels support D in {32, 64, 128}; other
     head dims (e.g. 80 in ViT-H/14, 48 in dim 768 / 16 heads) run
     ``F.scaled_dot_product_attention`` instead, so modules and converted models work for any
-    head dim (``torch.ops.torchcv_ext.attention`` itself raises for them).
+    head dim (``torch.ops.torchcv_ext.attention`` itself raises for them). On the CPU in float32
+    with autograd and at most :data:`CPU_TRAIN_EAGER_MAX_N` keys, eager's math (faster there).
     """
     if q.is_cuda and q.dtype != torch.float64 and q.shape[-1] not in CUDA_HEAD_DIMS:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if (q.is_cpu and q.dtype == torch.float32 and k.dim() == 4 and k.shape[-2] <= CPU_TRAIN_EAGER_MAX_N
+            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and not _common.capturing_graph()):
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        # In the op's (B, N, H, D) storage, whose head merge the callers take as a free view.
+        return _as_bnhd(torch.softmax((q @ k.transpose(-2, -1)) * s, dim=-1) @ v)
     if _common.op_available("attention"):
         return _common.OPS.attention(q, k, v, scale)[0]
     return ref.attention(q, k, v, scale)[0]
