@@ -29,7 +29,7 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
         # as the op does, and any custom op's autograd costs more per call than ATen's generated
         # node (Python autograd.Function: ~55 us a forward + backward on the 2-vCPU benchmark
         # machine, a C++ autograd::Function ~30 us; 5-7% of a MobileNetV3-sized hardsigmoid,
-        # benchmarks/results/2026-12-08-cpu-activation-default.md). So the CPU default is eager,
+        # benchmarks/results/2026-12-08-cpu-defaults-last-rows.md). So the CPU default is eager,
         # bit for bit, eager's limits included: hardsigmoid has no double backward there, as in
         # eager; the op itself (torch.ops.torchcv_ext.activation) has one on every device.
         # Graph capture takes the op; CUDA its kernels.

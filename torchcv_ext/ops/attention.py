@@ -41,7 +41,7 @@ CUDA_HEAD_DIMS = (32, 64, 128)
 # the probabilities), not the flash op. A flash backward recomputes the probabilities (5 matmuls
 # to eager's 4); at short sequences that costs more than the flash forward saves: a forward +
 # backward at N=197 (ViT at 224 px) ran 0.92-0.96x eager, N=384 1.07x, N=577-1024 1.13-1.30x
-# (2-vCPU AVX2 VM, benchmarks/results/2026-12-08-cpu-activation-default.md). The probabilities
+# (2-vCPU AVX2 VM, benchmarks/results/2026-12-08-cpu-defaults-last-rows.md). The probabilities
 # kept are B * H * N^2 floats: 1 MiB per 4 heads at N=256.
 CPU_TRAIN_EAGER_MAX_N = 256
 
