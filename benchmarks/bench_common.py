@@ -102,10 +102,11 @@ def measure(fns: Dict[str, Callable[[], object]], args: argparse.Namespace, warm
     """Milliseconds per call of every function of ``fns``, measured in turn, ``reps`` rounds: A, B,
     C, then B, C, A, then C, A, B, then the reversed order rotated the same way (C, B, A, ...), so
     that a burst of load on the machine hits every implementation alike and each one runs in every
-    position and after every other one (what the previous call left behind -- freed memory, a
-    warm cache -- changes the next one's time: with rotation alone B always followed A). Each measurement is one
-    ``torch.utils.benchmark.Timer.timeit(number)`` (thread count pinned, CUDA synchronized), with
-    ``number`` calibrated per function so that a measurement lasts at least a few milliseconds.
+    position and after every other one (what the previous call left behind -- freed memory, a warm
+    cache -- changes the next one's time: with rotation alone B always followed A). Each
+    measurement is one ``torch.utils.benchmark.Timer.timeit(number)`` (thread count pinned, CUDA
+    synchronized), with ``number`` calibrated per function so that a measurement lasts at least a
+    few milliseconds.
     Returns {name: [ms per call, one per round]}, or {name: exception} for a function that raised
     (the others are still measured)."""
     from torch.utils.benchmark import Timer

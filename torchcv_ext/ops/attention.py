@@ -42,7 +42,7 @@ CUDA_HEAD_DIMS = (32, 64, 128)
 # to eager's 4); at short sequences that costs more than the flash forward saves: a forward +
 # backward at N=197 (ViT at 224 px) ran 0.92-0.96x eager, N=384 1.07x, N=577-1024 1.13-1.30x
 # (2-vCPU AVX2 VM, benchmarks/results/2026-12-08-cpu-defaults-last-rows.md). The probabilities
-# kept are B * H * N^2 floats: 1 MiB per 4 heads at N=256.
+# kept are B * H * N^2 floats: 256 KiB per image and head at N=256.
 CPU_TRAIN_EAGER_MAX_N = 256
 
 
@@ -60,15 +60,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     if q.is_cuda and q.dtype != torch.float64 and q.shape[-1] not in CUDA_HEAD_DIMS:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if (q.is_cpu and q.dtype == torch.float32 and k.dim() == 4 and k.shape[-2] <= CPU_TRAIN_EAGER_MAX_N
-            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-            and not _common.capturing_graph()):
+    if _cpu_train_takes_eager(q, k, v):
         s = q.shape[-1] ** -0.5 if scale is None else scale
         # In the op's (B, N, H, D) storage, whose head merge the callers take as a free view.
         return _as_bnhd(torch.softmax((q @ k.transpose(-2, -1)) * s, dim=-1) @ v)
     if _common.op_available("attention"):
         return _common.OPS.attention(q, k, v, scale)[0]
     return ref.attention(q, k, v, scale)[0]
+
+
+def _cpu_train_takes_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """CPU float32 inputs of the op's shapes, at most CPU_TRAIN_EAGER_MAX_N keys, autograd
+    recording, no graph capture. Inputs the op would refuse go to the op, for its error."""
+    return (q.is_cpu and k.is_cpu and v.is_cpu and q.dtype == k.dtype == v.dtype == torch.float32
+            and q.dim() == 4 and k.dim() == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2]
+            and q.shape[3] == k.shape[3] > 0 and 0 < k.shape[2] <= CPU_TRAIN_EAGER_MAX_N
+            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and not _common.capturing_graph())
 
 
 # ----------------------------------------------------------------------------------------------
