@@ -7,15 +7,14 @@ architecture.
 
 Inference and a train step (SGD, cross-entropy), batch 8, float32, 224 px (the CIFAR-style
 networks -- no stem downsampling -- at their 32 px). "eager" is the model before convert(), with
-the same weights; "x eager" is the speedup over it. Targets (issue 22): converted inference
+the same weights; "x eager" is the speedup over it, timed by bench_common.bench_impls
+(implementations interleaved round by round; median of the per-round ratios, with quartiles). Targets (issue 22): converted inference
 >= 1.3x its own eager, train step no slower; converted MobileNetV3 / EfficientNet / ShuffleNetV2
 within 10% of "torchcv_ext model" (torchcv_ext.models.create_model of that architecture).
 """
 import copy
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -99,14 +98,14 @@ def main(argv=None):
         case = f"infer N{args.batch} {size}px"
         for m in impls.values():
             m.eval()
-        rows += _interleaved(name, case, {k: (lambda m=m: _infer(m, x)) for k, m in impls.items()}, args)
+        rows += bc.bench_impls(name, case, {k: (lambda m=m: _infer(m, x)) for k, m in impls.items()}, args)
         if not args.no_train:
             fns = {}
             for k, m in impls.items():
                 m.train()
                 opt = torch.optim.SGD(m.parameters(), lr=1e-5, momentum=0.9)
                 fns[k] = lambda m=m, o=opt: _train_step(m, o, x, target)
-            rows += _interleaved(name, f"train N{args.batch} {size}px", fns, args)
+            rows += bc.bench_impls(name, f"train N{args.batch} {size}px", fns, args)
         checks.append((name, n_fused, own is not None))
         del impls, eager, converted
     doc = bc.report("convert", rows, args)
@@ -114,34 +113,23 @@ def main(argv=None):
     return doc
 
 
-def _interleaved(op, case, fns, args):
-    """Median ms of each implementation, timed in rounds (one call of each per round), so that a
-    load change on a shared machine hits all of them alike (bench_common.time_fn times one
-    implementation's calls back to back)."""
-    warmup, iters = (2, 5) if args.quick else (3, 15)
-    times = {k: [] for k in fns}
-    for r in range(warmup + iters):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return [bc.row(op, case, k, statistics.median(v)) for k, v in times.items()]
-
-
 def _targets(rows, checks):
-    ms = {(r["op"], r["case"].split()[0], r["impl"]): r["ms"] for r in rows}
+    by = {(r["op"], r["case"].split()[0], r["impl"]): r for r in rows}
     print("\n## targets (issue 22)\n| model | fused | inference x eager (>= 1.3) | train x eager (>= 1.0) | "
           "converted / torchcv_ext model, infer | train (<= 1.10) |\n|---|---|---|---|---|---|")
     for name, n, has_own in checks:
-        def ratio(a, b, kind):
-            x, y = ms.get((name, kind, a)), ms.get((name, kind, b))
+        def speedup(kind):  # median of the per-round ratios [quartiles] (bench_common.bench_impls)
+            r = by.get((name, kind, "converted"), {})
+            if r.get("speedup_vs_eager") is None:
+                return "-"
+            return f"{r['speedup_vs_eager']:.2f} [{r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}]"
+
+        def ratio(kind):
+            x = by.get((name, kind, "converted"), {}).get("ms")
+            y = by.get((name, kind, "torchcv_ext model"), {}).get("ms")
             return f"{x / y:.2f}" if x and y else "-"
-        inf = ratio("eager", "converted", "infer")
-        tr = ratio("eager", "converted", "train")
-        own_i = ratio("converted", "torchcv_ext model", "infer") if has_own else "-"
-        own_t = ratio("converted", "torchcv_ext model", "train") if has_own else "-"
-        print(f"| {name} | {n} | {inf} | {tr} | {own_i} | {own_t} |")
+        own_i, own_t = (ratio("infer"), ratio("train")) if has_own else ("-", "-")
+        print(f"| {name} | {n} | {speedup('infer')} | {speedup('train')} | {own_i} | {own_t} |")
 
 
 if __name__ == "__main__":
