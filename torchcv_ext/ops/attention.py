@@ -61,7 +61,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q.is_cuda and q.dtype != torch.float64 and q.shape[-1] not in CUDA_HEAD_DIMS:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if _cpu_train_takes_eager(q, k, v):
-        s = q.shape[-1] ** -0.5 if scale is None else scale
+        s = ref.default_scale(q.shape[-1], scale)
         # In the op's (B, N, H, D) storage, whose head merge the callers take as a free view.
         return _as_bnhd(torch.softmax((q @ k.transpose(-2, -1)) * s, dim=-1) @ v)
     if _common.op_available("attention"):
