@@ -8,9 +8,10 @@ architecture.
 Inference and a train step (SGD, cross-entropy), batch 8, float32, 224 px (the CIFAR-style
 networks -- no stem downsampling -- at their 32 px). "eager" is the model before convert(), with
 the same weights; "x eager" is the speedup over it, timed by bench_common.bench_impls
-(implementations interleaved round by round; median of the per-round ratios, with quartiles). Targets (issue 22): converted inference
->= 1.3x its own eager, train step no slower; converted MobileNetV3 / EfficientNet / ShuffleNetV2
-within 10% of "torchcv_ext model" (torchcv_ext.models.create_model of that architecture).
+(implementations interleaved round by round; median of the per-round ratios, with quartiles).
+Targets (issue 22): converted inference >= 1.3x its own eager, train step no slower; converted
+MobileNetV3 / EfficientNet / ShuffleNetV2 within 10% of "torchcv_ext model"
+(torchcv_ext.models.create_model of that architecture).
 """
 import copy
 import os

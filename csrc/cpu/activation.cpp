@@ -44,7 +44,8 @@ TCV_CPU_CLONES void backward_f32(Act act, const float* g, const float* x, float*
 // these memory-bound passes 5-15% faster than forward_f32 / backward_f32 (AVX2 AMD EPYC, float32,
 // 64 Ki-1.5 Mi elements, one thread; benchmarks/results/2026-12-07-cpu-eager-caller.md). On the
 // CPU this op exists for its autograd (saves x only; hardsigmoid's double backward) and for graph
-// capture, not for a faster loop. false: ours below (identity; sigmoid's backward, which ATen
+// capture, not for a faster loop; eager CPU calls of the public functions skip it for eager's own
+// function (torchcv_ext/ops/activation.py). false: ours below (identity; sigmoid's backward, which ATen
 // computes from the output; float64, where ATen's hardsigmoid backward multiplies by a float 1/6
 // and is off by 3e-8 relative; an activation added to activations.h without a case here).
 bool aten_forward(Act act, const at::Tensor& x, at::Tensor& out) {
